@@ -1,0 +1,162 @@
+"""Config schema shared by the CLI and every stage: frozen dataclasses, loadable from YAML.
+
+Unknown keys fail loudly (a typo must not silently fall back to a default), and each check
+names the field and the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    name: str  # the run's and the exported model's name, e.g. "minilm"
+    family: str  # encoder | extracted_encoder | causal_lm
+    head: str = "mean_pool"  # mean_pool | last_token | label_words
+    base_model: str = "minilm-l6"  # a known name (see pretrained.py), a local dir or a hub id
+    train_path: str = "data/sst2/train.jsonl"
+    test_path: str = "data/sst2/test.jsonl"
+    validation_path: str | None = None  # carved from train when None
+    train_rows: int | None = None  # seeded subsample of train (None = all)
+    max_length: int = 64  # tokens; SST-2 sentences fit in 64 with room to spare
+    epochs: float = 1.0
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    seed: int = 0
+    threads: int = 2  # torch intra-op threads; fixed, or a busy core slows training ~50x
+    layers: int | None = None  # extracted encoders: decoder layers kept
+    prompt_template: str = "{text}"  # label_words: e.g. "Review: {text}\nSentiment:"
+    label_words: dict[str, str] | None = None  # label name -> word scored after the prompt
+    zero_shot: bool = False  # label_words only: evaluate without training
+    device: str = "auto"  # auto | cpu | cuda
+    val_fraction: float = 0.1
+    max_val_rows: int = 500
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        positive = ("max_length", "batch_size", "threads", "eval_batch_size", "max_val_rows")
+        for field in positive:
+            if getattr(self, field) < 1:
+                raise ConfigError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.epochs <= 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.train_rows is not None and self.train_rows < 2:
+            raise ConfigError(f"train_rows must be >= 2 or null, got {self.train_rows}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if "{text}" not in self.prompt_template:
+            raise ConfigError("prompt_template must contain '{text}'")
+        if self.head == "label_words" and not self.label_words:
+            raise ConfigError("head 'label_words' needs label_words: {label: word, ...}")
+        if self.zero_shot and self.head != "label_words":
+            raise ConfigError("zero_shot works only with head 'label_words'")
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name must be non-empty without '/', got {self.name!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    output_dir: str = "demo_output"
+    models: list[TrainConfig] = dataclasses.field(default_factory=list)
+    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8"])
+    loadtest_users: int = 8
+    loadtest_seconds: int = 15
+    serve_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("models must list at least one model to train")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"model names must be unique, got {names}")
+        bad = sorted(set(self.precisions) - {"fp32", "int8"})
+        if bad:
+            raise ConfigError(f"precisions must be fp32 and/or int8, got {bad}")
+
+
+def _coerce(cls_name: str, field: str, annotation: Any, value: Any) -> Any:
+    """Build nested config dataclasses from plain mappings; check the simple types."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list and args and dataclasses.is_dataclass(args[0]):
+        if not isinstance(value, list):
+            raise ConfigError(f"{cls_name}.{field} must be a list, got {value!r}")
+        return [from_mapping(args[0], item) for item in value]
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    simple = {int: int, float: float, str: str, bool: bool}
+    if annotation in simple and not isinstance(value, simple[annotation]):
+        raise ConfigError(
+            f"{cls_name}.{field} must be {annotation.__name__}, got {type(value).__name__} {value!r}"
+        )
+    if annotation is int and isinstance(value, bool):
+        raise ConfigError(f"{cls_name}.{field} must be int, got bool {value!r}")
+    return value
+
+
+def from_mapping(cls: type[T], data: dict[str, Any]) -> T:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(fields)}")
+    kwargs = {k: _coerce(cls.__name__, k, hints[k], v) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{cls.__name__}: {exc}") from exc
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` strings from the CLI; values are parsed as YAML (so 3 is an int)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} must look like key=value")
+        out[key.strip()] = yaml.safe_load(raw) if raw else ""
+    return out
+
+
+def load_config(cls: type[T], path: Path | str | None, overrides: dict[str, Any]) -> T:
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data.update(loaded)
+    data.update(overrides)
+    return from_mapping(cls, data)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)

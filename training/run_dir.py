@@ -1,0 +1,95 @@
+"""The run directory: what a training run leaves behind, and how export reads it back.
+
+    <run>/config.json        resolved TrainConfig
+    <run>/environment.json   versions, git sha, device, threads
+    <run>/metrics.json       validation and test metrics, training budget
+    <run>/train.log          the log; <run>/trainer_log.jsonl the loss curve
+    <run>/model/             spec.json, labels.json, backbone config, weights, tokenizer
+    <run>/COMPLETE           written last: a run without it was interrupted
+
+A run is written to `<run>.partial` and renamed when complete, so a killed run never looks
+finished.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+from smallcls.config import TrainConfig, from_mapping
+from training.families import Classifier, ModelSpec, build_classifier
+
+COMPLETE = "COMPLETE"
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used; the message says what to do."""
+
+
+def environment() -> dict[str, Any]:
+    import transformers
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        sha = "unknown"
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "git_sha": sha,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def save_model_dir(
+    model_dir: Path,
+    model: Classifier,
+    tokenizer: PreTrainedTokenizerBase,
+    labels: list[str],
+) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    spec = model.spec
+    write_json(model_dir / "spec.json", {**spec.__dict__, "label_token_ids": list(spec.label_token_ids)})
+    write_json(model_dir / "labels.json", labels)
+    model.backbone.config.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    # save_model (not save_file) copes with tied weights shared between tensors.
+    save_model(model, str(model_dir / "model.safetensors"))
+
+
+def load_run(run_dir: Path | str) -> tuple[Classifier, PreTrainedTokenizerBase, TrainConfig, list[str]]:
+    """The trained classifier (eval mode, CPU), its tokenizer, config and label names."""
+    run_dir = Path(run_dir)
+    if not (run_dir / COMPLETE).is_file():
+        raise RunDirError(
+            f"{run_dir} is not a complete training run (no {COMPLETE} marker): "
+            "train again with `smallcls train`"
+        )
+    model_dir = run_dir / "model"
+    spec_data = json.loads((model_dir / "spec.json").read_text())
+    spec = ModelSpec(**{**spec_data, "label_token_ids": tuple(spec_data["label_token_ids"])})
+    config = AutoConfig.from_pretrained(model_dir)
+    model = build_classifier(config, spec)
+    load_model(model, str(model_dir / "model.safetensors"))
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    train_config = from_mapping(TrainConfig, json.loads((run_dir / "config.json").read_text()))
+    labels = json.loads((model_dir / "labels.json").read_text())
+    return model, tokenizer, train_config, labels
