@@ -1,0 +1,317 @@
+"""Run a bounded headless Locust load test against the /classify service and summarise it.
+
+Locust runs in a subprocess of the same interpreter: importing it here would monkey-patch the
+stdlib with gevent, which breaks requests/transformers already imported by the caller. This
+module therefore never imports locust; it only reads the CSV files locust writes.
+
+An output directory holds: `locust.log` (locust's stdout/stderr), `locust_stats.csv`,
+`locust_stats_history.csv`, `locust_failures.csv`, `locust_exceptions.csv`, `locust.html`,
+`locust_final_stats.csv` and `locust_final_failures.csv` (the end-of-run numbers in the same
+columns as locust's files, which lag up to a second) and `summary.json` (a `LoadSummary`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+CSV_PREFIX = "locust"
+STATS_CSV = f"{CSV_PREFIX}_stats.csv"  # locust's own, rewritten once a second during the run
+# Same format, written by the locustfile when locust quits: the only file with the final numbers.
+FINAL_STATS_CSV = f"{CSV_PREFIX}_final_stats.csv"
+SUMMARY_NAME = "summary.json"
+LOG_NAME = "locust.log"
+HTML_NAME = "locust.html"
+# Locust needs a few seconds to import and to stop; beyond this the subprocess is hung.
+STARTUP_SLACK_S = 60
+LOG_TAIL_CHARS = 2000
+
+
+class LoadTestError(RuntimeError):
+    """A load test that could not run or whose results cannot be read; names the file."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoadSummary:
+    model: str
+    users: int
+    run_time_s: int
+    batch: int  # texts per request
+    requests: int
+    failures: int
+    failure_rate: float  # failures / requests, 0..1
+    rps: float  # requests per second, failed ones included (locust's "Requests/s")
+    texts_per_s: float  # rps * batch
+    # Locust's percentiles are whole milliseconds (rounded into buckets above 100 ms);
+    # None when no request completed.
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+
+    def __post_init__(self) -> None:
+        counts = (self.users, self.run_time_s, self.batch, self.requests, self.failures)
+        if not all(isinstance(n, int) and n >= 0 for n in counts):
+            raise LoadTestError(
+                f"users, run_time_s, batch, requests, failures must be counts: {self}"
+            )
+        if self.failures > self.requests:
+            raise LoadTestError(f"{self.failures} failures out of {self.requests} requests")
+        for name in ("failure_rate", "rps", "texts_per_s", "p50_ms", "p95_ms", "p99_ms", "mean_ms"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, int | float):
+                raise LoadTestError(f"LoadSummary.{name} must be a number, got {value!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    def write(self, out_dir: Path) -> Path:
+        path = Path(out_dir) / SUMMARY_NAME
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path
+
+    def line(self) -> str:
+        """One human-readable line for logs."""
+
+        def ms(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.0f}"
+
+        return (
+            f"{self.model}: {self.requests} requests, {self.failures} failed "
+            f"({self.failure_rate:.2%}), {self.rps:.1f} req/s, {self.texts_per_s:.1f} texts/s, "
+            f"p50 {ms(self.p50_ms)} ms, p95 {ms(self.p95_ms)} ms, p99 {ms(self.p99_ms)} ms "
+            f"({self.users} users, batch {self.batch}, {self.run_time_s} s)"
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "summary") -> LoadSummary:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown, missing = sorted(set(data) - known), sorted(known - set(data))
+        if unknown or missing:
+            raise LoadTestError(f"{source}: unknown keys {unknown}, missing keys {missing}")
+        try:
+            return cls(**data)
+        except LoadTestError as exc:
+            raise LoadTestError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def read(cls, out_dir: Path) -> LoadSummary:
+        path = Path(out_dir) / SUMMARY_NAME
+        if not path.is_file():
+            raise LoadTestError(f"{path} not found: pass a directory written by run_loadtest")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise LoadTestError(f"{path} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise LoadTestError(f"{path}: expected a JSON object")
+        return cls.from_dict(data, source=str(path))
+
+
+def wait_ready(host: str, timeout_s: float = 60.0, *, interval_s: float = 0.25) -> None:
+    """Poll `GET {host}/readyz` until it answers 200; TimeoutError with the last problem."""
+    url = host.rstrip("/") + "/readyz"
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=max(interval_s, 1.0)) as response:
+                if response.status == 200:
+                    return
+                last = f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:  # 503 while the model loads
+            last = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:  # not listening yet
+            last = str(exc)
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{url} not ready after {timeout_s:g} s (last: {last})")
+        time.sleep(interval_s)
+
+
+def run_loadtest(
+    *,
+    host: str,
+    model: str,
+    texts_path: Path,
+    out_dir: Path,
+    users: int = 8,
+    spawn_rate: float = 8,
+    run_time_s: int = 20,
+    batch: int = 1,
+    timeout_s: float | None = None,
+) -> LoadSummary:
+    """Load-test `POST {host}/classify` for `run_time_s` seconds and write `summary.json`.
+
+    `timeout_s` is the per-request network timeout (locust's default, 60 s, when None); a
+    request that exceeds it counts as a failure. Failed requests are results, not errors:
+    this raises LoadTestError only when locust produced no statistics at all.
+    """
+    if users < 1 or batch < 1 or run_time_s < 1 or spawn_rate <= 0:
+        raise ValueError(
+            f"need users >= 1, batch >= 1, run_time_s >= 1, spawn_rate > 0; got users={users}, "
+            f"batch={batch}, run_time_s={run_time_s}, spawn_rate={spawn_rate}"
+        )
+    if timeout_s is not None and timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    texts_path = Path(texts_path).resolve()
+    if not texts_path.is_file():
+        raise FileNotFoundError(f"{texts_path} not found: pass a JSON Lines file of texts")
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A stats file left by an earlier run would hide a locust that failed to start.
+    for stale in out_dir.glob(f"{CSV_PREFIX}_*.csv"):
+        stale.unlink()
+    (out_dir / SUMMARY_NAME).unlink(missing_ok=True)
+
+    cmd = [
+        sys.executable, "-m", "locust",
+        "-f", str(LOCUSTFILE),
+        "--headless",
+        "--host", host,
+        "--users", str(users),
+        "--spawn-rate", str(spawn_rate),
+        "--run-time", f"{run_time_s}s",
+        "--csv", str(out_dir / CSV_PREFIX),
+        "--html", str(out_dir / HTML_NAME),
+        "--only-summary",
+    ]  # fmt: skip
+    env = dict(os.environ)
+    env.update(
+        SMALLCLS_LOADTEST_TEXTS=str(texts_path),
+        SMALLCLS_LOADTEST_MODEL=model,
+        SMALLCLS_LOADTEST_BATCH=str(batch),
+    )
+    if timeout_s is not None:
+        env["SMALLCLS_LOADTEST_TIMEOUT_S"] = str(timeout_s)
+    else:
+        env.pop("SMALLCLS_LOADTEST_TIMEOUT_S", None)
+
+    log_path = out_dir / LOG_NAME
+    logger.info(
+        "load test %s at %s: %d users, batch %d, %d s -> %s",
+        model, host, users, batch, run_time_s, out_dir,
+    )  # fmt: skip
+    with open(log_path, "w", encoding="utf-8") as log:
+        try:
+            proc = subprocess.run(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=out_dir,  # keep a stray locust.conf in the caller's cwd out of the run
+                timeout=run_time_s + STARTUP_SLACK_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise LoadTestError(
+                f"locust did not finish within {run_time_s + STARTUP_SLACK_S} s; see {log_path}"
+            ) from exc
+    # Exit code 1 means some requests failed; the summary records that. Locust opens its CSV
+    # files before it loads the locustfile, so a crash at start leaves an empty stats file.
+    stats_csv = _nonempty(out_dir / FINAL_STATS_CSV) or _nonempty(out_dir / STATS_CSV)
+    if stats_csv is None:
+        raise LoadTestError(
+            f"locust exited with code {proc.returncode} and wrote no statistics to "
+            f"{out_dir / STATS_CSV}; end of {log_path}:\n{_tail(log_path)}"
+        )
+    if stats_csv.name != FINAL_STATS_CSV:
+        logger.warning("%s missing; %s may miss the last second of the run",
+                       FINAL_STATS_CSV, stats_csv)  # fmt: skip
+    if proc.returncode not in (0, 1):
+        logger.warning("locust exited with code %d; see %s", proc.returncode, log_path)
+
+    summary = summarize_stats(
+        stats_csv, model=model, users=users, run_time_s=run_time_s, batch=batch
+    )
+    summary.write(out_dir)
+    logger.info("%s", summary.line())
+    return summary
+
+
+def summarize_stats(
+    stats_csv: Path, *, model: str, users: int, run_time_s: int, batch: int
+) -> LoadSummary:
+    """A LoadSummary from locust's `<prefix>_stats.csv` (the model's row and the total)."""
+    rows = _read_stats_rows(stats_csv)
+    total = rows.get("Aggregated")
+    if total is None:
+        raise LoadTestError(f"{stats_csv} has no Aggregated row")
+    name = f"classify:{model}"
+    row = rows.get(name)
+    if row is None:
+        # No request finished at all: locust writes only the (empty) total.
+        row = total
+    elif _int(row, "Request Count", stats_csv) != _int(total, "Request Count", stats_csv):
+        logger.warning("%s: requests other than %s were made; summarising %s only",
+                       stats_csv, name, name)  # fmt: skip
+
+    requests = _int(row, "Request Count", stats_csv)
+    failures = _int(row, "Failure Count", stats_csv)
+    rps = _float(row, "Requests/s", stats_csv) or 0.0
+    return LoadSummary(
+        model=model,
+        users=users,
+        run_time_s=run_time_s,
+        batch=batch,
+        requests=requests,
+        failures=failures,
+        failure_rate=failures / requests if requests else 0.0,
+        rps=rps,
+        texts_per_s=rps * batch,
+        p50_ms=_float(row, "50%", stats_csv),
+        p95_ms=_float(row, "95%", stats_csv),
+        p99_ms=_float(row, "99%", stats_csv),
+        mean_ms=_float(row, "Average Response Time", stats_csv) if requests else None,
+    )
+
+
+def _read_stats_rows(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        needed = {"Name", "Request Count", "Failure Count", "Requests/s", "50%", "95%", "99%"}
+        missing = needed - set(reader.fieldnames or [])
+        if missing:
+            raise LoadTestError(f"{path}: missing columns {sorted(missing)}; is it locust's?")
+        return {row["Name"]: row for row in reader}
+
+
+def _int(row: dict[str, str], column: str, path: Path) -> int:
+    try:
+        return int(row[column])
+    except (KeyError, ValueError) as exc:
+        raise LoadTestError(f"{path}: column {column!r} is not an integer: {exc}") from exc
+
+
+def _float(row: dict[str, str], column: str, path: Path) -> float | None:
+    value = row.get(column, "")
+    if value in ("", "N/A"):  # locust writes N/A for percentiles of an empty entry
+        return None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise LoadTestError(f"{path}: column {column!r} is not a number: {value!r}") from exc
+
+
+def _nonempty(path: Path) -> Path | None:
+    return path if path.is_file() and path.stat().st_size > 0 else None
+
+
+def _tail(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "<no log>"
+    return text[-LOG_TAIL_CHARS:]

@@ -1,0 +1,193 @@
+"""Tests for the comparison report: fake model, load-test and run directories in tmp_path."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from loadtests.run import LoadSummary
+from reports.report import CSV_COLUMNS, ReportError, build_report
+from smallcls.manifest import Manifest, ManifestError
+
+
+def _model_dir(
+    root: Path,
+    name: str,
+    *,
+    family: str = "encoder",
+    precision: str = "fp32",
+    size: int = 2_500_000,
+    metrics: dict | None = None,
+    parity: dict | None = None,
+    parameters: int = 11_200_000,
+    source_run: str = "",
+) -> Path:
+    model_dir = root / "models" / name
+    model_dir.mkdir(parents=True)
+    Manifest(
+        name=name,
+        family=family,  # type: ignore[arg-type]
+        head="mean_pool",
+        base_model=f"org/{name}-base",
+        labels=["negative", "positive"],
+        max_length=64,
+        precision=precision,  # type: ignore[arg-type]
+        pad_token_id=0,
+        pad_token="[PAD]",
+        source_run=source_run,
+        parameters=parameters,
+        metrics={"accuracy": 0.9151, "macro_f1": 0.9149} if metrics is None else metrics,
+        parity={} if parity is None else parity,
+    ).write(model_dir)
+    (model_dir / "model.onnx").write_bytes(b"\0" * size)  # the report only stats the file
+    return model_dir
+
+
+def _loadtest_dir(root: Path, model: str, *, users: int = 8, p50: float = 11.0) -> Path:
+    out = root / "loadtests" / f"{model}-u{users}"
+    out.mkdir(parents=True)
+    LoadSummary(
+        model=model, users=users, run_time_s=20, batch=2, requests=9400, failures=3,
+        failure_rate=3 / 9400, rps=470.0, texts_per_s=940.0,
+        p50_ms=p50, p95_ms=22.0, p99_ms=30.0, mean_ms=12.5,
+    ).write(out)  # fmt: skip
+    return out
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    run_dir = tmp_path / "runs" / "minilm"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"train": {"seconds": 123.4}}))
+    models = [
+        _model_dir(tmp_path, "smollm-int8", family="causal_lm", precision="int8",
+                   parity={"label_agreement_vs_fp32": 0.925}),
+        _model_dir(tmp_path, "minilm-int8", precision="int8", size=1_000_000,
+                   parity={"max_abs_logit_diff_vs_torch": 0.13,
+                           "label_agreement_vs_fp32": 1.0}),
+        _model_dir(tmp_path, "minilm-fp32", source_run=str(run_dir),
+                   parity={"max_abs_logit_diff_vs_torch": 2e-6}),
+    ]  # fmt: skip
+    loadtests = [
+        _loadtest_dir(tmp_path, "minilm-fp32", p50=11.0),
+        _loadtest_dir(tmp_path, "minilm-int8", p50=6.0),
+    ]
+    return models, loadtests
+
+
+def test_rows_join_sort_and_format(inputs: tuple[list[Path], list[Path]], tmp_path: Path) -> None:
+    models, loadtests = inputs
+    result = build_report(model_dirs=models, loadtest_dirs=loadtests, out_dir=tmp_path / "rep")
+
+    # Sorted by family (encoder before causal_lm) then precision (fp32 before int8).
+    assert [r.name for r in result.rows] == ["minilm-fp32", "minilm-int8", "smollm-int8"]
+    fp32, int8, smollm = result.rows
+    assert fp32.p50_ms == 11.0 and int8.p50_ms == 6.0  # joined by name, not by position
+    assert fp32.train_seconds == 123.4 and int8.train_seconds is None
+    assert int8.model_mb == pytest.approx(1.0) and fp32.model_mb == pytest.approx(2.5)
+    assert fp32.parameters_m == pytest.approx(11.2)
+    assert smollm.p50_ms is None and smollm.loadtest_dir is None
+
+    lines = result.markdown.splitlines()
+    assert len(lines) == 2 + 3
+    header = lines[0]
+    for unit in ("Accuracy (%)", "p50 (ms)", "p95 (ms)", "Throughput (req/s)",
+                 "Throughput (texts/s)", "Size (MB)", "Params (M)", "Train time (s)"):  # fmt: skip
+        assert unit in header
+    fp32_cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert fp32_cells[:5] == ["minilm-fp32", "encoder", "mean_pool", "fp32", "org/minilm-fp32-base"]
+    assert "91.51" in fp32_cells and "91.49" in fp32_cells  # fractions shown as %
+    assert "2e-06" in fp32_cells and "123" in fp32_cells and "2.5" in fp32_cells
+    assert "3 of 9400" in fp32_cells and "470.0" in fp32_cells and "940.0" in fp32_cells
+    int8_cells = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert "100.00" in int8_cells  # label agreement 1.0
+    smollm_cells = [c.strip() for c in lines[4].strip("|").split("|")]
+    assert smollm_cells[5] == "91.51" and "92.50" in smollm_cells
+    assert smollm_cells[9:16] == ["n/a"] * 7  # latency, throughput, users, batch, failures
+
+    document = result.markdown_path.read_text()
+    assert result.markdown in document and "## Sources" in document
+    assert str(loadtests[0] / "summary.json") in document
+    assert "smollm-int8: manifest" in document and "no load test" in document
+
+
+def test_csv_has_raw_numbers(inputs: tuple[list[Path], list[Path]], tmp_path: Path) -> None:
+    models, loadtests = inputs
+    result = build_report(model_dirs=models, loadtest_dirs=loadtests, out_dir=tmp_path / "rep")
+    with open(result.csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == CSV_COLUMNS
+        rows = list(reader)
+    assert set(CSV_COLUMNS) >= {
+        "name", "family", "head", "precision", "base_model", "accuracy", "macro_f1",
+        "max_abs_logit_diff_vs_torch", "label_agreement_vs_fp32", "p50_ms", "p95_ms", "rps",
+        "texts_per_s", "users", "failures", "model_mb", "parameters_m", "train_seconds",
+    }  # fmt: skip
+    assert [r["name"] for r in rows] == ["minilm-fp32", "minilm-int8", "smollm-int8"]
+    assert float(rows[0]["accuracy"]) == pytest.approx(0.9151)  # a fraction, not a percentage
+    assert float(rows[0]["model_mb"]) == pytest.approx(2.5)
+    assert int(rows[0]["requests"]) == 9400 and int(rows[0]["failures"]) == 3
+    assert rows[2]["p50_ms"] == "" and rows[2]["rps"] == ""  # missing load test: empty cells
+
+
+def test_run_dirs_override_source_run(
+    inputs: tuple[list[Path], list[Path]], tmp_path: Path
+) -> None:
+    models, loadtests = inputs
+    moved = tmp_path / "moved-run"
+    moved.mkdir()
+    (moved / "metrics.json").write_text(json.dumps({"train": {"seconds": 7}}))
+    result = build_report(
+        model_dirs=models, loadtest_dirs=loadtests, out_dir=tmp_path / "rep",
+        run_dirs=[moved, moved, moved],
+    )  # fmt: skip
+    assert [r.train_seconds for r in result.rows] == [7.0, 7.0, 7.0]
+    with pytest.raises(ReportError, match="by position"):
+        build_report(model_dirs=models, loadtest_dirs=[], out_dir=tmp_path / "r", run_dirs=[moved])
+
+
+def test_several_loadtests_of_one_model_give_one_row_each(tmp_path: Path) -> None:
+    model = _model_dir(tmp_path, "tiny-fp32")
+    tests = [
+        _loadtest_dir(tmp_path, "tiny-fp32", users=20),
+        _loadtest_dir(tmp_path, "tiny-fp32", users=1),
+    ]
+    result = build_report(model_dirs=[model], loadtest_dirs=tests, out_dir=tmp_path / "rep")
+    assert [r.users for r in result.rows] == [1, 20]
+
+
+def test_missing_manifest_names_the_file(tmp_path: Path) -> None:
+    empty = tmp_path / "models" / "empty"
+    empty.mkdir(parents=True)
+    with pytest.raises(ManifestError, match=r"empty/manifest\.json not found"):
+        build_report(model_dirs=[empty], loadtest_dirs=[], out_dir=tmp_path / "rep")
+
+
+def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
+    model = _model_dir(tmp_path, "a-fp32")
+    (model / "model.onnx").unlink()
+    with pytest.raises(ReportError, match=r"a-fp32/model\.onnx not found"):
+        build_report(model_dirs=[model], loadtest_dirs=[], out_dir=tmp_path / "rep")
+
+    pct = _model_dir(tmp_path, "b-fp32", metrics={"accuracy": 91.5})
+    with pytest.raises(ReportError, match=r"b-fp32/manifest\.json: metrics\.accuracy .* 0\.\.1"):
+        build_report(model_dirs=[pct], loadtest_dirs=[], out_dir=tmp_path / "rep")
+
+    good = _model_dir(tmp_path, "c-fp32")
+    no_summary = tmp_path / "lt-empty"
+    no_summary.mkdir()
+    with pytest.raises(ReportError, match=r"lt-empty/summary\.json not found"):
+        build_report(model_dirs=[good], loadtest_dirs=[no_summary], out_dir=tmp_path / "rep")
+
+    stranger = _loadtest_dir(tmp_path, "someone-else")
+    with pytest.raises(ReportError, match=r"someone-else-u8/summary\.json load-tested"):
+        build_report(model_dirs=[good], loadtest_dirs=[stranger], out_dir=tmp_path / "rep")
+
+    run = tmp_path / "bad-run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{not json")
+    with pytest.raises(ReportError, match=r"bad-run/metrics\.json is not valid JSON"):
+        build_report(model_dirs=[good], loadtest_dirs=[], out_dir=tmp_path / "r", run_dirs=[run])
