@@ -1,0 +1,106 @@
+"""The whole pipeline in one call: train -> export -> serve -> load-test -> report.
+
+Each stage's output lands under one directory (runs/, models/, loadtests/, report/), so every
+number in the report traces back to a file next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from smallcls.config import DemoConfig, TrainConfig, to_dict
+
+log = logging.getLogger(__name__)
+
+# Accuracy targets of the demo on SST-2's 872-row test split (issue 2).
+TARGETS = {"encoder": 0.86, "causal_lm": 0.84}
+
+
+def _reusable(run_dir: Path, config: TrainConfig) -> bool:
+    """A complete run made from the same config need not be trained again."""
+    config_path = run_dir / "config.json"
+    if not (run_dir / "COMPLETE").is_file() or not config_path.is_file():
+        return False
+    return json.loads(config_path.read_text()) == to_dict(config)
+
+
+def run_demo(
+    config: DemoConfig,
+    *,
+    echo: Callable[[str], None] = print,
+    show_progress: bool = True,
+    fresh: bool = False,
+) -> Path:
+    """Run every stage; returns the report directory."""
+    # Heavy imports here, not at module import: `smallcls --help` stays instant.
+    from export.onnx_export import export_run
+    from loadtests.run import run_loadtest
+    from reports.report import build_report
+    from service.launch import ServerProcess
+    from training.train import train
+
+    out = Path(config.output_dir)
+    timings: dict[str, float] = {}
+    total = len(config.models)
+
+    start = time.perf_counter()
+    run_dirs: list[Path] = []
+    for i, model in enumerate(config.models, 1):
+        run_dir = out / "runs" / model.name
+        if not fresh and _reusable(run_dir, model):
+            echo(f"[train {i}/{total}] {model.name}: reusing complete run {run_dir}")
+        else:
+            echo(f"[train {i}/{total}] {model.name}: {model.family}/{model.head} on "
+                 f"{model.base_model}, {model.train_rows or 'all'} rows")
+            run_dir = train(model, out / "runs", show_progress=show_progress)
+        test = json.loads((run_dir / "metrics.json").read_text())["test"]
+        echo(f"[train {i}/{total}] {model.name}: test accuracy {test['accuracy']:.2%}")
+        run_dirs.append(run_dir)
+    timings["train"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    model_dirs: list[Path] = []
+    for i, run_dir in enumerate(run_dirs, 1):
+        echo(f"[export {i}/{total}] {run_dir.name}: ONNX {' + '.join(config.precisions)}")
+        model_dirs += export_run(run_dir, out / "models", precisions=tuple(config.precisions))
+    timings["export"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    loadtest_dirs: list[Path] = []
+    echo(f"[serve] starting BentoML with {len(model_dirs)} models")
+    with ServerProcess(
+        model_dirs, threads=config.serve_threads, log_path=out / "server.log"
+    ) as server:
+        echo(f"[serve] ready at {server.url}")
+        for i, model_dir in enumerate(model_dirs, 1):
+            target = out / "loadtests" / model_dir.name
+            echo(f"[loadtest {i}/{len(model_dirs)}] {model_dir.name}: "
+                 f"{config.loadtest_users} users, {config.loadtest_seconds} s")
+            summary = run_loadtest(
+                host=server.url, model=model_dir.name,
+                texts_path=Path(config.models[0].test_path), out_dir=target,
+                users=config.loadtest_users, spawn_rate=config.loadtest_users,
+                run_time_s=config.loadtest_seconds,
+            )
+            echo(f"[loadtest {i}/{len(model_dirs)}] {summary.line()}")
+            loadtest_dirs.append(target)
+    timings["serve+loadtest"] = time.perf_counter() - start
+
+    result = build_report(model_dirs=model_dirs, loadtest_dirs=loadtest_dirs, out_dir=out / "report")
+    echo("")
+    echo(result.markdown)
+    for run_dir, model in zip(run_dirs, config.models, strict=True):
+        target = TARGETS.get(model.family)
+        if target is None:
+            continue
+        acc = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
+        verdict = "meets" if acc >= target else "MISSES"
+        echo(f"target: {model.name} ({model.family}) test accuracy {acc:.2%} {verdict} "
+             f"the {target:.0%} target")
+    echo("stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    echo(f"report: {result.markdown_path}")
+    return result.markdown_path.parent
