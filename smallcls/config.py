@@ -108,6 +108,12 @@ def _coerce(cls_name: str, field: str, annotation: Any, value: Any) -> Any:
         return [from_mapping(args[0], item) for item in value]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        # YAML 1.1 reads "3e-5" (no dot) as a string: a common trap for learning rates.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     simple = {int: int, float: float, str: str, bool: bool}
     if annotation in simple and not isinstance(value, simple[annotation]):
         raise ConfigError(
