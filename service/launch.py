@@ -1,0 +1,248 @@
+"""Start `bentoml serve` for the service: in the foreground (CLI) or in the background (tests)."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+
+from service.settings import ENV_MODELS, ENV_THREADS
+
+logger = logging.getLogger(__name__)
+
+SERVICE_TARGET = "service.service:Classifier"
+STARTUP_FAILED = "Application startup failed"  # what a worker logs when a service's __init__ raises
+# The directory that holds the `service` package: bentoml imports the target from there.
+WORKING_DIR = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it; a race is possible but rare)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def default_bentoml_home() -> Path:
+    # Outside the project tree: `bentoml build` would otherwise copy parts of it into the Bento.
+    return Path(tempfile.gettempdir()) / "smallcls-bentoml"
+
+
+def server_env(
+    model_dirs: Iterable[Path | str], *, threads: int, extra_env: Mapping[str, str] | None
+) -> dict[str, str]:
+    dirs = [str(Path(d).resolve()) for d in model_dirs]
+    if not dirs:
+        raise ValueError("no model directories given: pass at least one `smallcls export` dir")
+    env = {**os.environ, **(extra_env or {})}
+    env[ENV_MODELS] = os.pathsep.join(dirs)
+    env[ENV_THREADS] = str(threads)
+    env["BENTOML_DO_NOT_TRACK"] = "true"  # otherwise the server does a DNS look-up
+    env.setdefault("BENTOML_HOME", str(default_bentoml_home()))
+    return env
+
+
+def serve_command(host: str, port: int) -> list[str]:
+    # The same interpreter as the caller, so the server sees the same packages.
+    return [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        SERVICE_TARGET,
+        "--working-dir",
+        str(WORKING_DIR),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+
+
+def serve(
+    model_dirs: Iterable[Path | str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 3000,
+    threads: int = 1,
+    extra_env: Mapping[str, str] | None = None,
+) -> int:
+    """Run the server in the foreground until it exits, Ctrl-C or SIGTERM; return its exit
+    code. Call from the main thread (it installs a SIGTERM handler while it runs)."""
+    env = server_env(model_dirs, threads=threads, extra_env=extra_env)
+    logger.info("serving %s on http://%s:%d", env[ENV_MODELS], host, port)
+    process = subprocess.Popen(serve_command(host, port), env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        process.send_signal(signum)  # the arbiter stops its workers, then wait() returns
+
+    # A supervisor's SIGTERM would otherwise end this process and orphan the server.
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        # From a terminal the server got the same SIGINT; from `kill -INT` only we did. Either
+        # way ask it to stop and give it time to do so.
+        process.terminate()
+        try:
+            return process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class ServerProcess:
+    """`bentoml serve` in the background: ready (`/readyz` answered 200) when entered, stopped
+    with every process it started (the arbiter and one worker per service) when exited.
+
+        with ServerProcess([model_dir]) as server:
+            httpx.post(f"{server.url}/classify", json={"texts": ["hi"]})
+    """
+
+    def __init__(
+        self,
+        model_dirs: Iterable[Path | str],
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        threads: int = 1,
+        extra_env: Mapping[str, str] | None = None,
+        log_path: Path | str | None = None,
+        startup_timeout: float = 90.0,
+        stop_grace: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.env = server_env(model_dirs, threads=threads, extra_env=extra_env)
+        if log_path is None:
+            log_path = Path(tempfile.mkdtemp(prefix="smallcls-serve-")) / "server.log"
+        self.log_path = Path(log_path)
+        self.startup_timeout = startup_timeout
+        self.stop_grace = stop_grace
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                serve_command(self.host, self.port),
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Own process group: a Ctrl-C meant for the caller does not hit it half-way,
+                # and stop() can signal the arbiter with anything it spawned in the group.
+                start_new_session=True,
+            )
+        logger.info("started bentoml serve (pid %d), log %s", self.process.pid, self.log_path)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"bentoml serve exited with code {self.process.returncode} before it was "
+                    f"ready; last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            if STARTUP_FAILED in self.log_tail():
+                # A worker failed to start (bad model dir, bad settings); circus would keep
+                # restarting it, and /readyz would never answer 200.
+                raise RuntimeError(
+                    f"bentoml serve failed to start a service; last lines of "
+                    f"{self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass  # not listening yet, or 503 while the runner loads
+            time.sleep(0.2)  # poll interval of the readiness check, not a synchronisation
+        raise RuntimeError(
+            f"bentoml serve was not ready after {self.startup_timeout:.0f} s; last lines of "
+            f"{self.log_path}:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+                return "".join(collections.deque(handle, maxlen=lines))
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self) -> int | None:
+        """SIGTERM the server, SIGKILL what is left after the grace period; return the exit
+        code. Circus starts each worker in its own session, out of reach of the process group,
+        so the workers are listed first: killing only the arbiter would orphan them."""
+        if self.process is None:
+            return None
+        process, self.process = self.process, None
+        workers = _descendants(process.pid)
+        deadline = time.monotonic() + self.stop_grace
+        _signal_group(process.pid, signal.SIGTERM)  # the arbiter stops its workers cleanly
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=self.stop_grace)
+        _, alive = psutil.wait_procs(workers, timeout=max(0.0, deadline - time.monotonic()))
+        if alive or process.poll() is None:
+            # Look again before the arbiter dies: it may have restarted a worker meanwhile.
+            alive = list({p.pid: p for p in [*alive, *_descendants(process.pid)]}.values())
+            logger.warning(
+                "bentoml serve did not stop within %.0f s; killing it and workers %s",
+                self.stop_grace,
+                [p.pid for p in alive],
+            )
+            _signal_group(process.pid, signal.SIGKILL)
+            for proc in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+            psutil.wait_procs(alive, timeout=5)
+        return process.wait()
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(pgid, sig)
