@@ -23,12 +23,11 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from service.runtime import OnnxClassifier
-from smallcls.data import load_dataset
 from smallcls.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, sha256_of
 from smallcls.metrics import classification_metrics, label_agreement
 from training.families import Classifier
 from training.run_dir import load_run
-from training.train import predict_logits
+from training.train import dataset_for, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +93,9 @@ def export_run(
     if bad:
         raise ValueError(f"unknown precisions {bad}; use fp32 and/or int8")
     model, tokenizer, config, labels = load_run(run_dir)
-    dataset = load_dataset(config.train_path, config.test_path, seed=config.seed)
+    dataset = dataset_for(config)
     if dataset.label_names != labels:
-        raise ValueError(f"labels of {config.test_path} {dataset.label_names} != run's {labels}")
+        raise ValueError(f"the dataset's labels {dataset.label_names} != the run's {labels}")
     texts, label_ids = dataset.test.texts, dataset.label_ids(dataset.test)
     parity_texts = texts[:parity_rows]
     torch_logits = predict_logits(

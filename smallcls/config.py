@@ -30,6 +30,8 @@ class TrainConfig:
     train_path: str = "data/sst2/train.jsonl"
     test_path: str = "data/sst2/test.jsonl"
     validation_path: str | None = None  # carved from train when None
+    # A Hugging Face dataset name instead of the files (needs a network and `.[hub]`).
+    hub_dataset: str | None = None
     train_rows: int | None = None  # seeded subsample of train (None = all)
     max_length: int = 64  # tokens; SST-2 sentences fit in 64 with room to spare
     epochs: float = 1.0

@@ -19,7 +19,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, se
 
 from smallcls import pretrained
 from smallcls.config import TrainConfig, to_dict
-from smallcls.data import Dataset, load_dataset
+from smallcls.data import Dataset, load_dataset, load_hub_dataset
 from smallcls.metrics import classification_metrics
 from training.families import Classifier, ModelSpec, build_classifier
 from training.run_dir import COMPLETE, environment, save_model_dir, write_json
@@ -95,6 +95,16 @@ def evaluate(model: Classifier, tokenizer, dataset: Dataset, split: str, config:
     return metrics
 
 
+def dataset_for(config: TrainConfig) -> Dataset:
+    """The config's dataset: local files, or a hub dataset name when one is given."""
+    if config.hub_dataset:
+        return load_hub_dataset(config.hub_dataset, seed=config.seed)
+    return load_dataset(
+        config.train_path, config.test_path, validation_path=config.validation_path,
+        val_fraction=config.val_fraction, max_val_rows=config.max_val_rows, seed=config.seed,
+    )
+
+
 def _attach_log_file(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -132,10 +142,7 @@ def _train_into(config: TrainConfig, run_dir: Path, show_progress: bool) -> None
     device = pick_device(config.device)
     write_json(run_dir / "config.json", to_dict(config))
 
-    dataset = load_dataset(
-        config.train_path, config.test_path, validation_path=config.validation_path,
-        val_fraction=config.val_fraction, max_val_rows=config.max_val_rows, seed=config.seed,
-    )
+    dataset = dataset_for(config)
     train_split = dataset.train.subsample(config.train_rows, config.seed)
     log.info("%s: %d train / %d validation / %d test rows, labels %s", config.name,
              len(train_split), len(dataset.validation), len(dataset.test), dataset.label_names)
