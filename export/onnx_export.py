@@ -49,7 +49,10 @@ def export_onnx(model: Classifier, tokenizer, path: Path, max_length: int) -> No
     # Two texts of different lengths, so the trace sees real padding in attention_mask.
     sample = tokenizer(
         ["a short one", "a somewhat longer example sentence to pad against"],
-        padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
     )
     wrapper = LogitsOnly(model).eval()
     with torch.inference_mode():
@@ -99,8 +102,12 @@ def export_run(
     texts, label_ids = dataset.test.texts, dataset.label_ids(dataset.test)
     parity_texts = texts[:parity_rows]
     torch_logits = predict_logits(
-        model, tokenizer, parity_texts, max_length=config.max_length,
-        batch_size=config.eval_batch_size, template=config.prompt_template,
+        model,
+        tokenizer,
+        parity_texts,
+        max_length=config.max_length,
+        batch_size=config.eval_batch_size,
+        template=config.prompt_template,
     )
     base = dict(
         family=config.family,
@@ -131,7 +138,9 @@ def export_run(
             export_onnx(model, tokenizer, partial / MODEL_NAME, config.max_length)
         else:
             # Dynamic int8: weights quantized ahead, activations per batch; no calibration.
-            quantize_dynamic(fp32_dir / MODEL_NAME, partial / MODEL_NAME, weight_type=QuantType.QInt8)
+            quantize_dynamic(
+                fp32_dir / MODEL_NAME, partial / MODEL_NAME, weight_type=QuantType.QInt8
+            )
         tokenizer.backend_tokenizer.save(str(partial / TOKENIZER_NAME))
         export_seconds = round(time.perf_counter() - start, 1)
         files = {n: sha256_of(partial / n) for n in (MODEL_NAME, TOKENIZER_NAME)}
@@ -151,8 +160,12 @@ def export_run(
         if not np.isfinite(logits).all():
             raise ValueError(f"{target.name}: the exported graph emits NaN/inf logits")
         manifest = Manifest(
-            **{**manifest.__dict__, "metrics": metrics, "parity": parity,
-               "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+            **{
+                **manifest.__dict__,
+                "metrics": metrics,
+                "parity": parity,
+                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
         )
         manifest.metrics["export_seconds"] = export_seconds
         manifest.write(partial)
@@ -160,9 +173,12 @@ def export_run(
         partial.rename(target)
         log.info(
             "%s: test accuracy %.4f, max |Δlogit| vs torch %.2e%s, %.1f MB",
-            target.name, metrics["accuracy"], parity["max_abs_logit_diff_vs_torch"],
+            target.name,
+            metrics["accuracy"],
+            parity["max_abs_logit_diff_vs_torch"],
             f", agreement vs fp32 {parity['label_agreement_vs_fp32']:.4f}"
-            if "label_agreement_vs_fp32" in parity else "",
+            if "label_agreement_vs_fp32" in parity
+            else "",
             (target / MODEL_NAME).stat().st_size / 1e6,
         )
         if precision == "fp32":

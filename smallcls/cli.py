@@ -49,8 +49,13 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
 
     wait_ready(args.host, timeout_s=args.wait)
     summary = run_loadtest(
-        host=args.host, model=args.model, texts_path=args.texts, out_dir=args.out,
-        users=args.users, spawn_rate=args.spawn_rate or args.users, run_time_s=args.seconds,
+        host=args.host,
+        model=args.model,
+        texts_path=args.texts,
+        out_dir=args.out,
+        users=args.users,
+        spawn_rate=args.spawn_rate or args.users,
+        run_time_s=args.seconds,
         batch=args.batch,
     )
     print(summary.line())
@@ -61,7 +66,9 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from reports.report import build_report
 
-    result = build_report(model_dirs=args.models, loadtest_dirs=args.loadtests or [], out_dir=args.out)
+    result = build_report(
+        model_dirs=args.models, loadtest_dirs=args.loadtests or [], out_dir=args.out
+    )
     print(result.markdown)
     print(f"report: {result.markdown_path}")
     print(f"csv: {result.csv_path}")
@@ -89,13 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune one model; writes a run directory")
     p.add_argument("--config", type=Path, help="YAML TrainConfig (see configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set learning_rate=1e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set learning_rate=1e-4 (repeatable)",
+    )
     p.add_argument("--name")
     p.add_argument("--family", choices=["encoder", "extracted_encoder", "causal_lm"])
     p.add_argument("--head", choices=["mean_pool", "last_token", "label_words"])
-    p.add_argument("--base-model", dest="base_model",
-                   help="minilm-l6, smollm2-135m, a local directory or a hub id")
+    p.add_argument(
+        "--base-model",
+        dest="base_model",
+        help="minilm-l6, smollm2-135m, a local directory or a hub id",
+    )
     p.add_argument("--train", dest="train_path", help="training data (.jsonl/.csv)")
     p.add_argument("--test", dest="test_path", help="test data (.jsonl/.csv)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
@@ -118,10 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("loadtest", help="headless Locust run against a running service")
     p.add_argument("--host", default="http://127.0.0.1:3000")
     p.add_argument("--model", required=True, help="model name as the service knows it")
-    p.add_argument("--texts", type=Path, default=Path("data/sst2/test.jsonl"),
-                   help="JSON Lines with a 'text' field")
+    p.add_argument(
+        "--texts",
+        type=Path,
+        default=Path("data/sst2/test.jsonl"),
+        help="JSON Lines with a 'text' field",
+    )
     p.add_argument("--users", type=int, default=8)
-    p.add_argument("--spawn-rate", type=float, default=None, help="users per second (default: all at once)")
+    p.add_argument(
+        "--spawn-rate", type=float, default=None, help="users per second (default: all at once)"
+    )
     p.add_argument("--seconds", type=int, default=20)
     p.add_argument("--batch", type=int, default=1, help="texts per request")
     p.add_argument("--wait", type=float, default=60, help="seconds to wait for /readyz")
@@ -136,8 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train, export, serve, load-test and report, end to end")
     p.add_argument("--config", type=Path, default=DEFAULT_DEMO_CONFIG)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a DemoConfig field, e.g. --set loadtest_seconds=30")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a DemoConfig field, e.g. --set loadtest_seconds=30",
+    )
     p.add_argument("--out", type=Path, help="output directory (default from the config)")
     p.add_argument("--fresh", action="store_true", help="retrain even if a complete run exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

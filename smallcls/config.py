@@ -118,9 +118,8 @@ def _coerce(cls_name: str, field: str, annotation: Any, value: Any) -> Any:
             pass
     simple = {int: int, float: float, str: str, bool: bool}
     if annotation in simple and not isinstance(value, simple[annotation]):
-        raise ConfigError(
-            f"{cls_name}.{field} must be {annotation.__name__}, got {type(value).__name__} {value!r}"
-        )
+        got = f"{type(value).__name__} {value!r}"
+        raise ConfigError(f"{cls_name}.{field} must be {annotation.__name__}, got {got}")
     if annotation is int and isinstance(value, bool):
         raise ConfigError(f"{cls_name}.{field} must be int, got bool {value!r}")
     return value

@@ -104,7 +104,9 @@ def read_split(path: Path | str) -> Split:
     return Split(texts, labels)
 
 
-def carve_validation(train: Split, fraction: float, max_rows: int, seed: int) -> tuple[Split, Split]:
+def carve_validation(
+    train: Split, fraction: float, max_rows: int, seed: int
+) -> tuple[Split, Split]:
     """Hold out a seeded validation split from train when the dataset ships none."""
     n_val = min(max_rows, max(1, int(len(train) * fraction)))
     order = list(range(len(train)))

@@ -54,8 +54,10 @@ def run_demo(
         if not fresh and _reusable(run_dir, model):
             echo(f"[train {i}/{total}] {model.name}: reusing complete run {run_dir}")
         else:
-            echo(f"[train {i}/{total}] {model.name}: {model.family}/{model.head} on "
-                 f"{model.base_model}, {model.train_rows or 'all'} rows")
+            echo(
+                f"[train {i}/{total}] {model.name}: {model.family}/{model.head} on "
+                f"{model.base_model}, {model.train_rows or 'all'} rows"
+            )
             run_dir = train(model, out / "runs", show_progress=show_progress)
         test = json.loads((run_dir / "metrics.json").read_text())["test"]
         echo(f"[train {i}/{total}] {model.name}: test accuracy {test['accuracy']:.2%}")
@@ -78,19 +80,26 @@ def run_demo(
         echo(f"[serve] ready at {server.url}")
         for i, model_dir in enumerate(model_dirs, 1):
             target = out / "loadtests" / model_dir.name
-            echo(f"[loadtest {i}/{len(model_dirs)}] {model_dir.name}: "
-                 f"{config.loadtest_users} users, {config.loadtest_seconds} s")
+            echo(
+                f"[loadtest {i}/{len(model_dirs)}] {model_dir.name}: "
+                f"{config.loadtest_users} users, {config.loadtest_seconds} s"
+            )
             summary = run_loadtest(
-                host=server.url, model=model_dir.name,
-                texts_path=Path(config.models[0].test_path), out_dir=target,
-                users=config.loadtest_users, spawn_rate=config.loadtest_users,
+                host=server.url,
+                model=model_dir.name,
+                texts_path=Path(config.models[0].test_path),
+                out_dir=target,
+                users=config.loadtest_users,
+                spawn_rate=config.loadtest_users,
                 run_time_s=config.loadtest_seconds,
             )
             echo(f"[loadtest {i}/{len(model_dirs)}] {summary.line()}")
             loadtest_dirs.append(target)
     timings["serve+loadtest"] = time.perf_counter() - start
 
-    result = build_report(model_dirs=model_dirs, loadtest_dirs=loadtest_dirs, out_dir=out / "report")
+    result = build_report(
+        model_dirs=model_dirs, loadtest_dirs=loadtest_dirs, out_dir=out / "report"
+    )
     echo("")
     echo(result.markdown)
     for run_dir, model in zip(run_dirs, config.models, strict=True):
@@ -99,8 +108,10 @@ def run_demo(
             continue
         acc = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
         verdict = "meets" if acc >= target else "MISSES"
-        echo(f"target: {model.name} ({model.family}) test accuracy {acc:.2%} {verdict} "
-             f"the {target:.0%} target")
+        echo(
+            f"target: {model.name} ({model.family}) test accuracy {acc:.2%} {verdict} "
+            f"the {target:.0%} target"
+        )
     echo("stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     echo(f"report: {result.markdown_path}")
     return result.markdown_path.parent

@@ -50,7 +50,9 @@ class Manifest:
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
-            raise ManifestError(f"manifest.name must be a non-empty name without '/': {self.name!r}")
+            raise ManifestError(
+                f"manifest.name must be a non-empty name without '/': {self.name!r}"
+            )
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
             raise ManifestError(f"manifest.labels must be >= 2 distinct names, got {self.labels!r}")
         if self.max_length < 2:
@@ -71,7 +73,9 @@ class Manifest:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ManifestError(f"unknown manifest keys {unknown}; was it written by a newer smallcls?")
+            raise ManifestError(
+                f"unknown manifest keys {unknown}; was it written by a newer smallcls?"
+            )
         try:
             return cls(**data)
         except TypeError as exc:  # a required key is missing
@@ -81,9 +85,7 @@ class Manifest:
     def read(cls, model_dir: Path) -> Manifest:
         path = Path(model_dir) / MANIFEST_NAME
         if not path.is_file():
-            raise ManifestError(
-                f"{path} not found: pass a directory written by `smallcls export`"
-            )
+            raise ManifestError(f"{path} not found: pass a directory written by `smallcls export`")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:

@@ -16,7 +16,11 @@ def classification_metrics(
     and confusion matrix (rows = true label, columns = predicted, in `label_names` order)."""
     ids = list(range(len(label_names)))
     report = classification_report(
-        y_true, y_pred, labels=ids, target_names=list(label_names), output_dict=True,
+        y_true,
+        y_pred,
+        labels=ids,
+        target_names=list(label_names),
+        output_dict=True,
         zero_division=0,
     )
     return {

@@ -24,8 +24,11 @@ FAMILIES = {
     "t5enc": dict(family="extracted_encoder", head="mean_pool", style="t5"),
     "last": dict(family="causal_lm", head="last_token", style="llama"),
     "words": dict(
-        family="causal_lm", head="label_words", style="llama",
-        prompt_template="{text} sentiment :", label_words={"negative": "bad", "positive": "good"},
+        family="causal_lm",
+        head="label_words",
+        style="llama",
+        prompt_template="{text} sentiment :",
+        label_words={"negative": "bad", "positive": "good"},
     ),
 }
 
@@ -34,6 +37,11 @@ def _slice(src: Path, dst: Path, rows: int) -> Path:
     with open(src, encoding="utf-8") as fh:
         dst.write_text("".join(line for _, line in zip(range(rows), fh, strict=False)))
     return dst
+
+
+def _read_jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +55,15 @@ def exported(tiny_dirs, tmp_path_factory):
         spec = dict(spec)
         style = spec.pop("style")
         config = TrainConfig(
-            name=key, base_model=str(tiny_dirs[style]), train_path=str(train_path),
-            test_path=str(test_path), max_val_rows=32, learning_rate=1e-3, threads=1,
-            max_length=32, **spec,
+            name=key,
+            base_model=str(tiny_dirs[style]),
+            train_path=str(train_path),
+            test_path=str(test_path),
+            max_val_rows=32,
+            learning_rate=1e-3,
+            threads=1,
+            max_length=32,
+            **spec,
         )
         run_dir = train(config, root / "runs", show_progress=False)
         out[key] = (run_dir, export_run(run_dir, root / "models", parity_rows=48))
@@ -64,9 +78,13 @@ def test_fp32_matches_torch_and_int8_keeps_labels(exported, key):
     # Recompute parity independently of what export wrote: torch (HF tokenizer) vs the
     # serving runtime (tokenizers library), on the same texts.
     model, tokenizer, config, labels = load_run(run_dir)
-    texts = [json.loads(line)["text"] for line in open(config.test_path, encoding="utf-8")][:40]
+    texts = [row["text"] for row in _read_jsonl(config.test_path)][:40]
     reference = predict_logits(
-        model, tokenizer, texts, max_length=config.max_length, batch_size=16,
+        model,
+        tokenizer,
+        texts,
+        max_length=config.max_length,
+        batch_size=16,
         template=config.prompt_template,
     )
     fp32 = OnnxClassifier(fp32_dir).logits(texts)
@@ -91,8 +109,9 @@ def test_manifest_accuracy_is_that_of_the_file(exported):
     """The accuracy in the manifest is recomputable from the ONNX file and the test split."""
     _, (fp32_dir, _) = exported["encoder"]
     manifest = Manifest.read(fp32_dir)
-    rows = [json.loads(line) for line in open(json.loads(
-        (Path(manifest.source_run) / "config.json").read_text())["test_path"], encoding="utf-8")]
+    rows = _read_jsonl(
+        json.loads((Path(manifest.source_run) / "config.json").read_text())["test_path"]
+    )
     preds = OnnxClassifier(fp32_dir).predict([r["text"] for r in rows])
     accuracy = np.mean([p.label == r["label"] for p, r in zip(preds, rows, strict=True)])
     assert accuracy == pytest.approx(manifest.metrics["accuracy"])

@@ -13,7 +13,7 @@ import yaml
 
 pytest.importorskip("torch")
 
-from tests.tiny_models import SST2_TEST, SST2_TRAIN  # noqa: E402
+from tests.tiny_models import SST2_TEST, SST2_TRAIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,16 +27,27 @@ def _slice(src, dst, rows):
 def _smallcls(*args, cwd, timeout=600):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "smallcls", *args], cwd=cwd, env=env, capture_output=True,
-        text=True, timeout=timeout,
+        [sys.executable, "-m", "smallcls", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def test_demo_end_to_end_on_tiny_models(tiny_dirs, tmp_path):
     train = _slice(SST2_TRAIN, tmp_path / "train.jsonl", 300)
     test = _slice(SST2_TEST, tmp_path / "test.jsonl", 64)
-    common = dict(train_path=train, test_path=test, train_rows=200, max_val_rows=32,
-                  learning_rate=1e-3, threads=1, max_length=32)
+    common = dict(
+        train_path=train,
+        test_path=test,
+        train_rows=200,
+        max_val_rows=32,
+        learning_rate=1e-3,
+        threads=1,
+        max_length=32,
+    )
     config = {
         "output_dir": str(tmp_path / "out"),
         "loadtest_users": 2,
@@ -44,10 +55,20 @@ def test_demo_end_to_end_on_tiny_models(tiny_dirs, tmp_path):
         "serve_threads": 1,
         "models": [
             {"name": "enc", "family": "encoder", "base_model": str(tiny_dirs["bert"]), **common},
-            {"name": "bidir", "family": "extracted_encoder", "layers": 2,
-             "base_model": str(tiny_dirs["llama"]), **common},
-            {"name": "last", "family": "causal_lm", "head": "last_token",
-             "base_model": str(tiny_dirs["llama"]), **common},
+            {
+                "name": "bidir",
+                "family": "extracted_encoder",
+                "layers": 2,
+                "base_model": str(tiny_dirs["llama"]),
+                **common,
+            },
+            {
+                "name": "last",
+                "family": "causal_lm",
+                "head": "last_token",
+                "base_model": str(tiny_dirs["llama"]),
+                **common,
+            },
         ],
     }
     config_path = tmp_path / "demo.yaml"

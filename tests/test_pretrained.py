@@ -29,7 +29,7 @@ def test_local_dirs_and_hub_ids_pass_through_and_nonsense_fails(tmp_path):
 
 def test_missing_wheel_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(pretrained.PretrainedError, match="requirements-models.txt"):
+    with pytest.raises(pretrained.PretrainedError, match=r"requirements-models\.txt"):
         pretrained.minilm_dir()
 
 

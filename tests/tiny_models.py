@@ -32,19 +32,29 @@ def sst2_texts(n: int = 2000) -> list[str]:
 
 
 def _word_piece(texts: list[str], style: str) -> Tokenizer:
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] if style == "bert" else ["<pad>", "<unk>", "<s>", "</s>"]
+    specials = (
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+        if style == "bert"
+        else ["<pad>", "<unk>", "<s>", "</s>"]
+    )
     tok = Tokenizer(models.WordPiece(unk_token=specials[1]))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=500, special_tokens=specials))
+    tok.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=500, special_tokens=specials)
+    )
     if style == "bert":
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
         )
     elif style == "llama":  # a BOS token, as SmolLM2's tokenizer adds
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", 2)]
+        )
     else:  # t5: EOS at the end
-        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 3)])
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", 3)]
+        )
     return tok
 
 
@@ -66,21 +76,47 @@ def make_tiny(path: Path, style: str, seed: int = 0) -> Path:
     tok = _word_piece(sst2_texts(), style)
     vocab = tok.get_vocab_size()
     if style == "bert":
-        model = BertModel(BertConfig(
-            vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=128, pad_token_id=0,
-        ))
+        model = BertModel(
+            BertConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=128,
+                pad_token_id=0,
+            )
+        )
     elif style == "llama":
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            bos_token_id=2, eos_token_id=3, tie_word_embeddings=True,
-        ))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=128,
+                bos_token_id=2,
+                eos_token_id=3,
+                tie_word_embeddings=True,
+            )
+        )
     elif style == "t5":
-        model = T5ForConditionalGeneration(T5Config(
-            vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=1,
-            num_heads=4, pad_token_id=0, eos_token_id=3, decoder_start_token_id=0,
-        ))
+        model = T5ForConditionalGeneration(
+            T5Config(
+                vocab_size=vocab,
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_decoder_layers=1,
+                num_heads=4,
+                pad_token_id=0,
+                eos_token_id=3,
+                decoder_start_token_id=0,
+            )
+        )
     else:
         raise ValueError(style)
     model.save_pretrained(path)

@@ -38,7 +38,10 @@ def environment() -> dict[str, Any]:
 
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
             cwd=Path(__file__).parent,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -66,7 +69,9 @@ def save_model_dir(
 ) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     spec = model.spec
-    write_json(model_dir / "spec.json", {**spec.__dict__, "label_token_ids": list(spec.label_token_ids)})
+    write_json(
+        model_dir / "spec.json", {**spec.__dict__, "label_token_ids": list(spec.label_token_ids)}
+    )
     write_json(model_dir / "labels.json", labels)
     model.backbone.config.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -74,7 +79,9 @@ def save_model_dir(
     save_model(model, str(model_dir / "model.safetensors"))
 
 
-def load_run(run_dir: Path | str) -> tuple[Classifier, PreTrainedTokenizerBase, TrainConfig, list[str]]:
+def load_run(
+    run_dir: Path | str,
+) -> tuple[Classifier, PreTrainedTokenizerBase, TrainConfig, list[str]]:
     """The trained classifier (eval mode, CPU), its tokenizer, config and label names."""
     run_dir = Path(run_dir)
     if not (run_dir / COMPLETE).is_file():

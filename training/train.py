@@ -71,8 +71,11 @@ def predict_logits(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         enc = tokenizer(
-            [prompts[i] for i in idx], truncation=True, max_length=max_length,
-            padding=True, return_tensors="pt",
+            [prompts[i] for i in idx],
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
         ).to(device)
         logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])["logits"]
         out[idx] = logits.float().cpu().numpy()
@@ -83,15 +86,25 @@ def evaluate(model: Classifier, tokenizer, dataset: Dataset, split: str, config:
     part = getattr(dataset, split)
     start = time.perf_counter()
     logits = predict_logits(
-        model, tokenizer, part.texts, max_length=config.max_length,
-        batch_size=config.eval_batch_size, template=config.prompt_template,
+        model,
+        tokenizer,
+        part.texts,
+        max_length=config.max_length,
+        batch_size=config.eval_batch_size,
+        template=config.prompt_template,
     )
     metrics = classification_metrics(
         dataset.label_ids(part), logits.argmax(-1).tolist(), dataset.label_names
     )
     metrics["seconds"] = round(time.perf_counter() - start, 2)
-    log.info("%s %s: accuracy %.4f, macro-F1 %.4f (%d rows)", config.name, split,
-             metrics["accuracy"], metrics["macro_f1"], metrics["rows"])
+    log.info(
+        "%s %s: accuracy %.4f, macro-F1 %.4f (%d rows)",
+        config.name,
+        split,
+        metrics["accuracy"],
+        metrics["macro_f1"],
+        metrics["rows"],
+    )
     return metrics
 
 
@@ -100,8 +113,12 @@ def dataset_for(config: TrainConfig) -> Dataset:
     if config.hub_dataset:
         return load_hub_dataset(config.hub_dataset, seed=config.seed)
     return load_dataset(
-        config.train_path, config.test_path, validation_path=config.validation_path,
-        val_fraction=config.val_fraction, max_val_rows=config.max_val_rows, seed=config.seed,
+        config.train_path,
+        config.test_path,
+        validation_path=config.validation_path,
+        val_fraction=config.val_fraction,
+        max_val_rows=config.max_val_rows,
+        seed=config.seed,
     )
 
 
@@ -144,8 +161,14 @@ def _train_into(config: TrainConfig, run_dir: Path, show_progress: bool) -> None
 
     dataset = dataset_for(config)
     train_split = dataset.train.subsample(config.train_rows, config.seed)
-    log.info("%s: %d train / %d validation / %d test rows, labels %s", config.name,
-             len(train_split), len(dataset.validation), len(dataset.test), dataset.label_names)
+    log.info(
+        "%s: %d train / %d validation / %d test rows, labels %s",
+        config.name,
+        len(train_split),
+        len(dataset.validation),
+        len(dataset.test),
+        dataset.label_names,
+    )
 
     source = pretrained.resolve(config.base_model)
     tokenizer = load_tokenizer(source, head=config.head)
@@ -164,8 +187,14 @@ def _train_into(config: TrainConfig, run_dir: Path, show_progress: bool) -> None
     if model.backbone.config.pad_token_id is None:
         model.backbone.config.pad_token_id = tokenizer.pad_token_id
     parameters = sum(p.numel() for p in model.parameters())
-    log.info("%s: %s/%s on %s, %.1fM parameters", config.name, config.family, config.head,
-             pretrained.describe(config.base_model), parameters / 1e6)
+    log.info(
+        "%s: %s/%s on %s, %.1fM parameters",
+        config.name,
+        config.family,
+        config.head,
+        pretrained.describe(config.base_model),
+        parameters / 1e6,
+    )
 
     budget: dict[str, Any] = {"rows": len(train_split), "device": device, "parameters": parameters}
     start = time.perf_counter()
@@ -174,7 +203,8 @@ def _train_into(config: TrainConfig, run_dir: Path, show_progress: bool) -> None
     else:
         encodings = tokenizer(
             apply_template(config.prompt_template, train_split.texts),
-            truncation=True, max_length=config.max_length,
+            truncation=True,
+            max_length=config.max_length,
         )
         label_index = {name: i for i, name in enumerate(dataset.label_names)}
         train_data = EncodedTexts(encodings, [label_index[x] for x in train_split.labels])
@@ -199,7 +229,9 @@ def _train_into(config: TrainConfig, run_dir: Path, show_progress: bool) -> None
             disable_tqdm=not show_progress,
         )
         trainer = Trainer(
-            model=model, args=args, train_dataset=train_data,
+            model=model,
+            args=args,
+            train_dataset=train_data,
             data_collator=DataCollatorWithPadding(tokenizer),
         )
         result = trainer.train()
@@ -213,8 +245,9 @@ def _train_into(config: TrainConfig, run_dir: Path, show_progress: bool) -> None
             tokens_seen=int(tokens * config.epochs),
             final_loss=result.training_loss,
         )
-        log.info("%s: trained in %.0f s, loss %.4f", config.name, budget["seconds"],
-                 result.training_loss)
+        log.info(
+            "%s: trained in %.0f s, loss %.4f", config.name, budget["seconds"], result.training_loss
+        )
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
     model.to("cpu")
