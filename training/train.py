@@ -212,6 +212,7 @@ def _train_into(config: TrainConfig, run_dir: Path, show_progress: bool) -> None
         args = TrainingArguments(
             output_dir=str(run_dir / "checkpoints"),
             per_device_train_batch_size=config.batch_size,
+            group_by_length=config.group_by_length,
             num_train_epochs=config.epochs,
             learning_rate=config.learning_rate,
             weight_decay=config.weight_decay,
@@ -250,7 +251,7 @@ def _train_into(config: TrainConfig, run_dir: Path, show_progress: bool) -> None
         )
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
-    model.to("cpu")
+    model.to(device)  # evaluate where it trained; fp32 weights, so CPU export matches
     metrics = {
         "train": budget,
         "validation": evaluate(model, tokenizer, dataset, "validation", config),
@@ -258,4 +259,5 @@ def _train_into(config: TrainConfig, run_dir: Path, show_progress: bool) -> None
     }
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "environment.json", {**environment(), "device": device})
+    model.to("cpu")
     save_model_dir(run_dir / "model", model, tokenizer, dataset.label_names)
