@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -72,6 +73,37 @@ def export_onnx(model: Classifier, tokenizer, path: Path, max_length: int) -> No
             # measured padded-vs-alone 1e-7 in ONNX for the bidirectional decoder.
             dynamo=False,
         )
+
+
+def int8_exclusions(fp32_path: Path) -> list[str]:
+    """MatMul nodes left in fp32 by dynamic int8.
+
+    Llama-style MLP outputs (`down_proj`) carry a few huge activations, and dynamic int8
+    quantizes activations per tensor: measured on the demo's SmolLM2 last-token model, int8
+    everywhere agreed with fp32 on 78% of SST-2 test labels (accuracy 80.7% -> 70.5%);
+    keeping the 30 down_proj MatMuls in fp32 raised that to 93% (78.1%).
+    """
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type == "MatMul" and "down_proj" in n.name]
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path) -> dict[str, object]:
+    """Dynamic int8 (weights ahead, activations per batch; no calibration data needed).
+    Per-channel weight scales: MiniLM kept 98.3% of labels against 96.8% per-tensor."""
+    excluded = int8_exclusions(fp32_path)
+    quantize_dynamic(
+        fp32_path,
+        int8_path,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_exclude=excluded,
+    )
+    return {
+        "method": "dynamic",
+        "weight_type": "int8",
+        "per_channel": True,
+        "fp32_nodes": len(excluded),
+    }
 
 
 def _score(model_dir: Path, texts: list[str], label_ids: list[int], labels: list[str]):
@@ -134,17 +166,17 @@ def export_run(
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         start = time.perf_counter()
+        quantization: dict[str, object] = {}
         if precision == "fp32":
             export_onnx(model, tokenizer, partial / MODEL_NAME, config.max_length)
         else:
-            # Dynamic int8: weights quantized ahead, activations per batch; no calibration.
-            quantize_dynamic(
-                fp32_dir / MODEL_NAME, partial / MODEL_NAME, weight_type=QuantType.QInt8
-            )
+            quantization = quantize_int8(fp32_dir / MODEL_NAME, partial / MODEL_NAME)
         tokenizer.backend_tokenizer.save(str(partial / TOKENIZER_NAME))
         export_seconds = round(time.perf_counter() - start, 1)
         files = {n: sha256_of(partial / n) for n in (MODEL_NAME, TOKENIZER_NAME)}
-        manifest = Manifest(name=target.name, precision=precision, files=files, **base)
+        manifest = Manifest(
+            name=target.name, precision=precision, files=files, quantization=quantization, **base
+        )
         manifest.write(partial)
 
         logits, metrics = _score(partial, texts, label_ids, labels)

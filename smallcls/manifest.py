@@ -45,6 +45,7 @@ class Manifest:
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # file name -> sha256
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # accuracy of this file
     parity: dict[str, Any] = dataclasses.field(default_factory=dict)  # vs torch / vs fp32
+    quantization: dict[str, Any] = dataclasses.field(default_factory=dict)  # how int8 was made
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
 

@@ -153,3 +153,23 @@ def test_run_dir_records_what_made_it(exported):
     assert config["layers"] == 2 and config["family"] == "extracted_encoder"
     assert "torch" in json.loads((run_dir / "environment.json").read_text())
     assert not run_dir.with_name(run_dir.name + ".partial").exists()
+
+
+def test_int8_keeps_decoder_mlp_outputs_in_fp32(exported):
+    """Llama-style down_proj MatMuls stay fp32 (their activation outliers break per-tensor
+    int8); encoders have none to keep."""
+    from export.onnx_export import int8_exclusions
+
+    _, (last_fp32, last_int8) = exported["last"]
+    _, (enc_fp32, enc_int8) = exported["encoder"]
+    kept = int8_exclusions(last_fp32 / "model.onnx")
+    assert len(kept) == 3 and all("down_proj" in name for name in kept)  # one per layer
+    assert int8_exclusions(enc_fp32 / "model.onnx") == []
+    assert Manifest.read(last_int8).quantization["fp32_nodes"] == 3
+    assert Manifest.read(enc_int8).quantization == {
+        "method": "dynamic",
+        "weight_type": "int8",
+        "per_channel": True,
+        "fp32_nodes": 0,
+    }
+    assert Manifest.read(enc_fp32).quantization == {}
