@@ -14,7 +14,7 @@ from export.onnx_export import export_run  # noqa: E402
 from service.runtime import OnnxClassifier  # noqa: E402
 from smallcls.config import TrainConfig  # noqa: E402
 from smallcls.manifest import Manifest, ManifestError, verify_files  # noqa: E402
-from tests.tiny_models import SST2_TEST, SST2_TRAIN  # noqa: E402
+from tests.tiny_models import SST2_TEST, SST2_TRAIN, sst2_slice  # noqa: E402
 from training.run_dir import RunDirError, load_run  # noqa: E402
 from training.train import predict_logits, train  # noqa: E402
 
@@ -33,12 +33,6 @@ FAMILIES = {
 }
 
 
-def _slice(src: Path, dst: Path, rows: int) -> Path:
-    with open(src, encoding="utf-8") as fh:
-        dst.write_text("".join(line for _, line in zip(range(rows), fh, strict=False)))
-    return dst
-
-
 def _read_jsonl(path) -> list[dict]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh]
@@ -48,8 +42,8 @@ def _read_jsonl(path) -> list[dict]:
 def exported(tiny_dirs, tmp_path_factory):
     """{key: (run_dir, [fp32_dir, int8_dir])} for every family, trained on a small slice."""
     root = tmp_path_factory.mktemp("export")
-    train_path = _slice(SST2_TRAIN, root / "train.jsonl", 300)
-    test_path = _slice(SST2_TEST, root / "test.jsonl", 96)
+    train_path = sst2_slice(SST2_TRAIN, root / "train.jsonl", 300)
+    test_path = sst2_slice(SST2_TEST, root / "test.jsonl", 96)
     out = {}
     for key, spec in FAMILIES.items():
         spec = dict(spec)
@@ -173,3 +167,30 @@ def test_int8_keeps_decoder_mlp_outputs_in_fp32(exported):
         "fp32_nodes": 0,
     }
     assert Manifest.read(enc_fp32).quantization == {}
+
+
+def test_zero_shot_label_words_need_no_training(tiny_dirs, tmp_path):
+    """Zero-shot label-word scoring: no optimizer step, yet a complete run that exports."""
+    config = TrainConfig(
+        name="zs",
+        family="causal_lm",
+        head="label_words",
+        zero_shot=True,
+        base_model=str(tiny_dirs["llama"]),
+        train_path=str(sst2_slice(SST2_TRAIN, tmp_path / "train.jsonl", 100)),
+        test_path=str(sst2_slice(SST2_TEST, tmp_path / "test.jsonl", 32)),
+        prompt_template="{text} sentiment :",
+        label_words={"negative": "bad", "positive": "good"},
+        max_val_rows=16,
+        threads=1,
+    )
+    run_dir = train(config, tmp_path / "runs", show_progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train"]["zero_shot"] is True and metrics["train"]["examples_seen"] == 0
+    assert not (run_dir / "trainer_log.jsonl").exists()
+    (fp32_dir,) = export_run(run_dir, tmp_path / "models", precisions=("fp32",))
+    manifest = Manifest.read(fp32_dir)
+    assert manifest.head == "label_words" and manifest.truncation_side == "left"
+    assert manifest.prompt_template == "{text} sentiment :"
+    assert manifest.parity["max_abs_logit_diff_vs_torch"] < 1e-4
+    assert not (tmp_path / "models" / "zs-int8").exists()

@@ -13,15 +13,9 @@ import yaml
 
 pytest.importorskip("torch")
 
-from tests.tiny_models import SST2_TEST, SST2_TRAIN
+from tests.tiny_models import SST2_TEST, SST2_TRAIN, sst2_slice
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _slice(src, dst, rows):
-    with open(src, encoding="utf-8") as fh:
-        dst.write_text("".join(line for _, line in zip(range(rows), fh, strict=False)))
-    return str(dst)
 
 
 def _smallcls(*args, cwd, timeout=600):
@@ -37,8 +31,8 @@ def _smallcls(*args, cwd, timeout=600):
 
 
 def test_demo_end_to_end_on_tiny_models(tiny_dirs, tmp_path):
-    train = _slice(SST2_TRAIN, tmp_path / "train.jsonl", 300)
-    test = _slice(SST2_TEST, tmp_path / "test.jsonl", 64)
+    train = str(sst2_slice(SST2_TRAIN, tmp_path / "train.jsonl", 300))
+    test = str(sst2_slice(SST2_TEST, tmp_path / "test.jsonl", 64))
     common = dict(
         train_path=train,
         test_path=test,

@@ -26,6 +26,13 @@ SST2_TRAIN = REPO / "data" / "sst2" / "train.jsonl"
 SST2_TEST = REPO / "data" / "sst2" / "test.jsonl"
 
 
+def sst2_slice(src: Path, dst: Path, rows: int) -> Path:
+    """The first `rows` lines of an SST-2 split, written to `dst`: small real data for tests."""
+    with open(src, encoding="utf-8") as fh:
+        dst.write_text("".join(line for _, line in zip(range(rows), fh, strict=False)))
+    return dst
+
+
 def sst2_texts(n: int = 2000) -> list[str]:
     with open(SST2_TRAIN, encoding="utf-8") as fh:
         return [json.loads(line)["text"] for _, line in zip(range(n), fh, strict=False)]
