@@ -194,12 +194,11 @@ def export_run(
         manifest = Manifest(
             **{
                 **manifest.__dict__,
-                "metrics": metrics,
+                "metrics": {**metrics, "export_seconds": export_seconds},
                 "parity": parity,
                 "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
         )
-        manifest.metrics["export_seconds"] = export_seconds
         manifest.write(partial)
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)

@@ -66,9 +66,12 @@ def run_demo(
 
     start = time.perf_counter()
     model_dirs: list[Path] = []
-    for i, run_dir in enumerate(run_dirs, 1):
+    texts_for: dict[Path, Path] = {}  # each model is load-tested with its own test texts
+    for i, (run_dir, model) in enumerate(zip(run_dirs, config.models, strict=True), 1):
         echo(f"[export {i}/{total}] {run_dir.name}: ONNX {' + '.join(config.precisions)}")
-        model_dirs += export_run(run_dir, out / "models", precisions=tuple(config.precisions))
+        for model_dir in export_run(run_dir, out / "models", precisions=tuple(config.precisions)):
+            model_dirs.append(model_dir)
+            texts_for[model_dir] = Path(model.test_path)
     timings["export"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -87,7 +90,7 @@ def run_demo(
             summary = run_loadtest(
                 host=server.url,
                 model=model_dir.name,
-                texts_path=Path(config.models[0].test_path),
+                texts_path=texts_for[model_dir],
                 out_dir=target,
                 users=config.loadtest_users,
                 spawn_rate=config.loadtest_users,
