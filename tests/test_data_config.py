@@ -107,6 +107,13 @@ def test_yaml_file_plus_cli_overrides(tmp_path):
         parse_overrides(["learning_rate"])
 
 
+def test_train_config_example_in_repo_is_valid():
+    from smallcls.cli import DEFAULT_DEMO_CONFIG
+
+    config = load_config(TrainConfig, DEFAULT_DEMO_CONFIG.parent / "train_minilm.yaml", {})
+    assert config.family == "encoder" and config.base_model == "minilm-l6"
+
+
 def test_demo_config_in_repo_is_valid():
     from smallcls.cli import DEFAULT_DEMO_CONFIG
 
