@@ -158,9 +158,8 @@ def export_run(
     written: list[Path] = []
     fp32_logits: np.ndarray | None = None
     fp32_dir = out_dir / f"{config.name}-fp32"
-    for precision in ("fp32", "int8"):
-        if precision not in precisions and not (precision == "fp32" and "int8" in precisions):
-            continue  # int8 is quantized from fp32, so fp32 is built whenever int8 is asked
+    # int8 is quantized from fp32, so fp32 is built whenever int8 is asked for.
+    for precision in ["fp32"] + (["int8"] if "int8" in precisions else []):
         target = out_dir / f"{config.name}-{precision}"
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)

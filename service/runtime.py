@@ -14,7 +14,13 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from smallcls.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, verify_files
+from smallcls.manifest import (
+    MODEL_NAME,
+    TOKENIZER_NAME,
+    Manifest,
+    fill_template,
+    verify_files,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +75,7 @@ class OnnxClassifier:
         return tokenizer
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        prompts = [self.manifest.prompt_template.replace("{text}", t) for t in texts]
+        prompts = fill_template(self.manifest.prompt_template, texts)
         encodings = self.tokenizer.encode_batch(prompts)
         input_ids = np.asarray([e.ids for e in encodings], dtype=np.int64)  # (B, T)
         attention_mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)

@@ -49,6 +49,7 @@ def run_demo(
 
     start = time.perf_counter()
     run_dirs: list[Path] = []
+    test_accuracy: dict[str, float] = {}
     for i, model in enumerate(config.models, 1):
         run_dir = out / "runs" / model.name
         if not fresh and _reusable(run_dir, model):
@@ -59,8 +60,10 @@ def run_demo(
                 f"{model.base_model}, {model.train_rows or 'all'} rows"
             )
             run_dir = train(model, out / "runs", show_progress=show_progress)
-        test = json.loads((run_dir / "metrics.json").read_text())["test"]
-        echo(f"[train {i}/{total}] {model.name}: test accuracy {test['accuracy']:.2%}")
+        test_accuracy[model.name] = json.loads((run_dir / "metrics.json").read_text())["test"][
+            "accuracy"
+        ]
+        echo(f"[train {i}/{total}] {model.name}: test accuracy {test_accuracy[model.name]:.2%}")
         run_dirs.append(run_dir)
     timings["train"] = time.perf_counter() - start
 
@@ -105,11 +108,11 @@ def run_demo(
     )
     echo("")
     echo(result.markdown)
-    for run_dir, model in zip(run_dirs, config.models, strict=True):
+    for model in config.models:
         target = TARGETS.get(model.family)
         if target is None:
             continue
-        acc = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
+        acc = test_accuracy[model.name]
         verdict = "meets" if acc >= target else "MISSES"
         echo(
             f"target: {model.name} ({model.family}) test accuracy {acc:.2%} {verdict} "

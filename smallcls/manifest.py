@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,6 +93,13 @@ class Manifest:
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
+
+
+def fill_template(template: str, texts: Sequence[str]) -> list[str]:
+    """Put each text into a prompt template. Training, export and the server all call this:
+    if they filled prompts differently, the served model would see other tokens than it
+    was trained and checked on."""
+    return [template.replace("{text}", text) for text in texts]
 
 
 def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:

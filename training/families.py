@@ -57,6 +57,10 @@ class ModelSpec:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
 
 
+def is_t5_config(config: PretrainedConfig) -> bool:
+    return config.model_type in ("t5", "mt5")
+
+
 def is_decoder_config(config: PretrainedConfig) -> bool:
     return config.model_type not in ("bert", "t5", "mt5", "roberta", "distilbert", "xlm-roberta")
 
@@ -103,8 +107,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.spec = spec
         self.backbone = backbone
-        hidden = backbone.config.hidden_size if hasattr(backbone.config, "hidden_size") else None
-        hidden = hidden or backbone.config.d_model  # T5 names it d_model
+        hidden = backbone.config.hidden_size  # T5 configs alias it to d_model
         self.decoder = is_decoder_config(backbone.config)
         self.bidirectional = spec.family == "extracted_encoder" and self.decoder
         self.dropout = nn.Dropout(spec.dropout)
@@ -161,9 +164,9 @@ def cut_layers(backbone: PreTrainedModel, layers: int | None) -> None:
         backbone.config.layer_types = backbone.config.layer_types[:layers]
 
 
-def backbone_from_config(config: PretrainedConfig, spec: ModelSpec) -> PreTrainedModel:
+def backbone_from_config(config: PretrainedConfig) -> PreTrainedModel:
     """A randomly initialised backbone of the right class (the T5 encoder half for T5)."""
-    if config.model_type in ("t5", "mt5"):
+    if is_t5_config(config):
         from transformers import T5EncoderModel
 
         return T5EncoderModel(config)
@@ -174,7 +177,7 @@ def load_backbone(source: str, spec: ModelSpec) -> tuple[PreTrainedModel, torch.
     """Pretrained backbone weights from a local directory or a hub id, and the output
     embedding when the head scores label words (it may be untied from the input one)."""
     config = AutoConfig.from_pretrained(source)
-    if config.model_type in ("t5", "mt5"):
+    if is_t5_config(config):
         from transformers import T5EncoderModel
 
         return T5EncoderModel.from_pretrained(source), None
@@ -200,7 +203,7 @@ def build_classifier(source: str | PretrainedConfig, spec: ModelSpec) -> Classif
     """From pretrained weights (a path or hub id) or, given a config, randomly initialised."""
     output_embeddings = None
     if isinstance(source, PretrainedConfig):
-        backbone = backbone_from_config(source, spec)
+        backbone = backbone_from_config(source)
     else:
         backbone, output_embeddings = load_backbone(source, spec)
     return Classifier(prepare_backbone(backbone, spec), spec, output_embeddings)

@@ -26,10 +26,6 @@ def load_tokenizer(source: str, *, head: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def apply_template(template: str, texts: list[str]) -> list[str]:
-    return [template.replace("{text}", t) for t in texts]
-
-
 def label_token_ids(
     tokenizer: PreTrainedTokenizerBase, labels: list[str], words: dict[str, str]
 ) -> tuple[int, ...]:

@@ -20,10 +20,11 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, se
 from smallcls import pretrained
 from smallcls.config import TrainConfig, to_dict
 from smallcls.data import Dataset, load_dataset, load_hub_dataset
+from smallcls.manifest import fill_template
 from smallcls.metrics import classification_metrics
 from training.families import Classifier, ModelSpec, build_classifier
 from training.run_dir import COMPLETE, environment, save_model_dir, write_json
-from training.tokenize import apply_template, label_token_ids, load_tokenizer
+from training.tokenize import label_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def predict_logits(
     """(N, L) logits in input order; batches are length-sorted so padding stays small."""
     model.eval()
     device = next(model.parameters()).device
-    prompts = apply_template(template, texts)
+    prompts = fill_template(template, texts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = np.zeros((len(prompts), model.spec.num_labels), dtype=np.float32)
     for start in range(0, len(order), batch_size):
@@ -202,7 +203,7 @@ def _train_into(config: TrainConfig, run_dir: Path, show_progress: bool) -> None
         budget.update(seconds=0.0, examples_seen=0, tokens_seen=0, zero_shot=True)
     else:
         encodings = tokenizer(
-            apply_template(config.prompt_template, train_split.texts),
+            fill_template(config.prompt_template, train_split.texts),
             truncation=True,
             max_length=config.max_length,
         )
