@@ -21,6 +21,9 @@ SCHEMA_VERSION = 1
 
 Family = Literal["encoder", "extracted_encoder", "causal_lm"]
 Precision = Literal["fp32", "int8"]
+# Multi-class models pick one label (softmax); multi-label models pick every label whose
+# sigmoid clears its threshold. Mixing them up silently gives wrong answers, so it is explicit.
+ProblemType = Literal["single_label", "multi_label"]
 
 
 class ManifestError(ValueError):
@@ -39,6 +42,9 @@ class Manifest:
     pad_token_id: int
     pad_token: str
     truncation_side: Literal["left", "right"] = "right"
+    problem_type: ProblemType = "single_label"
+    # multi_label only: one sigmoid threshold per label, tuned on validation at training time.
+    thresholds: list[float] | None = None
     # "{text}" for plain classifiers; label-word models wrap the text in their prompt.
     prompt_template: str = "{text}"
     source_run: str = ""
@@ -61,6 +67,21 @@ class Manifest:
             raise ManifestError(f"manifest.max_length must be >= 2, got {self.max_length}")
         if "{text}" not in self.prompt_template:
             raise ManifestError("manifest.prompt_template must contain '{text}'")
+        if self.problem_type not in ("single_label", "multi_label"):
+            raise ManifestError(
+                f"manifest.problem_type must be 'single_label' or 'multi_label', "
+                f"got {self.problem_type!r}"
+            )
+        if self.thresholds is not None:
+            if self.problem_type != "multi_label":
+                raise ManifestError("manifest.thresholds is only meaningful for multi_label")
+            if len(self.thresholds) != len(self.labels) or not all(
+                0.0 < t < 1.0 for t in self.thresholds
+            ):
+                raise ManifestError(
+                    f"manifest.thresholds must hold one value in (0, 1) per label "
+                    f"({len(self.labels)}), got {self.thresholds!r}"
+                )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False) + "\n"
