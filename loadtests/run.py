@@ -34,6 +34,8 @@ from loadtests.texts import mean_words, read_texts, select_texts, write_texts
 logger = logging.getLogger(__name__)
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+SHAPES_FILE = Path(__file__).with_name("shapes.py")
+SHAPE_MAX_S = 60  # the longest table in shapes.py, before scaling: bounds a shape's run
 CSV_PREFIX = "locust"
 STATS_CSV = f"{CSV_PREFIX}_stats.csv"  # locust's own, rewritten once a second during the run
 # Same format, written by the locustfile when locust quits: the only file with the final numbers.
@@ -177,6 +179,8 @@ def run_loadtest(
     max_length: int = 64,
     workers: int = 0,
     server_pid: int | None = None,
+    shape: str | None = None,
+    shape_scale: float = 1.0,
 ) -> LoadSummary:
     """Load-test `POST {host}/classify` for `run_time_s` seconds and write `summary.json`.
 
@@ -189,6 +193,9 @@ def run_loadtest(
     runs locust as a master on 127.0.0.1 with that many local `--worker` processes, for loads
     one process cannot generate. `server_pid` names the server's root process: the CPU its
     process tree used during the test is recorded (`server_cpu_percent`, 100 = one core).
+    `shape` plays a load-shape table (loadtests/shapes.py: ramp, steps, spike; `shape_scale`
+    stretches its time axis) instead of a fixed number of users; `users` and `run_time_s`
+    then only record the peak and bound the run.
     """
     if users < 1 or batch < 1 or run_time_s < 1 or spawn_rate <= 0:
         raise ValueError(
@@ -211,9 +218,10 @@ def run_loadtest(
     sent = select_texts(read_texts(texts_path), length, max_length=max_length)
     sent_path = write_texts(sent, out_dir / TEXTS_NAME)
 
+    locustfiles = str(LOCUSTFILE) + (f",{SHAPES_FILE}" if shape else "")
     cmd = [
         sys.executable, "-m", "locust",
-        "-f", str(LOCUSTFILE),
+        "-f", locustfiles,
         "--headless",
         "--host", host,
         "--users", str(users),
@@ -235,6 +243,8 @@ def run_loadtest(
         SMALLCLS_LOADTEST_MODEL=model,
         SMALLCLS_LOADTEST_BATCH=str(batch),
     )
+    if shape:
+        env.update(SMALLCLS_LOADTEST_SHAPE=shape, SMALLCLS_LOADTEST_SHAPE_SCALE=str(shape_scale))
     if timeout_s is not None:
         env["SMALLCLS_LOADTEST_TIMEOUT_S"] = str(timeout_s)
     else:
@@ -245,9 +255,11 @@ def run_loadtest(
         "load test %s at %s: %d users, batch %d, %s texts, %d s, %d workers -> %s",
         model, host, users, batch, length, run_time_s, workers, out_dir,
     )  # fmt: skip
+    # A shape runs for its table's length, whatever --run-time says.
+    bound_s = max(run_time_s, SHAPE_MAX_S * shape_scale) if shape else run_time_s
     cpu = ServerCpu(server_pid) if server_pid is not None else None
     with open(log_path, "w", encoding="utf-8") as log:
-        worker_cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker"]
+        worker_cmd = [sys.executable, "-m", "locust", "-f", locustfiles, "--worker"]
         worker_cmd += ["--master-host", "127.0.0.1", "--master-port", str(master_port)]
         worker_procs = [
             subprocess.Popen(worker_cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out_dir)
@@ -260,12 +272,12 @@ def run_loadtest(
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=out_dir,  # keep a stray locust.conf in the caller's cwd out of the run
-                timeout=run_time_s + STARTUP_SLACK_S,
+                timeout=bound_s + STARTUP_SLACK_S,
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
             raise LoadTestError(
-                f"locust did not finish within {run_time_s + STARTUP_SLACK_S} s; see {log_path}"
+                f"locust did not finish within {bound_s + STARTUP_SLACK_S} s; see {log_path}"
             ) from exc
         finally:
             _stop(worker_procs)

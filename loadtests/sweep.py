@@ -27,6 +27,7 @@ from loadtests.run import SUMMARY_NAME, LoadSummary, LoadTestError, run_loadtest
 logger = logging.getLogger(__name__)
 
 SWEEP_NAME = "sweep.json"
+DEFAULT_HOST = "http://127.0.0.1:3000"  # `smallcls serve`'s default
 DEFAULT_STEPS = (1, 2, 4, 8, 16, 32)
 DEFAULT_SLO_P95_MS = 50.0
 # A step that fails more requests than this does not count as meeting the SLO: a server that
@@ -225,3 +226,102 @@ def run_sweep(
         (out_dir / SUMMARY_NAME).unlink(missing_ok=True)
     logger.info("%s", result.line())
     return result
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoadTestPlan:
+    """What `smallcls loadtest` runs for each model: a sweep (`steps`), a load shape, or one
+    run of `users` users for `seconds`."""
+
+    texts_path: Path
+    out_dir: Path
+    users: int = 8
+    seconds: int = 20  # one run's length, each sweep step's, or the bound of a shape
+    steps: list[int] | None = None
+    shape: str | None = None
+    shape_scale: float = 1.0
+    slo_p95_ms: float = DEFAULT_SLO_P95_MS
+    batch: int = 1
+    length: str = "all"
+    max_length: int = 64
+    workers: int = 0
+
+
+def load_test_models(
+    plan: LoadTestPlan,
+    *,
+    host: str | None,
+    models: Sequence[str] = (),
+    model_dirs: Sequence[Path] = (),
+    server_pid: int | None = None,
+    serve_threads: int = 2,
+    echo: Callable[[str], None] = print,
+) -> list[Path]:
+    """Load-test each model; returns the output directories (one per model under
+    `plan.out_dir`, or `plan.out_dir` itself for a single named model).
+
+    With `model_dirs` and no `host`, starts `bentoml serve` for them on 127.0.0.1 first, and
+    takes each model's name and max length from its manifest. Otherwise talks to `host`, and
+    finds the server's process (for CPU figures) from the port when `server_pid` is None.
+    """
+    from loadtests.run import find_server_pid, wait_ready
+    from smallcls.manifest import Manifest
+
+    if model_dirs and host is None:
+        from service.launch import ServerProcess
+
+        log = Path(plan.out_dir) / "server.log"
+        echo(f"[serve] starting BentoML with {len(model_dirs)} models (log {log})")
+        with ServerProcess(model_dirs, threads=serve_threads, log_path=log) as server:
+            assert server.process is not None
+            echo(f"[serve] ready at {server.url}")
+            named = [Manifest.read(Path(d)) for d in model_dirs]
+            return _each(plan, server.url, [(m.name, m.max_length) for m in named],
+                         server.process.pid, echo, nest=True)  # fmt: skip
+    if host is None:
+        host = DEFAULT_HOST
+    wait_ready(host)
+    pairs = [(name, plan.max_length) for name in models]
+    for model_dir in model_dirs:
+        manifest = Manifest.read(Path(model_dir))
+        pairs.append((manifest.name, manifest.max_length))
+    if not pairs:
+        raise ValueError("name at least one model (--model NAME or model directories)")
+    pid = server_pid if server_pid is not None else find_server_pid(host)
+    if pid is None:
+        echo("[loadtest] server process not found on this machine: no server CPU figures")
+    return _each(plan, host, pairs, pid, echo, nest=len(pairs) > 1 or plan.steps is not None)
+
+
+def _each(
+    plan: LoadTestPlan,
+    host: str,
+    models: list[tuple[str, int]],
+    server_pid: int | None,
+    echo: Callable[[str], None],
+    *,
+    nest: bool,
+) -> list[Path]:
+    outs = []
+    for i, (name, max_length) in enumerate(models, 1):
+        out = Path(plan.out_dir) / name if nest else Path(plan.out_dir)
+        echo(f"[loadtest {i}/{len(models)}] {name} -> {out}")
+        common: dict[str, Any] = dict(
+            host=host, model=name, texts_path=plan.texts_path, out_dir=out, batch=plan.batch,
+            length=plan.length, max_length=max_length, workers=plan.workers,
+            server_pid=server_pid,
+        )  # fmt: skip
+        if plan.steps:
+            sweep = run_sweep(
+                **common, steps=plan.steps, step_seconds=plan.seconds,
+                slo_p95_ms=plan.slo_p95_ms, echo=echo,
+            )  # fmt: skip
+            echo(f"[loadtest {i}/{len(models)}] {sweep.line()}")
+        else:
+            summary = run_loadtest(
+                **common, users=plan.users, spawn_rate=plan.users, run_time_s=plan.seconds,
+                shape=plan.shape, shape_scale=plan.shape_scale,
+            )  # fmt: skip
+            echo(f"[loadtest {i}/{len(models)}] {summary.line()}")
+        outs.append(out)
+    return outs
