@@ -8,6 +8,7 @@ Pareto frontier; hovering a point shows its numbers and the files they came from
 from __future__ import annotations
 
 import html
+import math
 from typing import Any
 
 import plotly.graph_objects as go
@@ -37,17 +38,19 @@ th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
 td.text { text-align: left; }
 .rec { background: #eef6ee; border-left: 5px solid #2a7; padding: 0.7em 1em; }
 .rec.none { background: #fbeeee; border-left-color: #c33; }
-.plots { display: flex; flex-wrap: wrap; gap: 1em; } .plot { flex: 1 1 600px; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; } .plot { flex: 0 0 620px; }
 code { font-size: 12px; } li { margin: 0.2em 0; }
 """
 
 
 def render_html(ctx: _Context) -> str:
-    cost_label = f"$ per million classifications ({ctx.prices.measured_as}, log scale)"
+    # Both axes span an order of magnitude or more across model sizes: log scales.
     plots = [
-        _pareto_figure(ctx, "usd_per_million", cost_label, log=True, include_js=True),
-        _pareto_figure(ctx, "p95_ms", "p95 latency at the operating point (ms)", include_js=False),
-    ]
+        _pareto_figure(ctx, "usd_per_million", "$ per million classifications (log scale)",
+                       log=True, include_js=True),
+        _pareto_figure(ctx, "p95_ms", "p95 latency at the operating point (ms, log scale)",
+                       log=True, include_js=False),
+    ]  # fmt: skip
     rec = ctx.recommendation
     headers, cells = table_cells(ctx.rows, ctx.prices.measured_as)
     parts = [
@@ -123,25 +126,42 @@ def _pareto_figure(ctx: _Context, x: str, x_title: str, *, log: bool = False,
         annotation_text=f"floor {ctx.accuracy_floor:.1%}", annotation_position="bottom right",
     )  # fmt: skip
     if x == "p95_ms":
-        fig.add_vline(
-            x=ctx.latency_target_ms, line={"dash": "dot", "color": "#c33"},
-            annotation_text=f"target {ctx.latency_target_ms:g} ms",
+        # A trace, not a shape: shapes on log axes take log10 coordinates and are easy to misplace.
+        ys = [100 * getattr(r, ctx.metric) for _, r in rows] + [100 * ctx.accuracy_floor]
+        fig.add_trace(
+            go.Scatter(
+                x=[ctx.latency_target_ms] * 2, y=[min(ys) - 2, max(ys) + 2], mode="lines",
+                line={"dash": "dot", "color": "#c33"}, hoverinfo="skip",
+                name=f"target p95 {ctx.latency_target_ms:g} ms",
+            )
         )  # fmt: skip
     missing = [r.name for r in ctx.rows if _point(r, x, ctx.metric) is None]
-    title = f"{metric_label} vs {'cost' if x == 'usd_per_million' else 'p95 latency'}"
+    if x == "usd_per_million":
+        title = f"{metric_label} vs cost on {ctx.prices.measured_as}"
+    else:
+        title = f"{metric_label} vs p95 latency"
     if missing:
         why = "no throughput at the target" if x == "usd_per_million" else "no load test"
         title += f"<br><sup>{len(missing)} not shown ({why}); see the tables</sup>"
+    xs = [getattr(r, x) for _, r in rows]
+    if x == "p95_ms":
+        xs.append(ctx.latency_target_ms)
+    if log and xs:
+        # Half a decade of margin: labels above the outermost markers stay inside the plot.
+        fig.update_xaxes(range=[math.log10(min(xs)) - 0.5, math.log10(max(xs)) + 0.5])
     fig.update_layout(
         title=title,
         xaxis_title=x_title,
         yaxis_title=f"{metric_label} on the test split (%)",
         xaxis_type="log" if log else "linear",
         template="plotly_white",
-        height=520,
-        legend={"title": {"text": "family, precision"}},
+        # Fixed size: two plots side by side on a 1,280 px page, never overlapping.
+        width=620,
+        height=560,
+        # Below the plot: two plots side by side leave no room for a legend at the right.
+        legend={"orientation": "h", "y": -0.22, "x": 0, "title": {"text": "family, precision: "}},
         showlegend=True,
-        margin={"l": 60, "r": 20, "t": 80, "b": 60},
+        margin={"l": 60, "r": 20, "t": 80, "b": 130},
     )
     return fig.to_html(
         full_html=False, include_plotlyjs=bool(include_js), config={"displaylogo": False}
