@@ -17,17 +17,25 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from loadtests.texts import mean_words, read_texts, select_texts, write_texts
+
 logger = logging.getLogger(__name__)
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+SHAPES_FILE = Path(__file__).with_name("shapes.py")
+SHAPE_MAX_S = 60  # the longest table in shapes.py, before scaling: bounds a shape's run
 CSV_PREFIX = "locust"
 STATS_CSV = f"{CSV_PREFIX}_stats.csv"  # locust's own, rewritten once a second during the run
 # Same format, written by the locustfile when locust quits: the only file with the final numbers.
@@ -35,6 +43,7 @@ FINAL_STATS_CSV = f"{CSV_PREFIX}_final_stats.csv"
 SUMMARY_NAME = "summary.json"
 LOG_NAME = "locust.log"
 HTML_NAME = "locust.html"
+TEXTS_NAME = "texts.jsonl"  # exactly the texts this test sent
 # Locust needs a few seconds to import and to stop; beyond this the subprocess is hung.
 STARTUP_SLACK_S = 60
 LOG_TAIL_CHARS = 2000
@@ -61,6 +70,12 @@ class LoadSummary:
     p95_ms: float | None
     p99_ms: float | None
     mean_ms: float | None
+    # Optional, with defaults, so summaries written before they existed still load.
+    length: str = "all"  # length bucket of the texts sent (loadtests/texts.py)
+    mean_words: float | None = None  # of the texts sent
+    workers: int = 0  # local locust worker processes (0: one process)
+    # CPU used by the server's process tree during the test; 100 = one core busy.
+    server_cpu_percent: float | None = None
 
     def __post_init__(self) -> None:
         counts = (self.users, self.run_time_s, self.batch, self.requests, self.failures)
@@ -70,7 +85,8 @@ class LoadSummary:
             )
         if self.failures > self.requests:
             raise LoadTestError(f"{self.failures} failures out of {self.requests} requests")
-        for name in ("failure_rate", "rps", "texts_per_s", "p50_ms", "p95_ms", "p99_ms", "mean_ms"):
+        numbers = ("failure_rate", "rps", "texts_per_s", "p50_ms", "p95_ms", "p99_ms", "mean_ms")
+        for name in (*numbers, "mean_words", "server_cpu_percent"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, int | float):
                 raise LoadTestError(f"LoadSummary.{name} must be a number, got {value!r}")
@@ -93,13 +109,20 @@ class LoadSummary:
             f"{self.model}: {self.requests} requests, {self.failures} failed "
             f"({self.failure_rate:.2%}), {self.rps:.1f} req/s, {self.texts_per_s:.1f} texts/s, "
             f"p50 {ms(self.p50_ms)} ms, p95 {ms(self.p95_ms)} ms, p99 {ms(self.p99_ms)} ms "
-            f"({self.users} users, batch {self.batch}, {self.run_time_s} s)"
+            f"({self.users} users, batch {self.batch}, {self.length} texts, {self.run_time_s} s"
+            + (
+                ""
+                if self.server_cpu_percent is None
+                else f", server CPU {self.server_cpu_percent:.0f}%"
+            )
+            + ")"
         )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "summary") -> LoadSummary:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown, missing = sorted(set(data) - known), sorted(known - set(data))
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        unknown, missing = sorted(set(data) - known), sorted(required - set(data))
         if unknown or missing:
             raise LoadTestError(f"{source}: unknown keys {unknown}, missing keys {missing}")
         try:
@@ -152,12 +175,27 @@ def run_loadtest(
     run_time_s: int = 20,
     batch: int = 1,
     timeout_s: float | None = None,
+    length: str = "all",
+    max_length: int = 64,
+    workers: int = 0,
+    server_pid: int | None = None,
+    shape: str | None = None,
+    shape_scale: float = 1.0,
 ) -> LoadSummary:
     """Load-test `POST {host}/classify` for `run_time_s` seconds and write `summary.json`.
 
     `timeout_s` is the per-request network timeout (locust's default, 60 s, when None); a
     request that exceeds it counts as a failure. Failed requests are results, not errors:
     this raises LoadTestError only when locust produced no statistics at all.
+
+    `length` picks a length bucket of the texts (`loadtests.texts`; `max_length` is the model's
+    maximum in tokens, for `near_max`); the texts sent are saved as `texts.jsonl`. `workers` > 0
+    runs locust as a master on 127.0.0.1 with that many local `--worker` processes, for loads
+    one process cannot generate. `server_pid` names the server's root process: the CPU its
+    process tree used during the test is recorded (`server_cpu_percent`, 100 = one core).
+    `shape` plays a load-shape table (loadtests/shapes.py: ramp, steps, spike; `shape_scale`
+    stretches its time axis) instead of a fixed number of users; `users` and `run_time_s`
+    then only record the peak and bound the run.
     """
     if users < 1 or batch < 1 or run_time_s < 1 or spawn_rate <= 0:
         raise ValueError(
@@ -166,6 +204,8 @@ def run_loadtest(
         )
     if timeout_s is not None and timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
     texts_path = Path(texts_path).resolve()
     if not texts_path.is_file():
         raise FileNotFoundError(f"{texts_path} not found: pass a JSON Lines file of texts")
@@ -175,10 +215,13 @@ def run_loadtest(
     for stale in out_dir.glob(f"{CSV_PREFIX}_*.csv"):
         stale.unlink()
     (out_dir / SUMMARY_NAME).unlink(missing_ok=True)
+    sent = select_texts(read_texts(texts_path), length, max_length=max_length)
+    sent_path = write_texts(sent, out_dir / TEXTS_NAME)
 
+    locustfiles = str(LOCUSTFILE) + (f",{SHAPES_FILE}" if shape else "")
     cmd = [
         sys.executable, "-m", "locust",
-        "-f", str(LOCUSTFILE),
+        "-f", locustfiles,
         "--headless",
         "--host", host,
         "--users", str(users),
@@ -188,12 +231,20 @@ def run_loadtest(
         "--html", str(out_dir / HTML_NAME),
         "--only-summary",
     ]  # fmt: skip
+    master_port = free_port() if workers else None
+    if master_port is not None:
+        cmd += [
+            "--master", "--master-bind-host", "127.0.0.1",
+            "--master-bind-port", str(master_port), "--expect-workers", str(workers),
+        ]  # fmt: skip
     env = dict(os.environ)
     env.update(
-        SMALLCLS_LOADTEST_TEXTS=str(texts_path),
+        SMALLCLS_LOADTEST_TEXTS=str(sent_path),
         SMALLCLS_LOADTEST_MODEL=model,
         SMALLCLS_LOADTEST_BATCH=str(batch),
     )
+    if shape:
+        env.update(SMALLCLS_LOADTEST_SHAPE=shape, SMALLCLS_LOADTEST_SHAPE_SCALE=str(shape_scale))
     if timeout_s is not None:
         env["SMALLCLS_LOADTEST_TIMEOUT_S"] = str(timeout_s)
     else:
@@ -201,10 +252,19 @@ def run_loadtest(
 
     log_path = out_dir / LOG_NAME
     logger.info(
-        "load test %s at %s: %d users, batch %d, %d s -> %s",
-        model, host, users, batch, run_time_s, out_dir,
+        "load test %s at %s: %d users, batch %d, %s texts, %d s, %d workers -> %s",
+        model, host, users, batch, length, run_time_s, workers, out_dir,
     )  # fmt: skip
+    # A shape runs for its table's length, whatever --run-time says.
+    bound_s = max(run_time_s, SHAPE_MAX_S * shape_scale) if shape else run_time_s
+    cpu = ServerCpu(server_pid) if server_pid is not None else None
     with open(log_path, "w", encoding="utf-8") as log:
+        worker_cmd = [sys.executable, "-m", "locust", "-f", locustfiles, "--worker"]
+        worker_cmd += ["--master-host", "127.0.0.1", "--master-port", str(master_port)]
+        worker_procs = [
+            subprocess.Popen(worker_cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out_dir)
+            for _ in range(workers)
+        ]
         try:
             proc = subprocess.run(
                 cmd,
@@ -212,13 +272,16 @@ def run_loadtest(
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=out_dir,  # keep a stray locust.conf in the caller's cwd out of the run
-                timeout=run_time_s + STARTUP_SLACK_S,
+                timeout=bound_s + STARTUP_SLACK_S,
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
             raise LoadTestError(
-                f"locust did not finish within {run_time_s + STARTUP_SLACK_S} s; see {log_path}"
+                f"locust did not finish within {bound_s + STARTUP_SLACK_S} s; see {log_path}"
             ) from exc
+        finally:
+            _stop(worker_procs)
+    server_cpu = cpu.percent() if cpu is not None else None
     # Exit code 1 means some requests failed; the summary records that. Locust opens its CSV
     # files before it loads the locustfile, so a crash at start leaves an empty stats file.
     stats_csv = _nonempty(out_dir / FINAL_STATS_CSV) or _nonempty(out_dir / STATS_CSV)
@@ -235,6 +298,13 @@ def run_loadtest(
 
     summary = summarize_stats(
         stats_csv, model=model, users=users, run_time_s=run_time_s, batch=batch
+    )
+    summary = dataclasses.replace(
+        summary,
+        length=length,
+        mean_words=round(mean_words(sent), 2),
+        workers=workers,
+        server_cpu_percent=None if server_cpu is None else round(server_cpu, 1),
     )
     summary.write(out_dir)
     logger.info("%s", summary.line())
@@ -315,3 +385,78 @@ def _tail(path: Path) -> str:
     except OSError:
         return "<no log>"
     return text[-LOG_TAIL_CHARS:]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    # Workers quit when the master tells them to; this only catches one that did not.
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class ServerCpu:
+    """CPU time used by a process and its descendants between construction and `percent()`.
+
+    Sums user + system time over the tree. BentoML's workers live for the whole server, so the
+    tree is listed once at the start; a process that exits in between loses its last slice.
+    """
+
+    def __init__(self, pid: int) -> None:
+        try:
+            root = psutil.Process(pid)
+            self._procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess as exc:
+            raise LoadTestError(f"server process {pid} not found") from exc
+        self._start = {p.pid: self._cpu(p) for p in self._procs}
+        self._t0 = time.monotonic()
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float | None:
+        try:
+            times = proc.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+        return times.user + times.system
+
+    def percent(self) -> float:
+        elapsed = max(time.monotonic() - self._t0, 1e-9)
+        used = 0.0
+        for proc in self._procs:
+            start, end = self._start.get(proc.pid), self._cpu(proc)
+            if start is not None and end is not None:
+                used += end - start
+        return 100.0 * used / elapsed
+
+
+def find_server_pid(host: str) -> int | None:
+    """The process listening on the host's port when it is this machine; None otherwise.
+
+    For `--host` runs against a server this process did not start; needs the right to list
+    sockets (root, or the same user on most systems).
+    """
+    parsed = urllib.parse.urlsplit(host)
+    if parsed.hostname not in ("127.0.0.1", "localhost", "0.0.0.0") or parsed.port is None:
+        return None
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None
+    pids = sorted(
+        c.pid for c in conns
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == parsed.port and c.pid
+    )  # fmt: skip
+    if not pids:
+        return None
+    # BentoML's arbiter holds the socket and its workers inherit it: the lowest pid is the
+    # arbiter, whose tree holds every worker.
+    return pids[0]

@@ -45,21 +45,33 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_loadtest(args: argparse.Namespace) -> int:
-    from loadtests.run import run_loadtest, wait_ready
+    from loadtests.sweep import LoadTestPlan, load_test_models
 
-    wait_ready(args.host, timeout_s=args.wait)
-    summary = run_loadtest(
-        host=args.host,
-        model=args.model,
+    if args.sweep is not None and args.shape is not None:
+        raise ValueError("--sweep and --shape are alternatives: pass one")
+    plan = LoadTestPlan(
         texts_path=args.texts,
         out_dir=args.out,
         users=args.users,
-        spawn_rate=args.spawn_rate or args.users,
-        run_time_s=args.seconds,
+        seconds=args.seconds,
+        steps=args.sweep,
+        shape=args.shape,
+        shape_scale=args.shape_scale,
+        slo_p95_ms=args.slo_p95_ms,
         batch=args.batch,
+        length=args.length,
+        max_length=args.max_length,
+        workers=args.workers,
     )
-    print(summary.line())
-    print(f"results: {args.out}")
+    outs = load_test_models(
+        plan,
+        host=args.host,
+        models=args.model or [],
+        model_dirs=args.model_dirs,
+        server_pid=args.server_pid,
+        serve_threads=args.threads,
+    )
+    print("results: " + " ".join(str(o) for o in outs))
     return 0
 
 
@@ -67,11 +79,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from reports.report import build_report
 
     result = build_report(
-        model_dirs=args.models, loadtest_dirs=args.loadtests or [], out_dir=args.out
+        model_dirs=args.models,
+        loadtest_dirs=args.loadtests or [],
+        out_dir=args.out,
+        prices=args.prices,
+        accuracy_floor=args.accuracy_floor,
+        latency_target_ms=args.latency_target_ms,
+        metric=args.metric,
+        html=not args.no_html,
     )
     print(result.markdown)
+    if result.recommendation is not None:
+        print(result.recommendation.message)
     print(f"report: {result.markdown_path}")
     print(f"csv: {result.csv_path}")
+    if result.html_path is not None:
+        print(f"html: {result.html_path}")
     return 0
 
 
@@ -84,6 +107,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     config = load_config(DemoConfig, args.config, overrides)
     run_demo(config, show_progress=not args.quiet, fresh=args.fresh)
     return 0
+
+
+def _user_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected user counts like 1,2,4; got {text!r}") from None
+    if not counts or any(n < 1 for n in counts) or counts != sorted(set(counts)):
+        raise argparse.ArgumentTypeError(f"expected increasing counts >= 1; got {text!r}")
+    return counts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,29 +163,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per model")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("loadtest", help="headless Locust run against a running service")
-    p.add_argument("--host", default="http://127.0.0.1:3000")
-    p.add_argument("--model", required=True, help="model name as the service knows it")
+    p = sub.add_parser(
+        "loadtest",
+        help="headless Locust: one run, a load shape, or a sweep to the throughput at an SLO",
+        description=(
+            "Load-test models on a running service (--host, --model) or on model directories "
+            "served here on 127.0.0.1 (positional dirs, no --host). --sweep 1,2,4,8 runs each "
+            "step until p95 passes --slo-p95-ms; each model gets a directory of Locust CSVs, "
+            "HTML reports and JSON summaries."
+        ),
+    )
+    p.add_argument("model_dirs", nargs="*", type=Path, help="model directories (served here)")
+    p.add_argument("--host", default=None, help="a running service, e.g. http://127.0.0.1:3000")
+    p.add_argument(
+        "--model", action="append", help="model name as the service knows it (repeatable)"
+    )
     p.add_argument(
         "--texts",
         type=Path,
         default=Path("data/sst2/test.jsonl"),
-        help="JSON Lines with a 'text' field",
+        help="JSON Lines with a 'text' field (the test split)",
     )
-    p.add_argument("--users", type=int, default=8)
+    p.add_argument("--users", type=int, default=8, help="users of a single run")
     p.add_argument(
-        "--spawn-rate", type=float, default=None, help="users per second (default: all at once)"
+        "--seconds", type=int, default=20, help="length of a single run or of each sweep step"
     )
-    p.add_argument("--seconds", type=int, default=20)
+    p.add_argument(
+        "--sweep",
+        type=_user_counts,
+        default=None,
+        metavar="N,N,...",
+        help="concurrency steps, e.g. 1,2,4,8,16: find the throughput at the SLO",
+    )
+    p.add_argument("--slo-p95-ms", type=float, default=50.0, help="p95 latency target (ms)")
+    p.add_argument(
+        "--shape", choices=["ramp", "steps", "spike"], help="a load-shape table (shapes.py)"
+    )
+    p.add_argument("--shape-scale", type=float, default=1.0, help="stretch the shape's time")
     p.add_argument("--batch", type=int, default=1, help="texts per request")
-    p.add_argument("--wait", type=float, default=60, help="seconds to wait for /readyz")
+    p.add_argument(
+        "--length",
+        choices=["all", "short", "typical", "near_max"],
+        default="all",
+        help="length bucket of the texts sent (loadtests/texts.py)",
+    )
+    p.add_argument("--max-length", type=int, default=64, help="tokens, for near_max with --model")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run locust as a master with N local worker processes (127.0.0.1)",
+    )
+    p.add_argument("--server-pid", type=int, default=None, help="server root pid, for CPU %%")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime threads when serving")
     p.add_argument("--out", type=Path, default=Path("loadtests_out"))
     p.set_defaults(func=_cmd_loadtest)
 
-    p = sub.add_parser("report", help="join accuracy, latency, throughput and size")
+    p = sub.add_parser(
+        "report", help="accuracy, latency, cost: Markdown, CSV and an HTML page with plots"
+    )
     p.add_argument("--models", nargs="+", type=Path, required=True, help="model directories")
     p.add_argument("--loadtests", nargs="*", type=Path, help="smallcls loadtest output dirs")
     p.add_argument("--out", type=Path, default=Path("report"))
+    p.add_argument("--prices", type=Path, default=None, help="price table (configs/prices.yaml)")
+    p.add_argument(
+        "--accuracy-floor", type=float, default=0.85, help="fraction, e.g. 0.86 for 86%%"
+    )
+    p.add_argument(
+        "--latency-target-ms",
+        type=float,
+        default=None,
+        help="p95 target (default: each sweep's SLO)",
+    )
+    p.add_argument("--metric", choices=["accuracy", "macro_f1"], default="accuracy")
+    p.add_argument("--no-html", action="store_true", help="only Markdown and CSV")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="train, export, serve, load-test and report, end to end")

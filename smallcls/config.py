@@ -82,9 +82,15 @@ class DemoConfig:
     output_dir: str = "demo_output"
     models: list[TrainConfig] = dataclasses.field(default_factory=list)
     precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8"])
-    loadtest_users: int = 8
-    loadtest_seconds: int = 15
+    loadtest_users: int = 8  # users of a single run (kept for `smallcls loadtest` parity)
+    loadtest_seconds: int = 15  # seconds per sweep step
     serve_threads: int = 2
+    # The load test is a concurrency sweep: these user counts in turn, stopping once p95
+    # passes the SLO (loadtests/sweep.py). The report prices the throughput at the SLO.
+    loadtest_steps: list[int] = dataclasses.field(default_factory=lambda: [1, 4, 8])
+    slo_p95_ms: float = 50.0
+    # The report recommends the cheapest model at or above this test accuracy.
+    accuracy_floor: float = 0.85
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -92,6 +98,15 @@ class DemoConfig:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ConfigError(f"model names must be unique, got {names}")
+        steps = self.loadtest_steps
+        if not steps or any(not isinstance(u, int) or u < 1 for u in steps):
+            raise ConfigError(f"loadtest_steps must be user counts >= 1, got {steps}")
+        if steps != sorted(set(steps)):
+            raise ConfigError(f"loadtest_steps must increase, got {steps}")
+        if not self.slo_p95_ms > 0:
+            raise ConfigError(f"slo_p95_ms must be > 0, got {self.slo_p95_ms}")
+        if not 0 <= self.accuracy_floor <= 1:
+            raise ConfigError(f"accuracy_floor must be in 0..1, got {self.accuracy_floor}")
         bad = sorted(set(self.precisions) - {"fp32", "int8"})
         if bad:
             raise ConfigError(f"precisions must be fp32 and/or int8, got {bad}")

@@ -38,9 +38,10 @@ def run_demo(
     """Run every stage; returns the report directory."""
     # Heavy imports here, not at module import: `smallcls --help` stays instant.
     from export.onnx_export import export_run
-    from loadtests.run import run_loadtest
+    from loadtests.sweep import run_sweep
     from reports.report import build_report
     from service.launch import ServerProcess
+    from smallcls.manifest import Manifest
     from training.train import train
 
     out = Path(config.output_dir)
@@ -84,30 +85,41 @@ def run_demo(
         model_dirs, threads=config.serve_threads, log_path=out / "server.log"
     ) as server:
         echo(f"[serve] ready at {server.url}")
+        assert server.process is not None
         for i, model_dir in enumerate(model_dirs, 1):
             target = out / "loadtests" / model_dir.name
             echo(
-                f"[loadtest {i}/{len(model_dirs)}] {model_dir.name}: "
-                f"{config.loadtest_users} users, {config.loadtest_seconds} s"
+                f"[loadtest {i}/{len(model_dirs)}] {model_dir.name}: sweep over "
+                f"{config.loadtest_steps} users, {config.loadtest_seconds} s per step, "
+                f"until p95 > {config.slo_p95_ms:g} ms"
             )
-            summary = run_loadtest(
+            sweep = run_sweep(
                 host=server.url,
                 model=model_dir.name,
                 texts_path=texts_for[model_dir],
                 out_dir=target,
-                users=config.loadtest_users,
-                spawn_rate=config.loadtest_users,
-                run_time_s=config.loadtest_seconds,
+                steps=config.loadtest_steps,
+                step_seconds=config.loadtest_seconds,
+                slo_p95_ms=config.slo_p95_ms,
+                max_length=Manifest.read(model_dir).max_length,
+                server_pid=server.process.pid,
+                echo=echo,
             )
-            echo(f"[loadtest {i}/{len(model_dirs)}] {summary.line()}")
+            echo(f"[loadtest {i}/{len(model_dirs)}] {sweep.line()}")
             loadtest_dirs.append(target)
     timings["serve+loadtest"] = time.perf_counter() - start
 
     result = build_report(
-        model_dirs=model_dirs, loadtest_dirs=loadtest_dirs, out_dir=out / "report"
+        model_dirs=model_dirs,
+        loadtest_dirs=loadtest_dirs,
+        out_dir=out / "report",
+        accuracy_floor=config.accuracy_floor,
+        latency_target_ms=config.slo_p95_ms,
     )
     echo("")
     echo(result.markdown)
+    if result.recommendation is not None:
+        echo(result.recommendation.message)
     for model in config.models:
         target = TARGETS.get(model.family)
         if target is None:
@@ -120,4 +132,6 @@ def run_demo(
         )
     echo("stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     echo(f"report: {result.markdown_path}")
+    if result.html_path is not None:
+        echo(f"html report: {result.html_path}")
     return result.markdown_path.parent

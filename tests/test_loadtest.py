@@ -141,13 +141,22 @@ def test_wrong_prediction_count_counts_as_failure(
     assert LoadSummary.read(out) == summary
 
 
-def test_locust_that_cannot_start_raises(tmp_path: Path) -> None:
-    bad_jsonl = tmp_path / "bad.jsonl"
-    bad_jsonl.write_text("not json\n", encoding="utf-8")
+def test_locust_that_cannot_start_raises(texts_path: Path, tmp_path: Path) -> None:
+    # An empty model name passes the runner but fails the locustfile's own settings check.
     with pytest.raises(
         LoadTestError,
-        match=r"(?s)wrote no statistics to .*locust_stats\.csv.*bad\.jsonl:1: not valid JSON",
+        match=r"(?s)wrote no statistics to .*locust_stats\.csv.*non-empty model name",
     ):
+        run_loadtest(
+            host="http://127.0.0.1:9", model="", texts_path=texts_path,
+            out_dir=tmp_path / "lt", users=1, run_time_s=1,
+        )  # fmt: skip
+
+
+def test_bad_texts_file_names_the_line(tmp_path: Path) -> None:
+    bad_jsonl = tmp_path / "bad.jsonl"
+    bad_jsonl.write_text("not json\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: not valid JSON"):
         run_loadtest(
             host="http://127.0.0.1:9", model=MODEL, texts_path=bad_jsonl,
             out_dir=tmp_path / "lt", users=1, run_time_s=1,

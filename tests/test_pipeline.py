@@ -46,6 +46,7 @@ def test_demo_end_to_end_on_tiny_models(tiny_dirs, tmp_path):
         "output_dir": str(tmp_path / "out"),
         "loadtest_users": 2,
         "loadtest_seconds": 3,
+        "loadtest_steps": [2],  # one sweep step per model keeps the test short
         "serve_threads": 1,
         "models": [
             {"name": "enc", "family": "encoder", "base_model": str(tiny_dirs["bert"]), **common},
@@ -82,6 +83,8 @@ def test_demo_end_to_end_on_tiny_models(tiny_dirs, tmp_path):
         assert int(row["failures"]) == 0, row
         assert 0.0 <= float(row["accuracy"]) <= 1.0
         assert float(row["p95_ms"]) > 0
+    assert (out / "report" / "report.html").is_file()
+    assert (out / "loadtests" / "enc-int8" / "sweep.json").is_file()
     assert "report:" in result.stdout and "| enc-int8" in result.stdout.replace("|  ", "| ")
 
     # Re-running reuses the complete runs instead of training again.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from loadtests.run import LoadSummary
+from loadtests.sweep import SweepSummary
 from reports.report import CSV_COLUMNS, ReportError, build_report
 from smallcls.manifest import Manifest, ManifestError
 
@@ -95,18 +97,22 @@ def test_rows_join_sort_and_format(inputs: tuple[list[Path], list[Path]], tmp_pa
     assert len(lines) == 2 + 3
     header = lines[0]
     for unit in ("Accuracy (%)", "p50 (ms)", "p95 (ms)", "Throughput (req/s)",
-                 "Throughput (texts/s)", "Size (MB)", "Params (M)", "Train time (s)"):  # fmt: skip
+                 "Throughput at SLO (texts/s)", "$ per million (aws-c7i.large)", "Size (MB)",
+                 "Params (M)", "GFLOPs per example (est.)", "Train time (s)"):  # fmt: skip
         assert unit in header
     fp32_cells = [c.strip() for c in lines[2].strip("|").split("|")]
-    assert fp32_cells[:5] == ["minilm-fp32", "encoder", "mean_pool", "fp32", "org/minilm-fp32-base"]
+    assert fp32_cells[:4] == ["minilm-fp32", "encoder", "fp32", "test"]
     assert "91.51" in fp32_cells and "91.49" in fp32_cells  # fractions shown as %
-    assert "2e-06" in fp32_cells and "123" in fp32_cells and "2.5" in fp32_cells
+    assert "123" in fp32_cells and "2.5" in fp32_cells
     assert "3 of 9400" in fp32_cells and "470.0" in fp32_cells and "940.0" in fp32_cells
+    # p95 22 ms meets the default 50 ms target: 940 texts/s priced at $0.08925/h.
+    assert fp32.usd_per_million == pytest.approx(0.08925 / (940 * 3600) * 1e6)
+    assert f"{fp32.usd_per_million:.4f}" in fp32_cells
     int8_cells = [c.strip() for c in lines[3].strip("|").split("|")]
     assert "100.00" in int8_cells  # label agreement 1.0
     smollm_cells = [c.strip() for c in lines[4].strip("|").split("|")]
-    assert smollm_cells[5] == "91.51" and "92.50" in smollm_cells
-    assert smollm_cells[9:16] == ["n/a"] * 7  # latency, throughput, users, batch, failures
+    assert smollm_cells[4] == "91.51" and "92.50" in smollm_cells
+    assert smollm_cells[6:15] == ["n/a"] * 9  # latency, users, throughput, cost, cpu, failures
 
     document = result.markdown_path.read_text()
     assert result.markdown in document and "## Sources" in document
@@ -191,3 +197,119 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
     (run / "metrics.json").write_text("{not json")
     with pytest.raises(ReportError, match=r"bad-run/metrics\.json is not valid JSON"):
         build_report(model_dirs=[good], loadtest_dirs=[], out_dir=tmp_path / "r", run_dirs=[run])
+
+
+def _sweep_dir(root: Path, model: str, steps: list[tuple[int, float, float]], slo: float) -> Path:
+    """A sweep directory as loadtests/sweep.py writes it; steps are (users, texts/s, p95)."""
+    out = root / "sweeps" / model
+    out.mkdir(parents=True)
+    step_dicts = []
+    for users, tps, p95 in steps:
+        summary = LoadSummary(
+            model=model, users=users, run_time_s=10, batch=1, requests=1000, failures=0,
+            failure_rate=0.0, rps=tps, texts_per_s=tps, p50_ms=p95 / 2, p95_ms=p95,
+            p99_ms=p95 * 1.5, mean_ms=p95 / 2, server_cpu_percent=150.0,
+        )  # fmt: skip
+        step_dir = out / f"users-{users:03d}"
+        step_dir.mkdir()
+        summary.write(step_dir)
+        step_dicts.append({**dataclasses.asdict(summary), "dir": step_dir.name})
+    meeting = [d for d in step_dicts if d["p95_ms"] <= slo]
+    SweepSummary(
+        model=model, slo_p95_ms=slo, max_failure_rate=0.01, batch=1, length="all",
+        step_seconds=10, workers=0, machine="2-core Test CPU (Linux x86_64)", cpu_count=2,
+        stop_reason="test", steps=step_dicts,
+        at_slo=max(meeting, key=lambda d: d["texts_per_s"]) if meeting else None,
+    ).write(out)  # fmt: skip
+    return out
+
+
+@pytest.fixture
+def swept(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    models = [
+        _model_dir(tmp_path, "enc-fp32", metrics={"accuracy": 0.88, "macro_f1": 0.88}),
+        _model_dir(tmp_path, "enc-int8", precision="int8",
+                   metrics={"accuracy": 0.87, "macro_f1": 0.87},
+                   parity={"label_agreement_vs_fp32": 0.97}),
+        _model_dir(tmp_path, "lm-int8", family="causal_lm", precision="int8",
+                   metrics={"accuracy": 0.90, "macro_f1": 0.90}),
+    ]  # fmt: skip
+    sweeps = [
+        _sweep_dir(tmp_path, "enc-fp32", [(1, 40.0, 20.0), (4, 100.0, 45.0), (8, 110.0, 90.0)], 50),
+        _sweep_dir(tmp_path, "enc-int8", [(1, 60.0, 15.0), (4, 150.0, 30.0), (8, 200.0, 60.0)], 50),
+        _sweep_dir(tmp_path, "lm-int8", [(1, 10.0, 120.0)], 50),
+    ]
+    return models, sweeps
+
+
+def test_sweeps_give_the_operating_point_cost_and_recommendation(
+    swept: tuple[list[Path], list[Path]], tmp_path: Path
+) -> None:
+    models, sweeps = swept
+    result = build_report(
+        model_dirs=models, loadtest_dirs=sweeps, out_dir=tmp_path / "rep", html=False
+    )
+    rows = {r.name: r for r in result.rows}
+    assert rows["enc-fp32"].users == 4 and rows["enc-fp32"].texts_per_s_at_slo == 100.0
+    assert rows["enc-int8"].users == 4 and rows["enc-int8"].p95_1user_ms == 15.0
+    assert rows["enc-int8"].usd_per_million == pytest.approx(0.08925 / (150 * 3600) * 1e6)
+    assert rows["enc-int8"].machine == "2-core Test CPU (Linux x86_64)"
+    assert rows["enc-int8"].step_dir.endswith("users-004")
+    # Never met 50 ms: shown at its lightest step, with no throughput at SLO and no cost.
+    lm = rows["lm-int8"]
+    assert lm.users == 1 and not lm.meets_slo and lm.usd_per_million is None
+    rec = result.recommendation
+    assert (rec.choice, rec.runner_up) == ("enc-int8", "enc-fp32")
+
+    # A looser target is recomputed from the steps: 8 users now count, and the LM qualifies.
+    loose = build_report(
+        model_dirs=models, loadtest_dirs=sweeps, out_dir=tmp_path / "rep2",
+        latency_target_ms=150, accuracy_floor=0.89, html=False,
+    )  # fmt: skip
+    rows = {r.name: r for r in loose.rows}
+    assert rows["enc-int8"].users == 8 and rows["lm-int8"].meets_slo
+    assert loose.recommendation.choice == "lm-int8"
+
+    document = result.markdown_path.read_text()
+    assert "## Recommendation" in document and "Recommended: enc-int8" in document
+    assert "## Accuracy cost of quantization" in document
+    assert "| enc-int8 | enc-fp32 | -1.00 | 97.00 | 1.50 |" in document
+    assert "measured on 2-core Test CPU" in document and "not measured" in document
+    assert str(sweeps[0] / "sweep.json") in document  # every number traces to a file
+
+    none = build_report(
+        model_dirs=models, loadtest_dirs=sweeps, out_dir=tmp_path / "rep3",
+        accuracy_floor=0.99, html=False,
+    )  # fmt: skip
+    assert none.recommendation.choice is None
+    assert "No model meets the accuracy floor" in none.markdown_path.read_text()
+
+
+def test_manifest_with_newer_optional_fields_still_reads(tmp_path: Path) -> None:
+    model = _model_dir(tmp_path, "new-fp16", precision="fp16")
+    data = json.loads((model / "manifest.json").read_text())
+    data["gate"] = {"passed": True}  # a field another stage may add
+    (model / "manifest.json").write_text(json.dumps(data))
+    result = build_report(model_dirs=[model], loadtest_dirs=[], out_dir=tmp_path / "rep",
+                          html=False)  # fmt: skip
+    assert result.rows[0].precision == "fp16"
+
+
+def test_flops_estimate_uses_the_test_texts(tmp_path: Path) -> None:
+    from tests.fakes import make_tiny_model_dir
+
+    test = tmp_path / "data" / "mini" / "test.jsonl"
+    test.parent.mkdir(parents=True)
+    test.write_text('{"text": "good movie", "label": 1}\n{"text": "a bad film", "label": 0}\n')
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"test_path": str(test)}))
+    model = make_tiny_model_dir(tmp_path / "models" / "tiny-fp32", name="tiny-fp32")
+    data = json.loads((model / "manifest.json").read_text())
+    data["parameters"] = 1000
+    (model / "manifest.json").write_text(json.dumps(data))
+    result = build_report(model_dirs=[model], loadtest_dirs=[], out_dir=tmp_path / "rep",
+                          run_dirs=[run], html=False)  # fmt: skip
+    row = result.rows[0]
+    assert row.dataset == "mini" and row.mean_tokens == pytest.approx(2.5)
+    assert row.gflops_per_example == pytest.approx(2 * 1000 * 2.5 / 1e9)

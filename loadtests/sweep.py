@@ -1,0 +1,327 @@
+"""A concurrency sweep: the highest throughput whose p95 latency stays under a target (SLO).
+
+One headless Locust run per step of concurrency (1, 2, 4, ... users), each in its own
+directory with Locust's CSVs and HTML report and a `summary.json` (`LoadSummary`). Separate
+runs rather than one run driven by a `LoadTestShape`: Locust's statistics accumulate over a
+run, so per-step percentiles would need the stats reset at every stage, and a stage cannot end
+the test early; separate runs give each step clean percentiles and its own files, and let the
+sweep stop as soon as p95 passes the SLO, failures appear, or throughput stops growing.
+
+`sweep.json` in the sweep directory holds every step, the step chosen as the throughput at the
+SLO, why the sweep stopped, and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from loadtests.run import SUMMARY_NAME, LoadSummary, LoadTestError, run_loadtest
+
+logger = logging.getLogger(__name__)
+
+SWEEP_NAME = "sweep.json"
+DEFAULT_HOST = "http://127.0.0.1:3000"  # `smallcls serve`'s default
+DEFAULT_STEPS = (1, 2, 4, 8, 16, 32)
+DEFAULT_SLO_P95_MS = 50.0
+# A step that fails more requests than this does not count as meeting the SLO: a server that
+# sheds load with 503s can show a low p95 while refusing work.
+DEFAULT_MAX_FAILURE_RATE = 0.01
+# Stop when a step adds less than this fraction of throughput over the best so far: the server
+# is saturated, and more users only add queueing delay.
+DEFAULT_MIN_GAIN = 0.05
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepSummary:
+    model: str
+    slo_p95_ms: float
+    max_failure_rate: float
+    batch: int
+    length: str
+    step_seconds: int
+    workers: int
+    machine: str  # what the numbers were measured on, e.g. "2-core AMD EPYC 7B13 (Linux x86_64)"
+    cpu_count: int
+    stop_reason: str
+    steps: list[dict[str, Any]]  # LoadSummary fields + "dir" (relative to the sweep directory)
+    at_slo: dict[str, Any] | None  # the chosen step (same fields), None when none met the SLO
+
+    def write(self, out_dir: Path) -> Path:
+        path = Path(out_dir) / SWEEP_NAME
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, out_dir: Path) -> SweepSummary:
+        path = Path(out_dir) / SWEEP_NAME
+        if not path.is_file():
+            raise LoadTestError(f"{path} not found: pass a directory written by a sweep")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise LoadTestError(f"{path} is not valid JSON: {exc}") from exc
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or known - set(data):
+            raise LoadTestError(f"{path}: expected an object with keys {sorted(known)}")
+        # Unknown keys are ignored: a newer sweep may record more than this reader knows.
+        return cls(**{k: data[k] for k in known})
+
+    def step_summaries(self, *, source: str = "sweep") -> list[LoadSummary]:
+        fields = {f.name for f in dataclasses.fields(LoadSummary)}
+        return [
+            LoadSummary.from_dict({k: v for k, v in s.items() if k in fields}, source=source)
+            for s in self.steps
+        ]
+
+    def line(self) -> str:
+        if self.at_slo is None:
+            best = f"no step met p95 <= {self.slo_p95_ms:g} ms"
+        else:
+            best = (
+                f"{self.at_slo['texts_per_s']:.1f} texts/s at {self.at_slo['users']} users "
+                f"(p95 {self.at_slo['p95_ms']:.0f} ms <= {self.slo_p95_ms:g} ms)"
+            )
+        return f"{self.model}: {best}; {len(self.steps)} steps, stopped: {self.stop_reason}"
+
+
+def machine_label() -> str:
+    """What a measurement ran on: core count, CPU model, OS and architecture."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cores}-core {model} ({platform.system()} {platform.machine()})"
+
+
+def meets_slo(step: LoadSummary, slo_p95_ms: float, max_failure_rate: float) -> bool:
+    return (
+        step.requests > 0
+        and step.p95_ms is not None
+        and step.p95_ms <= slo_p95_ms
+        and step.failure_rate <= max_failure_rate
+    )
+
+
+def best_at_slo(
+    steps: Sequence[LoadSummary], slo_p95_ms: float, max_failure_rate: float
+) -> LoadSummary | None:
+    """The step with the most texts per second among those meeting the SLO; None if none do.
+    Ties go to fewer users (the same work with less queueing)."""
+    ok = [s for s in steps if meets_slo(s, slo_p95_ms, max_failure_rate)]
+    if not ok:
+        return None
+    return max(ok, key=lambda s: (s.texts_per_s, -s.users))
+
+
+def run_sweep(
+    *,
+    host: str,
+    model: str,
+    texts_path: Path,
+    out_dir: Path,
+    steps: Sequence[int] = DEFAULT_STEPS,
+    step_seconds: int = 10,
+    slo_p95_ms: float = DEFAULT_SLO_P95_MS,
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
+    min_gain: float = DEFAULT_MIN_GAIN,
+    batch: int = 1,
+    length: str = "all",
+    max_length: int = 64,
+    workers: int = 0,
+    server_pid: int | None = None,
+    timeout_s: float | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> SweepSummary:
+    """Run the steps in order until one misses the SLO or adds < `min_gain` throughput."""
+    steps = list(steps)
+    if not steps or any(u < 1 for u in steps) or steps != sorted(set(steps)):
+        raise ValueError(f"steps must be increasing user counts >= 1, got {steps}")
+    if slo_p95_ms <= 0 or not 0 <= max_failure_rate <= 1:
+        raise ValueError(
+            f"need slo_p95_ms > 0 and 0 <= max_failure_rate <= 1; got {slo_p95_ms}, "
+            f"{max_failure_rate}"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SWEEP_NAME).unlink(missing_ok=True)
+    done: list[tuple[str, LoadSummary]] = []
+    stop_reason = f"all {len(steps)} steps ran"
+    for i, users in enumerate(steps, 1):
+        step_dir = out_dir / f"users-{users:03d}"
+        summary = run_loadtest(
+            host=host,
+            model=model,
+            texts_path=texts_path,
+            out_dir=step_dir,
+            users=users,
+            spawn_rate=users,  # all at once: a step is short, ramping would eat into it
+            run_time_s=step_seconds,
+            batch=batch,
+            timeout_s=timeout_s,
+            length=length,
+            max_length=max_length,
+            workers=workers,
+            server_pid=server_pid,
+        )
+        if echo is not None:
+            echo(f"  [step {i}/{len(steps)}] {summary.line()}")
+        best_before = best_at_slo([s for _, s in done], slo_p95_ms, max_failure_rate)
+        done.append((step_dir.name, summary))
+        if summary.failure_rate > max_failure_rate:
+            stop_reason = (
+                f"{summary.failure_rate:.1%} of requests failed at {users} users "
+                f"(limit {max_failure_rate:.1%})"
+            )
+            break
+        if summary.p95_ms is None or summary.p95_ms > slo_p95_ms:
+            p95 = "n/a" if summary.p95_ms is None else f"{summary.p95_ms:.0f} ms"
+            stop_reason = f"p95 {p95} > SLO {slo_p95_ms:g} ms at {users} users"
+            break
+        if best_before is not None and summary.texts_per_s < best_before.texts_per_s * (
+            1 + min_gain
+        ):
+            stop_reason = (
+                f"throughput stopped growing at {users} users ({summary.texts_per_s:.1f} vs "
+                f"{best_before.texts_per_s:.1f} texts/s, < +{min_gain:.0%})"
+            )
+            break
+
+    best = best_at_slo([s for _, s in done], slo_p95_ms, max_failure_rate)
+    step_dicts = [{**dataclasses.asdict(s), "dir": d} for d, s in done]
+    at_slo = None
+    if best is not None:
+        at_slo = next(d for d in step_dicts if d["users"] == best.users)
+    result = SweepSummary(
+        model=model,
+        slo_p95_ms=slo_p95_ms,
+        max_failure_rate=max_failure_rate,
+        batch=batch,
+        length=length,
+        step_seconds=step_seconds,
+        workers=workers,
+        machine=machine_label(),
+        cpu_count=os.cpu_count() or 0,
+        stop_reason=stop_reason,
+        steps=step_dicts,
+        at_slo=at_slo,
+    )
+    result.write(out_dir)
+    # The chosen step's summary also sits at the top, so a plain load-test reader finds it.
+    if best is not None:
+        best.write(out_dir)
+    else:
+        (out_dir / SUMMARY_NAME).unlink(missing_ok=True)
+    logger.info("%s", result.line())
+    return result
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoadTestPlan:
+    """What `smallcls loadtest` runs for each model: a sweep (`steps`), a load shape, or one
+    run of `users` users for `seconds`."""
+
+    texts_path: Path
+    out_dir: Path
+    users: int = 8
+    seconds: int = 20  # one run's length, each sweep step's, or the bound of a shape
+    steps: list[int] | None = None
+    shape: str | None = None
+    shape_scale: float = 1.0
+    slo_p95_ms: float = DEFAULT_SLO_P95_MS
+    batch: int = 1
+    length: str = "all"
+    max_length: int = 64
+    workers: int = 0
+
+
+def load_test_models(
+    plan: LoadTestPlan,
+    *,
+    host: str | None,
+    models: Sequence[str] = (),
+    model_dirs: Sequence[Path] = (),
+    server_pid: int | None = None,
+    serve_threads: int = 2,
+    echo: Callable[[str], None] = print,
+) -> list[Path]:
+    """Load-test each model; returns the output directories (one per model under
+    `plan.out_dir`, or `plan.out_dir` itself for a single named model).
+
+    With `model_dirs` and no `host`, starts `bentoml serve` for them on 127.0.0.1 first, and
+    takes each model's name and max length from its manifest. Otherwise talks to `host`, and
+    finds the server's process (for CPU figures) from the port when `server_pid` is None.
+    """
+    from loadtests.run import find_server_pid, wait_ready
+    from smallcls.manifest import Manifest
+
+    if model_dirs and host is None:
+        from service.launch import ServerProcess
+
+        log = Path(plan.out_dir) / "server.log"
+        echo(f"[serve] starting BentoML with {len(model_dirs)} models (log {log})")
+        with ServerProcess(model_dirs, threads=serve_threads, log_path=log) as server:
+            assert server.process is not None
+            echo(f"[serve] ready at {server.url}")
+            named = [Manifest.read(Path(d)) for d in model_dirs]
+            return _each(plan, server.url, [(m.name, m.max_length) for m in named],
+                         server.process.pid, echo, nest=True)  # fmt: skip
+    if host is None:
+        host = DEFAULT_HOST
+    wait_ready(host)
+    pairs = [(name, plan.max_length) for name in models]
+    for model_dir in model_dirs:
+        manifest = Manifest.read(Path(model_dir))
+        pairs.append((manifest.name, manifest.max_length))
+    if not pairs:
+        raise ValueError("name at least one model (--model NAME or model directories)")
+    pid = server_pid if server_pid is not None else find_server_pid(host)
+    if pid is None:
+        echo("[loadtest] server process not found on this machine: no server CPU figures")
+    return _each(plan, host, pairs, pid, echo, nest=len(pairs) > 1 or plan.steps is not None)
+
+
+def _each(
+    plan: LoadTestPlan,
+    host: str,
+    models: list[tuple[str, int]],
+    server_pid: int | None,
+    echo: Callable[[str], None],
+    *,
+    nest: bool,
+) -> list[Path]:
+    outs = []
+    for i, (name, max_length) in enumerate(models, 1):
+        out = Path(plan.out_dir) / name if nest else Path(plan.out_dir)
+        echo(f"[loadtest {i}/{len(models)}] {name} -> {out}")
+        common: dict[str, Any] = dict(
+            host=host, model=name, texts_path=plan.texts_path, out_dir=out, batch=plan.batch,
+            length=plan.length, max_length=max_length, workers=plan.workers,
+            server_pid=server_pid,
+        )  # fmt: skip
+        if plan.steps:
+            sweep = run_sweep(
+                **common, steps=plan.steps, step_seconds=plan.seconds,
+                slo_p95_ms=plan.slo_p95_ms, echo=echo,
+            )  # fmt: skip
+            echo(f"[loadtest {i}/{len(models)}] {sweep.line()}")
+        else:
+            summary = run_loadtest(
+                **common, users=plan.users, spawn_rate=plan.users, run_time_s=plan.seconds,
+                shape=plan.shape, shape_scale=plan.shape_scale,
+            )  # fmt: skip
+            echo(f"[loadtest {i}/{len(models)}] {summary.line()}")
+        outs.append(out)
+    return outs

@@ -1,0 +1,74 @@
+"""Tests for the cost model: the arithmetic on known inputs and the price table's rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reports.cost import DEFAULT_PRICES, PriceError, costs_for, load_prices, usd_per_million
+
+TABLE = """
+measured_as: cpu-2
+instances:
+  - {name: cpu-2, provider: x, vcpus: 2, usd_per_hour: 0.09}
+  - {name: cpu-8, provider: x, vcpus: 8, usd_per_hour: 0.36}
+  - {name: gpu-1, provider: x, vcpus: 4, usd_per_hour: 0.80, gpu: L4}
+references:
+  - {what: "DistilBERT on L4", usd_per_million: 0.25, source: somewhere}
+"""
+
+
+@pytest.fixture
+def prices(tmp_path: Path):
+    path = tmp_path / "prices.yaml"
+    path.write_text(TABLE)
+    return load_prices(path)
+
+
+def test_usd_per_million_on_known_inputs() -> None:
+    # $0.09 an hour at 100 per second: 360,000 an hour, so a million cost 0.09 / 0.36 = $0.25.
+    assert usd_per_million(0.09, 100.0) == pytest.approx(0.25)
+    assert usd_per_million(3.6, 1000.0) == pytest.approx(1.0)
+    assert usd_per_million(1.0, 1e6 / 3600) == pytest.approx(1.0)
+    assert usd_per_million(0.09, 0.0) is None  # never met the SLO: no price, not infinity
+    with pytest.raises(ValueError):
+        usd_per_million(-1.0, 10.0)
+
+
+def test_only_the_measured_type_is_measured(prices) -> None:
+    costs = {c.instance: c for c in costs_for(100.0, prices, machine="2-core test CPU")}
+    assert costs["cpu-2"].basis == "measured"
+    assert costs["cpu-2"].usd_per_million == pytest.approx(0.25)
+    assert "2-core test CPU" in costs["cpu-2"].note
+    # 4x the vCPUs at 4x the price: the same cost per million, under a stated assumption.
+    assert costs["cpu-8"].basis == "derived"
+    assert costs["cpu-8"].usd_per_million == pytest.approx(0.25)
+    assert "assumes throughput scales with vCPUs" in costs["cpu-8"].note
+    assert costs["gpu-1"].basis == "not measured" and costs["gpu-1"].usd_per_million is None
+    assert all(c.usd_per_million is None for c in costs_for(None, prices, machine="m"))
+
+
+def test_bad_price_tables_name_the_problem(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("measured_as: nope\ninstances:\n  - {name: a, provider: x, vcpus: 2, "
+                    "usd_per_hour: 1}\n")  # fmt: skip
+    with pytest.raises(PriceError, match="measured_as 'nope' is not among"):
+        load_prices(path)
+    path.write_text("measured_as: a\ninstances:\n  - {name: a, provider: x, vcpus: 2, "
+                    "usd_per_hour: -1}\n")  # fmt: skip
+    with pytest.raises(PriceError, match=r"p\.yaml: instance a: usd_per_hour must be > 0"):
+        load_prices(path)
+    path.write_text("measured_as: a\ninstances:\n  - {name: a, provider: x, vcpus: 2, "
+                    "usd_per_hour: 1, colour: red}\n")  # fmt: skip
+    with pytest.raises(PriceError, match=r"unknown keys \['colour'\]"):
+        load_prices(path)
+    with pytest.raises(PriceError, match="not found"):
+        load_prices(tmp_path / "missing.yaml")
+
+
+def test_shipped_price_table_loads() -> None:
+    table = load_prices(DEFAULT_PRICES)
+    assert table.measured.vcpus == 2 and table.measured.gpu is None
+    assert any(i.gpu for i in table.instances)
+    assert all(i.source for i in table.instances)  # every price says where it came from

@@ -1,0 +1,93 @@
+"""The HTML report in a real browser: headless Chromium opens it from disk, with no network,
+and the Pareto plots must have rendered (plotly's SVG with points) without console errors.
+
+Skips where Chromium is absent; `.ci/run` installs it, so CI always runs it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reports.report import build_report
+from tests.test_report import _model_dir, _sweep_dir
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (.ci/run installs it)"),
+]
+# Enough virtual time for plotly to draw; the page needs no network, so nothing waits on one.
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=5000", "--window-size=1300,1500"]  # fmt: skip
+
+
+def _chromium(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    return subprocess.run(
+        [CHROMIUM, *FLAGS, *args], capture_output=True, text=True, timeout=120, cwd=cwd,
+        check=False,
+    )  # fmt: skip
+
+
+def _console(stderr: str) -> list[str]:
+    # Chromium logs every page console message as "...:CONSOLE(line)] "text", source: ...".
+    return [line for line in stderr.splitlines() if re.search(r":CONSOLE[:(]", line)]
+
+
+@pytest.fixture(scope="module")
+def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("html")
+    models = [
+        _model_dir(root, "enc-fp32", metrics={"accuracy": 0.88, "macro_f1": 0.88}),
+        _model_dir(root, "enc-int8", precision="int8", metrics={"accuracy": 0.87}),
+        _model_dir(root, "lm-fp32", family="causal_lm", metrics={"accuracy": 0.90}),
+        _model_dir(root, "ext-int8", family="extracted_encoder", precision="int8",
+                   metrics={"accuracy": 0.80}),
+    ]  # fmt: skip
+    sweeps = [
+        _sweep_dir(root, "enc-fp32", [(1, 40.0, 20.0), (4, 100.0, 45.0)], 50),
+        _sweep_dir(root, "enc-int8", [(1, 60.0, 15.0), (4, 150.0, 30.0)], 50),
+        _sweep_dir(root, "lm-fp32", [(1, 10.0, 45.0)], 50),
+        _sweep_dir(root, "ext-int8", [(1, 20.0, 40.0)], 50),
+    ]
+    result = build_report(model_dirs=models, loadtest_dirs=sweeps, out_dir=root / "report")
+    assert result.html_path is not None
+    return result.html_path
+
+
+def test_html_is_self_contained(report_html: Path) -> None:
+    page = report_html.read_text()
+    # No external scripts, styles or fonts: the page must open from disk offline.
+    assert not re.search(r"<script[^>]+src=", page)
+    assert not re.search(r"<link[^>]+href=\"?https?:", page)
+    assert "Recommended: enc-int8" in page
+
+
+def test_plots_render_in_headless_chromium(report_html: Path, tmp_path: Path) -> None:
+    dom = _chromium("--dump-dom", report_html.as_uri(), cwd=tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # Two plotly figures, each drawn as SVG with one marker per model.
+    assert dom.stdout.count('class="main-svg"') >= 4, dom.stdout[-2000:]
+    assert dom.stdout.count('class="scatterlayer mlayer"') == 2
+    assert dom.stdout.count('class="point"') >= 4 + 4  # 4 models on each plot
+    assert "Accuracy on the test split (%)" in dom.stdout  # axis titles with units
+    assert _console(dom.stderr) == [], _console(dom.stderr)
+
+
+def test_screenshot_is_not_blank(report_html: Path, tmp_path: Path) -> None:
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!DOCTYPE html><html><body></body></html>")
+    sizes = {}
+    for name, page in (("report", report_html), ("blank", blank)):
+        shot = tmp_path / f"{name}.png"
+        done = _chromium(f"--screenshot={shot}", page.as_uri(), cwd=tmp_path)
+        assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        sizes[name] = shot.stat().st_size
+    # A white page compresses to a few kB; text, tables and plots do not.
+    assert sizes["report"] > 10 * sizes["blank"], sizes
