@@ -57,6 +57,10 @@ class Phase:
     errors: int
     seconds: float
     latencies_ms: list[float]
+    # CPU milliseconds per request at saturation: the server's processes, and this process
+    # (the load generator; for raw-ort also the model). Where the cores go.
+    server_cpu_ms: float | None = None
+    client_cpu_ms: float | None = None
 
     @property
     def throughput(self) -> float:
@@ -73,7 +77,34 @@ class Phase:
             "p50_ms": round(self.pct(50), 2),
             "p95_ms": round(self.pct(95), 2),
             "p99_ms": round(self.pct(99), 2),
+            "server_cpu_ms_per_req": _round(self.server_cpu_ms),
+            "client_cpu_ms_per_req": _round(self.client_cpu_ms),
         }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def tree_cpu_seconds(pid: int | None) -> float:
+    """user+system CPU of a process and its children (the server's workers)."""
+    import psutil
+
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 async def closed_loop(
@@ -127,12 +158,20 @@ async def open_loop(call: Call, texts: list[str], rate: float, seconds: float, n
     return Phase(name, len(tasks), errors, time.perf_counter() - start, latencies)
 
 
-async def run_phases(call: Call, texts: list[str], args: argparse.Namespace) -> list[Phase]:
+async def run_phases(
+    call: Call, texts: list[str], args: argparse.Namespace, server_pid: int | None = None
+) -> list[Phase]:
     await closed_loop(call, texts, 4, min(3.0, args.seconds), "warmup")
     phases = [await closed_loop(call, texts, 1, args.seconds, "c1")]
     for rate in args.rates:
         phases.append(await open_loop(call, texts, rate, args.seconds, f"rate{rate:g}"))
-    phases.append(await closed_loop(call, texts, args.clients, args.seconds, "saturation"))
+    server0, client0 = tree_cpu_seconds(server_pid), time.process_time()
+    sat = await closed_loop(call, texts, args.clients, args.seconds, "saturation")
+    done = max(1, sat.requests - sat.errors)
+    if server_pid is not None:
+        sat.server_cpu_ms = (tree_cpu_seconds(server_pid) - server0) * 1000 / done
+    sat.client_cpu_ms = (time.process_time() - client0) * 1000 / done
+    phases.append(sat)
     return phases
 
 
@@ -149,13 +188,15 @@ def http_call(session: Any, url: str, body: Callable[[str], dict[str, Any]]) -> 
     return call
 
 
-async def bench_http(url: str, body: Callable[[str], dict[str, Any]], texts, args) -> list[Phase]:
+async def bench_http(
+    url: str, body: Callable[[str], dict[str, Any]], texts, args, server_pid: int | None = None
+) -> list[Phase]:
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        return await run_phases(http_call(session, url, body), texts, args)
+        return await run_phases(http_call(session, url, body), texts, args, server_pid)
 
 
 def bench_raw_ort(texts: list[str], args: argparse.Namespace) -> list[Phase]:
@@ -186,7 +227,13 @@ def bench_ours(texts: list[str], args: argparse.Namespace, out: Path) -> list[Ph
         [args.model], threads=args.threads, extra_env=env, log_path=out / "ours.log"
     ) as server:
         return asyncio.run(
-            bench_http(f"{server.url}/classify", lambda t: {"texts": [t]}, texts, args)
+            bench_http(
+                f"{server.url}/classify",
+                lambda t: {"texts": [t]},
+                texts,
+                args,
+                server.process.pid if server.process else None,
+            )
         )
 
 
@@ -198,7 +245,7 @@ def subprocess_server(
     log: Path,
     timeout: float,
     cwd: Path | None = None,
-) -> Iterator[None]:
+) -> Iterator[int]:
     with open(log, "wb") as handle:
         proc = subprocess.Popen(
             cmd,
@@ -224,7 +271,7 @@ def subprocess_server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not ready after {timeout:.0f} s; see {log}")
             time.sleep(0.5)
-        yield
+        yield proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 15)
@@ -257,8 +304,10 @@ def bench_naive(texts: list[str], args: argparse.Namespace, out: Path) -> list[P
         "warning",
     ]
     url = f"http://127.0.0.1:{port}"
-    with subprocess_server(cmd, env, f"{url}/readyz", out / "naive.log", 180):
-        return asyncio.run(bench_http(f"{url}/classify", lambda t: {"texts": [t]}, texts, args))
+    with subprocess_server(cmd, env, f"{url}/readyz", out / "naive.log", 180) as pid:
+        return asyncio.run(
+            bench_http(f"{url}/classify", lambda t: {"texts": [t]}, texts, args, pid)
+        )
 
 
 def infinity_model_dir(args: argparse.Namespace, root: Path) -> Path:
@@ -331,9 +380,13 @@ def bench_infinity(texts: list[str], args: argparse.Namespace, out: Path) -> lis
         str(port),
     ]
     url = f"http://127.0.0.1:{port}"
-    with subprocess_server(cmd, env, f"{url}/health", out / "infinity.log", 300, cwd=model_dir):
+    with subprocess_server(
+        cmd, env, f"{url}/health", out / "infinity.log", 300, cwd=model_dir
+    ) as pid:
         return asyncio.run(
-            bench_http(f"{url}/classify", lambda t: {"input": [t], "model": "minilm"}, texts, args)
+            bench_http(
+                f"{url}/classify", lambda t: {"input": [t], "model": "minilm"}, texts, args, pid
+            )
         )
 
 
@@ -343,7 +396,8 @@ def bench_infinity(texts: list[str], args: argparse.Namespace, out: Path) -> lis
 def table(results: dict[str, list[Phase] | str], rates: list[float]) -> str:
     raw = results.get("raw-ort")
     raw_phases = {p.name: p for p in raw} if isinstance(raw, list) else {}
-    head = ["target", "sat req/s", "vs raw", "c1 p50/p95/p99 ms", "c1 p50 - raw"]
+    head = ["target", "sat req/s", "vs raw", "CPU ms/req server+client", "c1 p50/p95/p99 ms"]
+    head += ["c1 p50 - raw"]
     head += [f"{r:g}/s p50/p95/p99 ms (err)" for r in rates]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for target, phases in results.items():
@@ -356,6 +410,7 @@ def table(results: dict[str, list[Phase] | str], rates: list[float]) -> str:
             target,
             f"{sat.throughput:.1f}",
             f"{sat.throughput / raw_phases['saturation'].throughput:.2f}x" if raw_phases else "-",
+            f"{sat.server_cpu_ms or 0:.2f} + {sat.client_cpu_ms or 0:.2f}",
             f"{c1.pct(50):.1f} / {c1.pct(95):.1f} / {c1.pct(99):.1f}",
             f"{c1.pct(50) - raw_phases['c1'].pct(50):+.1f} ms" if raw_phases else "-",
         ]

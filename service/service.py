@@ -193,6 +193,7 @@ def _check_threshold(value: Any, model: LoadedModel) -> np.ndarray | None:
 @bentoml.service(
     workers=SERVER.workers,
     traffic={"timeout": SERVER.timeout_s, "max_concurrency": SERVER.max_concurrency},
+    logging={"access": {"enabled": SERVER.access_log}},
 )
 class Classifier:
     """Public API. Client errors answer `{"error": ..., "field": ...}`; see `classify`."""

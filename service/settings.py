@@ -26,6 +26,7 @@ ENV_WORKERS = "SMALLCLS_WORKERS"
 ENV_MAX_CONCURRENCY = "SMALLCLS_MAX_CONCURRENCY"
 ENV_TIMEOUT_S = "SMALLCLS_TIMEOUT_S"
 ENV_RELOAD_POLL_S = "SMALLCLS_RELOAD_POLL_S"
+ENV_ACCESS_LOG = "SMALLCLS_ACCESS_LOG"
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -137,12 +138,18 @@ class ServerSettings:
     workers: int = 1  # processes serving the API; each loads every model and batches alone
     max_concurrency: int | None = None  # requests in flight per service; beyond: 429 at once
     timeout_s: int = 60
+    # One log line per request costs CPU the model could use; the metrics count requests.
+    access_log: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
         env = os.environ if environ is None else environ
         concurrency = env.get(ENV_MAX_CONCURRENCY, "").strip()
+        access_log = env.get(ENV_ACCESS_LOG, "").strip().lower()
+        if access_log not in ("", "0", "1", "true", "false"):
+            raise ValueError(f"{ENV_ACCESS_LOG} must be true or false, got {access_log!r}")
         return cls(
+            access_log=access_log in ("1", "true"),
             workers=_positive_int(env, ENV_WORKERS, cls.workers),
             max_concurrency=_positive_int(env, ENV_MAX_CONCURRENCY, 1) if concurrency else None,
             timeout_s=_positive_int(env, ENV_TIMEOUT_S, cls.timeout_s),
