@@ -204,7 +204,9 @@ def bench_raw_ort(texts: list[str], args: argparse.Namespace) -> list[Phase]:
     from service.runtime import OnnxClassifier
     from service.settings import BatchingSettings
 
-    classifier = OnnxClassifier(args.model, threads=args.threads)
+    # The service's own ORT settings (threads, spinning), so the ceiling is comparable.
+    spinning = os.environ.get("SMALLCLS_ORT_SPINNING", "false").lower() in ("1", "true")
+    classifier = OnnxClassifier(args.model, threads=args.threads, spinning=spinning)
     classifier.logits_bucketed(["warm up"])
 
     async def main() -> list[Phase]:

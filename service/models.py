@@ -92,7 +92,9 @@ def load(
 
         if Manifest.read(source.path).files == previous.classifier.manifest.files:
             return previous
-    classifier = OnnxClassifier(source.path, threads=settings.threads)  # verifies sha256
+    classifier = OnnxClassifier(  # verifies sha256
+        source.path, threads=settings.threads, spinning=settings.ort_spinning
+    )
     for text in WARMUP_TEXTS:  # the first real request should not pay ORT's set-up
         classifier.logits_bucketed([text])
     version = source.store_version or classifier.manifest.files.get(MODEL_NAME, "")[:12]

@@ -27,6 +27,7 @@ ENV_MAX_CONCURRENCY = "SMALLCLS_MAX_CONCURRENCY"
 ENV_TIMEOUT_S = "SMALLCLS_TIMEOUT_S"
 ENV_RELOAD_POLL_S = "SMALLCLS_RELOAD_POLL_S"
 ENV_ACCESS_LOG = "SMALLCLS_ACCESS_LOG"
+ENV_ORT_SPINNING = "SMALLCLS_ORT_SPINNING"
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -40,6 +41,15 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {raw!r}")
     return value
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("0", "1", "true", "false"):
+        raise ValueError(f"{name} must be true or false, got {raw!r}")
+    return raw in ("1", "true")
 
 
 def _non_negative_float(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -145,11 +155,8 @@ class ServerSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
         env = os.environ if environ is None else environ
         concurrency = env.get(ENV_MAX_CONCURRENCY, "").strip()
-        access_log = env.get(ENV_ACCESS_LOG, "").strip().lower()
-        if access_log not in ("", "0", "1", "true", "false"):
-            raise ValueError(f"{ENV_ACCESS_LOG} must be true or false, got {access_log!r}")
         return cls(
-            access_log=access_log in ("1", "true"),
+            access_log=_flag(env, ENV_ACCESS_LOG, cls.access_log),
             workers=_positive_int(env, ENV_WORKERS, cls.workers),
             max_concurrency=_positive_int(env, ENV_MAX_CONCURRENCY, 1) if concurrency else None,
             timeout_s=_positive_int(env, ENV_TIMEOUT_S, cls.timeout_s),
@@ -181,6 +188,7 @@ class Settings:
     models_file: Path | None = None
     default_model: str | None = None  # None: the first model's manifest name
     threads: int = 1  # onnxruntime intra-op threads per model
+    ort_spinning: bool = False  # let idle ORT threads spin (see service/runtime.py)
     max_texts: int = 64  # per request
     max_chars: int = 2000  # per text, counted in characters before tokenization
     max_body_bytes: int = 1 << 20  # per request body, refused before it is read
@@ -228,6 +236,7 @@ class Settings:
             models_file=Path(models_file) if models_file else None,
             default_model=env.get(ENV_DEFAULT_MODEL, "").strip() or None,
             threads=_positive_int(env, ENV_THREADS, cls.threads),
+            ort_spinning=_flag(env, ENV_ORT_SPINNING, cls.ort_spinning),
             max_texts=_positive_int(env, ENV_MAX_TEXTS, cls.max_texts),
             max_chars=_positive_int(env, ENV_MAX_CHARS, cls.max_chars),
             max_body_bytes=_positive_int(env, ENV_MAX_BODY_BYTES, cls.max_body_bytes),
