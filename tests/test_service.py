@@ -408,7 +408,7 @@ def test_reload_under_concurrent_requests_drops_nothing(
     assert [s for s, _ in results if s != 200] == []
     versions = [v for _, v in results]
     assert set(versions) == {old_version, new_version}
-    assert versions.index(new_version) >= seen - 4  # at most the in-flight ones were old
+    assert set(versions[seen + 4 :]) == {new_version}  # only the 4 in flight could be old
     extra_resp = client.post(
         "/classify", json={"texts": ["fun"], "model": "extra"}, headers=headers
     )
@@ -553,7 +553,8 @@ def test_bentoml_serve_answers_concurrent_requests(model_dirs: list[Path], tmp_p
             model = model or ("alpha", "beta")[i % 2]
             start.wait()  # all at once, so the batcher has something to merge
             resp = http.post("/classify", json={"texts": [f"good movie {i}"], "model": model})
-            return resp.status_code, resp.json().get("model", ""), len(resp.json()["predictions"])
+            body = resp.json()  # an error body has no predictions (404 before a reload)
+            return resp.status_code, body.get("model", ""), len(body.get("predictions", []))
 
         with ThreadPoolExecutor(n_requests) as pool:
             results = list(pool.map(one, range(n_requests)))
