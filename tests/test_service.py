@@ -188,6 +188,8 @@ def test_truncation_by_default_or_refused(client: TestClient) -> None:
     assert refused.status_code == 413, refused.text
     assert refused.json()["field"] == "texts[1]"
     assert "16" in refused.json()["error"]
+    lone = client.post("/classify", json={"texts": too_long, "truncate": False})
+    assert (lone.status_code, lone.json()["field"]) == (413, "texts")
 
 
 @pytest.mark.parametrize("body", [{"texts": ["fun"]}, {"texts": ["fun"], "model": None}])
