@@ -42,10 +42,12 @@ class Retired(Exception):
 @dataclasses.dataclass(eq=False)
 class _Job:
     texts: Sequence[str]
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Rows]
     enqueued: float  # time.perf_counter()
 
 
+# What a model returns for a batch: one array, or a tuple of arrays, with one row per text.
+Rows = np.ndarray | tuple[np.ndarray, ...]
 # (model name, batch size, queue seconds per job): how a batch was formed, for metrics.
 BatchObserver = Callable[[str, int, list[float]], None]
 
@@ -56,7 +58,7 @@ class Batcher:
     def __init__(
         self,
         name: str,
-        run: Callable[[list[str]], np.ndarray],
+        run: Callable[[list[str]], Rows],
         settings: BatchingSettings,
         observe: BatchObserver | None = None,
     ) -> None:
@@ -77,9 +79,9 @@ class Batcher:
     def queued_texts(self) -> int:
         return self._queued_texts
 
-    async def submit(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), num_labels) logits. Raises Overloaded, Retired, or what the model
-        raised."""
+    async def submit(self, texts: Sequence[str]) -> Rows:
+        """The rows of `run`'s output for these texts. Raises Overloaded, Retired, or what
+        the model raised."""
         if self.closed:
             raise Retired(self.name)
         limit = self.settings.max_queue
@@ -153,7 +155,7 @@ class Batcher:
                 if self._observe is not None:
                     self._observe(self.name, len(texts), [now - job.enqueued for job in live])
                 try:
-                    logits = await loop.run_in_executor(self._executor, self._run, texts)
+                    rows = await loop.run_in_executor(self._executor, self._run, texts)
                 except Exception as exc:  # the model failed: fail this batch, keep serving
                     logger.exception("model %r failed on a batch of %d", self.name, len(texts))
                     for job in live:
@@ -164,7 +166,11 @@ class Batcher:
                 for job in live:
                     end = start + len(job.texts)
                     if not job.future.done():
-                        job.future.set_result(logits[start:end])
+                        job.future.set_result(
+                            tuple(a[start:end] for a in rows)
+                            if isinstance(rows, tuple)
+                            else rows[start:end]
+                        )
                     start = end
         finally:
             self._executor.shutdown(wait=False)

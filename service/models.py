@@ -100,7 +100,7 @@ def load(
     version = source.store_version or classifier.manifest.files.get(MODEL_NAME, "")[:12]
     batcher = Batcher(
         classifier.name,
-        classifier.logits_bucketed,
+        classifier.score_batch,
         settings.batching_for(classifier.name),
         observe,
     )

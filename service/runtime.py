@@ -163,15 +163,24 @@ class OnnxClassifier:
         return [len(e.ids) for e in self._counter.encode_batch(prompts)]
 
     def logits_bucketed(self, texts: Sequence[str], slack: float = 1.3) -> np.ndarray:
-        """(B, num_labels) logits for a server batch. Texts are sorted by token count and
-        cut into groups whose padding stays under `slack` x their real tokens: one long text
-        in a batch of short ones would otherwise make every row as long as it (attention
-        cost grows with the square of that length). Similar lengths make one ORT call."""
+        """(B, num_labels) logits for a server batch; see `score_batch`."""
+        return self.score_batch(texts, slack)[0]
+
+    def score_batch(
+        self, texts: Sequence[str], slack: float = 1.3
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """((B, num_labels) logits, (B,) bool: the text was cut to max_length) for a server
+        batch. Texts are sorted by token count and cut into groups whose padding stays under
+        `slack` x their real tokens: one long text in a batch of short ones would otherwise
+        make every row as long as it (attention cost grows with the square of that length).
+        Similar lengths make one ORT call."""
+        truncated = np.zeros(len(texts), dtype=bool)
         if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
+            return np.zeros((0, len(self.labels)), dtype=np.float32), truncated
         prompts = fill_template(self.manifest.prompt_template, texts)
         encodings = self._unpadded.encode_batch(prompts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
+        truncated[:] = [bool(e.overflowing) for e in encodings]
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         start = 0
@@ -186,7 +195,7 @@ class OnnxClassifier:
             idx = order[start:end]
             out[idx] = self._run_group([encodings[i].ids for i in idx])
             start = end
-        return out
+        return out, truncated
 
     def _run_group(self, ids: list[list[int]]) -> np.ndarray:
         width = max(len(row) for row in ids)

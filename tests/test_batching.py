@@ -106,3 +106,18 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
             await batcher.submit(["c"])
 
     asyncio.run(main())
+
+
+def test_bucketed_batches_match_one_text_at_a_time(tmp_path) -> None:
+    """Sorting by length and splitting into groups must not change any text's logits, and
+    the batch says which texts were cut to max_length."""
+    from fakes import make_tiny_model_dir
+
+    from service.runtime import OnnxClassifier
+
+    classifier = OnnxClassifier(make_tiny_model_dir(tmp_path / "m", max_length=16))
+    texts = ["good", "a " * 30, "bad movie", "the plot was very good but not great", "fun"] * 3
+    logits, truncated = classifier.score_batch(texts)
+    one_by_one = np.concatenate([classifier.logits([t]) for t in texts])
+    np.testing.assert_allclose(logits, one_by_one, atol=1e-5)
+    assert truncated.tolist() == [t.startswith("a a") for t in texts]
