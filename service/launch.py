@@ -45,11 +45,12 @@ def default_bentoml_home() -> Path:
 def server_env(
     model_dirs: Iterable[Path | str], *, threads: int, extra_env: Mapping[str, str] | None
 ) -> dict[str, str]:
-    dirs = [str(Path(d).resolve()) for d in model_dirs]
-    if not dirs:
+    # Directories become absolute (the server runs elsewhere); store references stay as given.
+    entries = [str(Path(d).resolve()) if Path(d).exists() else str(d) for d in model_dirs]
+    if not entries:
         raise ValueError("no model directories given: pass at least one `smallcls export` dir")
     env = {**os.environ, **(extra_env or {})}
-    env[ENV_MODELS] = os.pathsep.join(dirs)
+    env[ENV_MODELS] = ",".join(entries)
     env[ENV_THREADS] = str(threads)
     env["BENTOML_DO_NOT_TRACK"] = "true"  # otherwise the server does a DNS look-up
     env.setdefault("BENTOML_HOME", str(default_bentoml_home()))

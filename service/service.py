@@ -1,110 +1,141 @@
-"""The BentoML service: a public `/classify` API in front of a batching runner of ONNX models.
+"""The BentoML service: `/classify` over several ONNX models, batched in-process per model.
 
-Two services, because BentoML's adaptive batching batches exactly one argument per call while
-`/classify` takes two (`texts` and `model`):
+One service, one process per worker: the API validates a request, puts its texts on the
+model's queue (`service.batching.Batcher`) and answers when its batch has run. Under load the
+texts of concurrent requests share one onnxruntime call. Running the model in the API process
+avoids a second process and a second HTTP hop per request, which on 2 cores cost about as
+much CPU as MiniLM's inference (measured by bench/peers.py).
 
-- `ModelRunner` holds every `OnnxClassifier` and exposes `predict(items)`, batchable: BentoML
-  merges the items of concurrent requests (any model) into one call, which groups them by model.
-- `Classifier` validates requests, answers client errors itself and sends one item per text to
-  the runner through `bentoml.depends`.
-
-Under `bentoml serve` each service runs in its own process and the runner is called over a
-local socket, so batching happens there. In-process (`Classifier.to_asgi()`, tests),
-`bentoml.depends` builds a plain local `ModelRunner` and calls it directly: no batching.
+Routes: `POST /classify`, `GET /models`, `POST /admin/models` (change the model list, needs
+auth), `/livez`, `/readyz` (ready after every model is loaded and warmed), `/metrics`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections import Counter
-from http import HTTPStatus
+import time
 from typing import Any
 
-import aiohttp
 import bentoml
+import numpy as np
 from pydantic import BaseModel, Field
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-from service.runtime import OnnxClassifier
-from service.settings import BatchingSettings, Settings
-from smallcls.manifest import Manifest
+from service import gateway
+from service.batching import Overloaded, Retired
+from service.metrics import get_metrics
+from service.models import LoadedModel, by_path, load_all
+from service.runtime import default_thresholds, probabilities
+from service.settings import ServerSettings, Settings, write_models_file
 
 logger = logging.getLogger(__name__)
 
-# Read when the class is defined: BentoML builds its batch dispatcher from the decorator.
-BATCHING = BatchingSettings.from_env()
-WARMUP_TEXT = "warm up"
+# Read when the class is defined: BentoML takes workers and traffic from the decorator.
+SERVER = ServerSettings.from_env()
 REQUEST_STATE_KEY = "smallcls_body_error"
+FIELDS = ("texts", "model", "top_k", "threshold", "return_logits", "truncate")
+UNKNOWN_MODEL_LABEL = "-"  # metrics label for requests naming no loaded model
 
 
 def show_info_logs() -> None:
     """BentoML's server logging passes only WARNING and up from loggers other than its own;
-    let this package's INFO lines (models loaded, batching summary) through, unless the level
-    was set on purpose."""
+    let this package's INFO lines (models loaded, reloads) through, unless the level was set
+    on purpose."""
     package_logger = logging.getLogger(__name__.partition(".")[0])
     if package_logger.level == logging.NOTSET:
         package_logger.setLevel(logging.INFO)
 
 
-class Item(BaseModel):
-    """One text to score with one model: the unit the runner batches."""
-
-    model: str
-    text: str
-
-
-class LabelScores(BaseModel):
-    label: str = Field(description="The label with the highest probability.")
-    scores: dict[str, float] = Field(description="Softmax probability per label name.")
+class Prediction(BaseModel):
+    label: str = Field(description="The most probable label.")
+    labels: list[str] = Field(
+        description="Every predicted label: [label] for single-label models; for multi-label "
+        "models each label whose probability clears its threshold (may be empty)."
+    )
+    scores: dict[str, float] = Field(
+        description="Probability by label name (softmax; sigmoid per label for multi-label "
+        "models), best first when top_k is given, else in the model's label order."
+    )
+    logits: dict[str, float] | None = Field(
+        default=None, description="Raw logits by label name, with return_logits."
+    )
+    truncated: bool = Field(description="The text was cut to the model's max_length tokens.")
 
 
 class ClassifyResponse(BaseModel):
     model: str = Field(description="Name of the model that answered.")
-    predictions: list[LabelScores] = Field(description="One per input text, in input order.")
+    version: str = Field(
+        description="Its version: the BentoML store version, or the first 12 hex digits of "
+        "model.onnx's sha256."
+    )
+    predictions: list[Prediction] = Field(description="One per input text, in input order.")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="What went wrong and what to do.")
+    field: str = Field(description="Where: a request field such as 'texts[2]', or 'body'.")
 
 
 # Parsed here rather than by BentoML, which answers a malformed body with a pydantic error list
 # and no `field`. Values are checked by `Classifier.classify`, which knows the limits and the
 # loaded models: the types below document the schema (OpenAPI) but are not enforced.
 class ClassifyRequest(bentoml.IODescriptor):
-    """Texts to classify and, optionally, the model to use."""
+    """Texts to classify and, optionally, the model and how to answer."""
 
-    texts: list[str] = Field(
+    texts: list[str] | str = Field(
         default=None,
-        description="Texts to classify (1..SMALLCLS_MAX_TEXTS, each non-empty and at most "
-        "SMALLCLS_MAX_CHARS characters).",
+        description="One text or a list (1..SMALLCLS_MAX_TEXTS), each non-empty and at most "
+        "SMALLCLS_MAX_CHARS characters.",
     )
-    model: str | None = Field(
-        default=None, description="Model name; omit for the server's default model."
+    model: str | None = Field(default=None, description="Model name; omit for the default.")
+    top_k: int | None = Field(
+        default=None, description="Return only the k best scores per text (1..labels)."
+    )
+    threshold: float | dict[str, float] | None = Field(
+        default=None,
+        description="Multi-label models only: one threshold in (0, 1) for every label, or "
+        "one per label name, instead of the manifest's.",
+    )
+    return_logits: bool = Field(default=False, description="Add raw logits per label.")
+    truncate: bool = Field(
+        default=True,
+        description="Cut texts longer than the model's max_length tokens (default); false "
+        "refuses them with 413.",
     )
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ClassifyRequest:
-        body = await request.body()
         try:
-            data = json.loads(body) if body.strip() else {}
-        except (ValueError, RecursionError):  # bad JSON or bytes; absurdly deep nesting
+            body = await request.body()
+        except gateway.BodyTooLarge:
+            return cls._refuse(request, (413, "the body is over the size limit", "body"))
+        try:
+            # surrogateescape: invalid UTF-8 bytes become lone surrogates inside the strings,
+            # so the check in `classify` can name the text that holds them.
+            data = json.loads(body.decode("utf-8", "surrogateescape")) if body.strip() else {}
+        except (ValueError, RecursionError):  # bad JSON; absurdly deep nesting
             data = None
-        problem: tuple[str, str] | None = None
         if not isinstance(data, dict):
-            problem = (
-                'the body must be a JSON object like {"texts": ["..."], "model": "<name>"}',
-                "body",
-            )
-        elif unknown := sorted(set(data) - set(cls.model_fields)):
-            problem = (
-                f"unknown field {shorten(unknown[0])!r}: the accepted fields are 'texts' and "
-                "'model'",
-                shorten(unknown[0]),
-            )
-        if problem is not None:
-            # The API method only receives field values; the request state reaches it via ctx.
-            setattr(request.state, REQUEST_STATE_KEY, problem)
-            return cls.model_construct()
+            example = '{"texts": ["..."], "model": "<name>"}'
+            message = f"the body must be a JSON object like {example}"
+            return cls._refuse(request, (400, message, "body"))
+        if unknown := sorted(set(data) - set(FIELDS)):
+            name = shorten(str(unknown[0]))
+            message = f"unknown field {name!r}: the accepted fields are {list(FIELDS)}"
+            return cls._refuse(request, (400, message, name))
         # No validation: `classify` checks values with per-item messages.
         return cls.model_construct(**data)
+
+    @classmethod
+    def _refuse(cls, request: Request, problem: tuple[int, str, str]) -> ClassifyRequest:
+        # The API method only receives field values; the request state reaches it via ctx.
+        setattr(request.state, REQUEST_STATE_KEY, problem)
+        return cls.model_construct()
 
 
 def shorten(text: str, limit: int = 80) -> str:
@@ -112,167 +143,410 @@ def shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def error_response(status: HTTPStatus, message: str, field: str) -> JSONResponse:
+class ClientError(Exception):
+    def __init__(self, status: int, message: str, field: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+def error_response(status: int, message: str, field: str, **headers: str) -> JSONResponse:
     # Returned directly: BentoML's own handler wraps 4xx bodies of BentoMLException in a list.
-    return JSONResponse({"error": message, "field": field}, status_code=status)
+    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_threshold(value: Any, model: LoadedModel) -> np.ndarray | None:
+    """Per-label thresholds from the request, or None for the manifest's."""
+    manifest = model.classifier.manifest
+    if value is None:
+        return None
+    if manifest.problem_type != "multi_label":
+        raise ClientError(
+            400,
+            f"threshold applies to multi-label models; {model.name!r} is single-label",
+            "threshold",
+        )
+    thresholds = default_thresholds(manifest)
+    if _is_number(value):
+        values = {label: value for label in manifest.labels}
+    elif isinstance(value, dict):
+        if unknown := sorted(set(value) - set(manifest.labels)):
+            raise ClientError(
+                400,
+                f"unknown label {shorten(unknown[0])!r}: labels are {manifest.labels}",
+                f"threshold.{shorten(unknown[0])}",
+            )
+        values = value
+    else:
+        raise ClientError(400, "threshold must be a number or {label: number}", "threshold")
+    for label, t in values.items():
+        field = "threshold" if _is_number(value) else f"threshold.{label}"
+        if not _is_number(t) or not 0.0 < t < 1.0:
+            raise ClientError(400, f"{field} must be a number in (0, 1), got {t!r}", field)
+        thresholds[manifest.labels.index(label)] = float(t)
+    return np.asarray(thresholds)
 
 
 @bentoml.service(
-    workers=1,  # one process sees every concurrent request, so it can batch them
-    traffic={"timeout": 60},
-    # BentoML 1.4.40's client replaces its HTTP session every 100 requests or 300 s and closes
-    # the old one under requests still in flight: about 12% of calls failed with "Server
-    # disconnected" at 20 concurrent users. Calls go over a local socket: keep one session.
-    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
+    workers=SERVER.workers,
+    traffic={"timeout": SERVER.timeout_s, "max_concurrency": SERVER.max_concurrency},
+    logging={"access": {"enabled": SERVER.access_log}},
 )
-class ModelRunner:
-    """Every configured model, loaded and warmed once; scores batches of (model, text) items."""
-
-    def __init__(self) -> None:
-        show_info_logs()
-        settings = Settings.from_env()
-        self.models: dict[str, OnnxClassifier] = {}
-        for model_dir in settings.model_dirs:
-            classifier = OnnxClassifier(model_dir, threads=settings.threads)
-            if classifier.name in self.models:
-                raise ValueError(
-                    f"two model directories are named {classifier.name!r} "
-                    f"({self.models[classifier.name].model_dir} and {model_dir}); "
-                    "give each a distinct manifest name"
-                )
-            classifier.predict([WARMUP_TEXT])  # first real request should not pay ORT's setup
-            self.models[classifier.name] = classifier
-            logger.info(
-                "loaded model %r from %s (labels %s)",
-                classifier.name,
-                model_dir,
-                classifier.labels,
-            )
-        self.batch_sizes: Counter[int] = Counter()  # items per `predict` call → calls
-
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=BATCHING.max_batch_size,
-        max_latency_ms=BATCHING.max_latency_ms,
-    )
-    def predict(self, items: list[Item]) -> list[LabelScores]:
-        """One prediction per item, in order. Items are grouped by model: one ORT call each."""
-        self.batch_sizes[len(items)] += 1
-        logger.debug("predict: batch of %d items", len(items))
-        by_model: dict[str, list[int]] = {}
-        for i, item in enumerate(items):
-            by_model.setdefault(item.model, []).append(i)
-        out: list[LabelScores | None] = [None] * len(items)
-        for name, indices in by_model.items():
-            predictions = self.models[name].predict([items[i].text for i in indices])
-            for i, p in zip(indices, predictions, strict=True):
-                out[i] = LabelScores(label=p.label, scores=p.scores)
-        return out  # type: ignore[return-value]  # every slot was filled above
-
-    @bentoml.on_shutdown
-    def log_batching(self) -> None:
-        # One line per process lifetime: how much adaptive batching merged (sizes → count).
-        sizes = dict(sorted(self.batch_sizes.items()))
-        logger.info(
-            "batching summary: %d items in %d model calls, batch sizes %s",
-            sum(k * v for k, v in sizes.items()),
-            sum(sizes.values()),
-            json.dumps(sizes),
-        )
-
-
-@bentoml.service(workers=1, traffic={"timeout": 60})
 class Classifier:
     """Public API. Client errors answer `{"error": ..., "field": ...}`; see `classify`."""
 
-    runner = bentoml.depends(ModelRunner)
-
     def __init__(self) -> None:
         show_info_logs()
-        settings = Settings.from_env()
-        self.max_texts = settings.max_texts
-        self.max_chars = settings.max_chars
-        # Names from the manifests (cheap), so bad requests never reach the runner.
-        self.model_names = [Manifest.read(d).name for d in settings.model_dirs]
-        self.default_model = settings.default_model or self.model_names[0]
-        if self.default_model not in self.model_names:
-            raise ValueError(
-                f"SMALLCLS_DEFAULT_MODEL={self.default_model!r} is not among the loaded "
-                f"models {self.model_names}"
-            )
-        logger.info("serving models %s, default %r", self.model_names, self.default_model)
+        self.settings = Settings.from_env()
+        gateway.CONFIG.auth_token = (
+            self.settings.auth_token.encode() if self.settings.auth_token else None
+        )
+        gateway.CONFIG.max_body_bytes = self.settings.max_body_bytes
+        self.metrics = get_metrics()
+        self.models = load_all(self.settings.models, self.settings, self.metrics.observe_batch)
+        self.default_model = self._check_default(self.settings.default_model, self.models)
+        self._models_file_mtime = self._file_mtime()
+        self._reload_lock = asyncio.Lock()
+        ACTIVE.append(self)  # the /models and /admin routes reach this worker's models here
+        logger.info("serving models %s, default %r", list(self.models), self.default_model)
 
-    def _check(self, texts: Any, model: Any) -> tuple[JSONResponse | None, str]:
-        """(error response or None, model name)."""
+    @staticmethod
+    def _check_default(default: str | None, models: dict[str, LoadedModel]) -> str:
+        default = default or next(iter(models))
+        if default not in models:
+            raise ValueError(
+                f"SMALLCLS_DEFAULT_MODEL={default!r} is not among the loaded models {list(models)}"
+            )
+        return default
+
+    def _file_mtime(self) -> float | None:
+        path = self.settings.models_file
+        try:
+            return path.stat().st_mtime if path is not None else None
+        except OSError:
+            return None
+
+    # ---- reload -------------------------------------------------------------------------
+
+    async def reload(self, entries: tuple[str, ...], default: str | None) -> None:
+        """Load `entries` next to the running models (unchanged ones are kept), then swap
+        the name → model map in one assignment: requests already holding a model finish on
+        it, new ones get the new map. Replaced models drain their queues, then stop."""
+        async with self._reload_lock:
+            old = self.models
+            new = await asyncio.get_running_loop().run_in_executor(
+                None, load_all, entries, self.settings, self.metrics.observe_batch, by_path(old)
+            )
+            if default is not None:  # asked for: it must be among the new models
+                default = self._check_default(default, new)
+            elif self.default_model in new:
+                default = self.default_model
+            else:
+                default = next(iter(new))
+            self.models, self.default_model = new, default
+            kept = {id(m) for m in new.values()}
+            for model in old.values():
+                if id(model) not in kept:
+                    model.batcher.close()
+            logger.info("reloaded: models %s, default %r", list(new), default)
+
+    @bentoml.on_startup
+    async def watch_models_file(self) -> None:
+        if self.settings.models_file is None or self.settings.reload_poll_s == 0:
+            return
+        asyncio.get_running_loop().create_task(self._poll_models_file())
+
+    async def _poll_models_file(self) -> None:
+        # Every worker polls: an admin call reaches one worker, the file reaches all.
+        from service.settings import read_models_file
+
+        while True:
+            await asyncio.sleep(self.settings.reload_poll_s)
+            mtime = self._file_mtime()
+            if mtime is None or mtime == self._models_file_mtime:
+                continue
+            self._models_file_mtime = mtime
+            try:
+                assert self.settings.models_file is not None
+                await self.reload(read_models_file(self.settings.models_file), None)
+            except (ValueError, OSError) as exc:  # ManifestError is a ValueError
+                logger.error(
+                    "reload from %s failed, still serving %s: %s",
+                    self.settings.models_file,
+                    list(self.models),
+                    exc,
+                )
+
+    # ---- classify -----------------------------------------------------------------------
+
+    def _resolve(self, model: Any) -> LoadedModel:
         if model is None:
-            model = self.default_model
-        elif not isinstance(model, str):
-            msg = f"model must be a string, one of {self.model_names}"
-            return error_response(HTTPStatus.BAD_REQUEST, msg, "model"), ""
-        elif model not in self.model_names:
-            msg = f"unknown model {shorten(model)!r}: use one of {self.model_names} or omit 'model'"
-            return error_response(HTTPStatus.NOT_FOUND, msg, "model"), ""
+            return self.models[self.default_model]
+        if not isinstance(model, str):
+            raise ClientError(400, f"model must be a string, one of {list(self.models)}", "model")
+        if model not in self.models:
+            raise ClientError(
+                404,
+                f"unknown model {shorten(model)!r}: use one of {list(self.models)} or omit 'model'",
+                "model",
+            )
+        return self.models[model]
+
+    def _check_texts(self, texts: Any) -> tuple[list[str], list[str]]:
+        """(texts, the field name of each: "texts" for a lone string, else "texts[i]")."""
         if texts is None:
-            msg = "texts is required: a JSON list of strings"
-            return error_response(HTTPStatus.BAD_REQUEST, msg, "texts"), model
-        if not isinstance(texts, list):
-            msg = f"texts must be a JSON list of strings, got {type(texts).__name__}"
-            return error_response(HTTPStatus.BAD_REQUEST, msg, "texts"), model
+            raise ClientError(400, "texts is required: a string or a JSON list of strings", "texts")
+        if isinstance(texts, str):
+            texts = [texts]
+            fields = ["texts"]
+        elif isinstance(texts, list):
+            fields = [f"texts[{i}]" for i in range(len(texts))]
+        else:
+            raise ClientError(
+                400,
+                f"texts must be a string or a list of strings, got {type(texts).__name__}",
+                "texts",
+            )
         if not texts:
-            msg = "texts is empty: send at least one text"
-            return error_response(HTTPStatus.BAD_REQUEST, msg, "texts"), model
-        if len(texts) > self.max_texts:
-            msg = f"too many texts ({len(texts)}): send at most {self.max_texts} per request"
-            return error_response(HTTPStatus.BAD_REQUEST, msg, "texts"), model
-        for i, text in enumerate(texts):
-            field = f"texts[{i}]"
+            raise ClientError(400, "texts is empty: send at least one text", "texts")
+        if len(texts) > self.settings.max_texts:
+            raise ClientError(
+                400,
+                f"too many texts ({len(texts)}): send at most {self.settings.max_texts} "
+                "per request",
+                "texts",
+            )
+        for text, field in zip(texts, fields, strict=True):
             if not isinstance(text, str):
-                msg = f"{field} must be a string, got {type(text).__name__}"
-                return error_response(HTTPStatus.BAD_REQUEST, msg, field), model
+                message = f"{field} must be a string, got {type(text).__name__}"
+                raise ClientError(400, message, field)
             if not text.strip():
-                msg = f"{field} is empty or only whitespace: send some text"
-                return error_response(HTTPStatus.BAD_REQUEST, msg, field), model
+                message = f"{field} is empty or only whitespace: send some text"
+                raise ClientError(400, message, field)
             try:
                 text.encode("utf-8")
-            except UnicodeEncodeError:  # JSON allows lone surrogates ("\ud800"), tokenizers not
-                msg = f"{field} is not valid Unicode (a lone surrogate escape): send UTF-8 text"
-                return error_response(HTTPStatus.BAD_REQUEST, msg, field), model
-            if len(text) > self.max_chars:
-                msg = (
-                    f"{field} has {len(text)} characters, the limit is {self.max_chars}: "
-                    "shorten or split it"
+            except UnicodeEncodeError:  # invalid UTF-8 bytes, or a lone surrogate escape
+                raise ClientError(
+                    400, f"{field} is not valid UTF-8 text (bad bytes or a lone surrogate)", field
+                ) from None
+            if len(text) > self.settings.max_chars:
+                raise ClientError(
+                    413,
+                    f"{field} has {len(text)} characters, the limit is "
+                    f"{self.settings.max_chars}: shorten or split it",
+                    field,
                 )
-                return error_response(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, msg, field), model
-        return None, model
+        return texts, fields
+
+    def _check_options(self, body: dict[str, Any], loaded: LoadedModel) -> dict[str, Any]:
+        labels = loaded.classifier.labels
+        top_k = body.get("top_k")
+        if top_k is not None and (
+            not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= len(labels)
+        ):
+            raise ClientError(
+                400, f"top_k must be an integer in 1..{len(labels)}, got {top_k!r}", "top_k"
+            )
+        for flag in ("return_logits", "truncate"):
+            if not isinstance(body[flag], bool):
+                raise ClientError(400, f"{flag} must be true or false", flag)
+        return {
+            "top_k": top_k,
+            "thresholds": _check_threshold(body.get("threshold"), loaded),
+            "return_logits": body["return_logits"],
+            "truncate": body["truncate"],
+        }
 
     @bentoml.api(route="/classify", input_spec=ClassifyRequest)
     async def classify(
-        self, texts: Any = None, model: Any = None, *, ctx: bentoml.Context
+        self,
+        texts: Any = None,
+        model: Any = None,
+        top_k: Any = None,
+        threshold: Any = None,
+        return_logits: Any = False,
+        truncate: Any = True,
+        *,
+        ctx: bentoml.Context,
     ) -> ClassifyResponse:
-        """Classify texts with one model.
+        """Classify one text or a list with one model.
 
-        Body `{"texts": ["...", ...], "model": "<name>"}` (`model` optional). 200 →
-        `{"model": name, "predictions": [{"label": ..., "scores": {label: prob}}, ...]}`.
-        Client errors answer `{"error": "<what to do>", "field": "<where>"}` with
-        400 for a body that is not a JSON object (field "body"), an unknown field, a missing or
-        ill-typed `texts`/`model`, an empty list, too many texts, a non-string or empty text;
-        404 for an unknown model; 413 for a text over the character limit.
+        Body `{"texts": ["...", ...], "model": "<name>", "top_k": k, "threshold": t,
+        "return_logits": false, "truncate": true}`, all but `texts` optional. 200 →
+        `{"model", "version", "predictions": [{"label", "labels", "scores", "truncated"}]}`.
+        Errors answer `{"error": "<what to do>", "field": "<where>"}`: 400 bad body, field or
+        value; 401 no or wrong token (when auth is on); 404 unknown model; 413 a text over the
+        character limit, a text over max_length tokens with `truncate: false`, or a body over
+        the byte limit; 503 overloaded (retry after the Retry-After seconds).
         """
-        if problem := getattr(ctx.request.state, REQUEST_STATE_KEY, None):
-            error: JSONResponse | None = error_response(HTTPStatus.BAD_REQUEST, *problem)
-        else:
-            error, model = self._check(texts, model)
-        if error is not None:
-            # With a ctx parameter BentoML overwrites the status code with ctx's.
-            ctx.response.status_code = error.status_code
-            return error  # type: ignore[return-value]  # BentoML passes Responses through
-        items = [Item(model=model, text=t) for t in texts]
+        started = time.perf_counter()
+        name = UNKNOWN_MODEL_LABEL
         try:
-            predictions = await self.runner.to_async.predict(items)
-        except aiohttp.ClientConnectionError as exc:
-            # The runner's server closes idle keep-alive connections after 5 s, the client
-            # keeps them 15 s: a call can race the close (BentoML issue #4971). It never
-            # reached the model, and predict has no side effects: retry it once.
-            logger.warning("runner connection dropped (%s); retrying once", exc)
-            predictions = await self.runner.to_async.predict(items)
-        return ClassifyResponse(model=model, predictions=predictions)
+            if problem := getattr(ctx.request.state, REQUEST_STATE_KEY, None):
+                raise ClientError(*problem)
+            loaded = self._resolve(model)
+            name = loaded.name
+            text_list, fields = self._check_texts(texts)
+            options = self._check_options(
+                {
+                    "top_k": top_k,
+                    "threshold": threshold,
+                    "return_logits": return_logits,
+                    "truncate": truncate,
+                },
+                loaded,
+            )
+            body = await self._predict(loaded, text_list, fields, options)
+            status = 200
+            response = JSONResponse(body)
+        except ClientError as exc:
+            status, response = exc.status, error_response(exc.status, exc.message, exc.field)
+        except Overloaded as exc:
+            self.metrics.rejected.labels(model=name, reason=exc.reason).inc()
+            status = 503
+            response = error_response(503, str(exc), "model", **{"retry-after": "1"})
+        self.metrics.requests.labels(model=name, status=str(status)).inc()
+        self.metrics.latency.labels(model=name).observe(time.perf_counter() - started)
+        # With a ctx parameter BentoML overwrites the status code with ctx's.
+        ctx.response.status_code = status
+        return response  # type: ignore[return-value]  # BentoML passes Responses through
+
+    async def _predict(
+        self, loaded: LoadedModel, texts: list[str], fields: list[str], options: dict[str, Any]
+    ) -> dict[str, Any]:
+        classifier = loaded.classifier
+        max_length = classifier.manifest.max_length
+        if not options["truncate"]:
+            # Counted only when asked: the batch reports truncation anyway, and counting
+            # costs the event loop about 0.25 ms per request (bench/profile_service.py).
+            for field, n in zip(fields, classifier.count_tokens(texts), strict=True):
+                if n > max_length:
+                    raise ClientError(
+                        413,
+                        f"{field} has {n} tokens, {loaded.name!r} reads at most {max_length}: "
+                        "shorten it or send truncate: true",
+                        field,
+                    )
+        try:
+            logits, truncated = await loaded.batcher.submit(texts)
+        except Retired:  # replaced by a reload between resolving and submitting: use the new one
+            loaded = self.models.get(loaded.name, loaded)
+            logits, truncated = await loaded.batcher.submit(texts)
+        self.metrics.texts.labels(model=loaded.name).inc(len(texts))
+        return render(loaded, logits, truncated, options)
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def __is_ready__(self) -> bool:
+        return bool(self.models)  # models are loaded and warmed in __init__
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        for model in self.models.values():
+            model.batcher.close()
+        if self in ACTIVE:
+            ACTIVE.remove(self)
+
+
+def render(
+    loaded: LoadedModel, logits: np.ndarray, truncated: np.ndarray, options: dict[str, Any]
+) -> dict[str, Any]:
+    manifest = loaded.classifier.manifest
+    labels = manifest.labels
+    probs = probabilities(logits, manifest)  # (B, L)
+    multi = manifest.problem_type == "multi_label"
+    thresholds = options["thresholds"]
+    if multi and thresholds is None:
+        thresholds = np.asarray(default_thresholds(manifest))
+    top_k = options["top_k"]
+    predictions = []
+    for row, row_logits, cut in zip(probs, logits, truncated, strict=True):
+        best = int(row.argmax())
+        order = np.argsort(-row, kind="stable")[:top_k] if top_k else range(len(labels))
+        prediction: dict[str, Any] = {
+            "label": labels[best],
+            "labels": (
+                [labels[i] for i in np.flatnonzero(row >= thresholds)] if multi else [labels[best]]
+            ),
+            "scores": {labels[i]: float(row[i]) for i in order},
+            "truncated": bool(cut),
+        }
+        if options["return_logits"]:
+            prediction["logits"] = {labels[i]: float(row_logits[i]) for i in order}
+        predictions.append(prediction)
+    return {"model": loaded.name, "version": loaded.version, "predictions": predictions}
+
+
+# ---- routes outside BentoML's API methods (GET, admin) ------------------------------------
+
+ACTIVE: list[Classifier] = []  # this worker's service instance (one per process)
+
+
+def _active() -> Classifier | None:
+    return ACTIVE[-1] if ACTIVE else None
+
+
+async def list_models(request: Request) -> JSONResponse:
+    service = _active()
+    if service is None:
+        return error_response(503, "the service is still starting", "model")
+    return JSONResponse(
+        {
+            "default": service.default_model,
+            "models": [m.facts() for m in service.models.values()],
+        }
+    )
+
+
+async def admin_models(request: Request) -> JSONResponse:
+    """`{"models": ["dir-or-ref", ...], "default": "<name>"}`: load, verify and warm the
+    models, then serve them instead of the current list. With SMALLCLS_MODELS_FILE the list is
+    written there and every worker switches within SMALLCLS_RELOAD_POLL_S; without it only
+    one worker exists to switch (more workers refuse the call)."""
+    service = _active()
+    if service is None:
+        return error_response(503, "the service is still starting", "body")
+    if gateway.CONFIG.auth_token is None:
+        return error_response(
+            403,
+            "admin routes need auth: set SMALLCLS_AUTH_TOKEN or SMALLCLS_AUTH_TOKEN_FILE",
+            "authorization",
+        )
+    if service.settings.models_file is None and SERVER.workers > 1:
+        return error_response(
+            409, "with several workers set SMALLCLS_MODELS_FILE, so every worker reloads", "body"
+        )
+    try:
+        data = json.loads(await request.body())
+    except (ValueError, gateway.BodyTooLarge):
+        data = None
+    models = data.get("models") if isinstance(data, dict) else None
+    if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)):
+        return error_response(400, 'send {"models": ["<dir or name:version>", ...]}', "models")
+    default = data.get("default")
+    if default is not None and not isinstance(default, str):
+        return error_response(400, "default must be a model name", "default")
+    try:
+        await service.reload(tuple(models), default)
+    except (ValueError, OSError) as exc:  # ManifestError (sha256, missing files) included
+        return error_response(422, str(exc), "models")
+    if service.settings.models_file is not None:
+        write_models_file(service.settings.models_file, models)
+        service._models_file_mtime = service._file_mtime()  # this worker already switched
+    return await list_models(request)
+
+
+Classifier.mount_asgi_app(
+    Starlette(
+        routes=[
+            Route("/models", list_models, methods=["GET"]),
+            Route("/admin/models", admin_models, methods=["POST"]),
+        ]
+    ),
+    path="/",
+    name="smallcls-routes",
+)
+Classifier.add_asgi_middleware(gateway.Gateway)

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 ENV_MODELS = "SMALLCLS_MODELS"
+ENV_MODELS_FILE = "SMALLCLS_MODELS_FILE"
 ENV_DEFAULT_MODEL = "SMALLCLS_DEFAULT_MODEL"
 ENV_THREADS = "SMALLCLS_THREADS"
 ENV_MAX_TEXTS = "SMALLCLS_MAX_TEXTS"
 ENV_MAX_CHARS = "SMALLCLS_MAX_CHARS"
+ENV_MAX_BODY_BYTES = "SMALLCLS_MAX_BODY_BYTES"
 ENV_MAX_BATCH_SIZE = "SMALLCLS_MAX_BATCH_SIZE"
 ENV_MAX_LATENCY_MS = "SMALLCLS_MAX_LATENCY_MS"
+ENV_BATCH_WAIT_MS = "SMALLCLS_BATCH_WAIT_MS"
+ENV_MAX_QUEUE = "SMALLCLS_MAX_QUEUE"
+ENV_MODEL_BATCHING = "SMALLCLS_MODEL_BATCHING"
+ENV_AUTH_TOKEN = "SMALLCLS_AUTH_TOKEN"
+ENV_AUTH_TOKEN_FILE = "SMALLCLS_AUTH_TOKEN_FILE"
+ENV_WORKERS = "SMALLCLS_WORKERS"
+ENV_MAX_CONCURRENCY = "SMALLCLS_MAX_CONCURRENCY"
+ENV_TIMEOUT_S = "SMALLCLS_TIMEOUT_S"
+ENV_RELOAD_POLL_S = "SMALLCLS_RELOAD_POLL_S"
+ENV_ACCESS_LOG = "SMALLCLS_ACCESS_LOG"
+ENV_ORT_SPINNING = "SMALLCLS_ORT_SPINNING"
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -29,21 +43,65 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("0", "1", "true", "false"):
+        raise ValueError(f"{name} must be true or false, got {raw!r}")
+    return raw in ("1", "true")
+
+
+def _non_negative_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number >= 0, got {raw!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise ValueError(f"{name} must be a number >= 0, got {raw!r}")
+    return value
+
+
+def split_model_entries(raw: str) -> tuple[str, ...]:
+    """Model entries separated by ',' (or by os.pathsep, the older form): each a model
+    directory or a BentoML store reference `name:version`. A ':' is kept inside an entry when
+    the entry is not a list of existing directories, so `minilm:abc123` stays one reference."""
+    entries: list[str] = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        pieces = [p for p in part.split(os.pathsep) if p.strip()]
+        if len(pieces) > 1 and all(Path(p).is_dir() or "/" in p for p in pieces):
+            entries.extend(pieces)
+        else:
+            entries.append(part)
+    return tuple(entries)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BatchingSettings:
-    """Adaptive batching of the model runner. Separate from `Settings` because BentoML reads
-    these when the service class is defined (at import, also during `bentoml build`), where
-    no model directories need to be configured."""
+    """How texts from concurrent requests are merged into one onnxruntime call, per model."""
 
     max_batch_size: int = 32  # texts per model call; more queued texts wait for the next call
-    # Upper bound on queueing + inference; BentoML answers 503 "overloaded" past it. 1000 ms
-    # gave no 503s at 20 users where 100 ms refused 0.5% (see STACK.md).
+    # A text that waited longer than this in the queue before its batch started is answered
+    # 503 (overloaded) instead of making every later request slower still.
     max_latency_ms: int = 1000
+    # Extra wait to fill a batch once the first text arrived. 0: a batch starts as soon as
+    # the model is free, and texts that arrive while it runs form the next batch (batches
+    # grow with load by themselves, and a lone request pays no wait).
+    batch_wait_ms: float = 0.0
+    max_queue: int = 256  # texts waiting per model; beyond it requests get 503 at once
 
     def __post_init__(self) -> None:
-        for field in ("max_batch_size", "max_latency_ms"):
+        for field in ("max_batch_size", "max_latency_ms", "max_queue"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if not self.batch_wait_ms >= 0:
+            raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BatchingSettings:
@@ -51,41 +109,155 @@ class BatchingSettings:
         return cls(
             max_batch_size=_positive_int(env, ENV_MAX_BATCH_SIZE, cls.max_batch_size),
             max_latency_ms=_positive_int(env, ENV_MAX_LATENCY_MS, cls.max_latency_ms),
+            batch_wait_ms=_non_negative_float(env, ENV_BATCH_WAIT_MS, cls.batch_wait_ms),
+            max_queue=_positive_int(env, ENV_MAX_QUEUE, cls.max_queue),
         )
+
+
+def per_model_batching(
+    environ: Mapping[str, str], default: BatchingSettings
+) -> dict[str, BatchingSettings]:
+    """SMALLCLS_MODEL_BATCHING='{"minilm-int8": {"max_batch_size": 16}}': per-model overrides
+    of the defaults, since the best batch size differs between a 22M and a 135M model."""
+    raw = environ.get(ENV_MODEL_BATCHING, "").strip()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_MODEL_BATCHING} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        example = '{"<model>": {"max_batch_size": 16}}'
+        raise ValueError(f"{ENV_MODEL_BATCHING} must look like {example}")
+    known = {f.name for f in dataclasses.fields(BatchingSettings)}
+    out = {}
+    for name, overrides in data.items():
+        if unknown := sorted(set(overrides) - known):
+            raise ValueError(
+                f"{ENV_MODEL_BATCHING}[{name!r}] has unknown keys {unknown}; known: {sorted(known)}"
+            )
+        out[name] = dataclasses.replace(default, **overrides)
+    return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """What BentoML reads when the service class is defined (at import, also during `bentoml
+    build`), where no model directories need to be configured."""
+
+    workers: int = 1  # processes serving the API; each loads every model and batches alone
+    max_concurrency: int | None = None  # requests in flight per service; beyond: 429 at once
+    timeout_s: int = 60
+    # One log line per request costs CPU the model could use; the metrics count requests.
+    access_log: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        env = os.environ if environ is None else environ
+        concurrency = env.get(ENV_MAX_CONCURRENCY, "").strip()
+        return cls(
+            access_log=_flag(env, ENV_ACCESS_LOG, cls.access_log),
+            workers=_positive_int(env, ENV_WORKERS, cls.workers),
+            max_concurrency=_positive_int(env, ENV_MAX_CONCURRENCY, 1) if concurrency else None,
+            timeout_s=_positive_int(env, ENV_TIMEOUT_S, cls.timeout_s),
+        )
+
+
+def read_auth_token(environ: Mapping[str, str]) -> str | None:
+    token = environ.get(ENV_AUTH_TOKEN, "").strip()
+    token_file = environ.get(ENV_AUTH_TOKEN_FILE, "").strip()
+    if token and token_file:
+        raise ValueError(f"set {ENV_AUTH_TOKEN} or {ENV_AUTH_TOKEN_FILE}, not both")
+    if token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"{ENV_AUTH_TOKEN_FILE}: cannot read {token_file}: {exc}") from None
+        if not token:
+            raise ValueError(f"{ENV_AUTH_TOKEN_FILE}: {token_file} is empty")
+    return token or None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
-    model_dirs: tuple[Path, ...]
-    default_model: str | None = None  # None: the first model directory's manifest name
+    # Directories or BentoML store references (`name:version`); see `split_model_entries`.
+    models: tuple[str, ...]
+    # When set, the model list is read from this file (one entry per line) instead of
+    # SMALLCLS_MODELS, and every worker reloads when it changes: the way to swap models in a
+    # service with several workers.
+    models_file: Path | None = None
+    default_model: str | None = None  # None: the first model's manifest name
     threads: int = 1  # onnxruntime intra-op threads per model
+    ort_spinning: bool = False  # let idle ORT threads spin (see service/runtime.py)
     max_texts: int = 64  # per request
     max_chars: int = 2000  # per text, counted in characters before tokenization
+    max_body_bytes: int = 1 << 20  # per request body, refused before it is read
+    auth_token: str | None = dataclasses.field(default=None, repr=False)
+    reload_poll_s: float = 2.0  # how often each worker looks at models_file
     batching: BatchingSettings = dataclasses.field(default_factory=BatchingSettings)
+    model_batching: dict[str, BatchingSettings] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.model_dirs:
-            raise ValueError("model_dirs must name at least one model directory")
-        for field in ("threads", "max_texts", "max_chars"):
+        if not self.models:
+            raise ValueError("models must name at least one model directory or store reference")
+        for field in ("threads", "max_texts", "max_chars", "max_body_bytes"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+
+    @property
+    def model_dirs(self) -> tuple[Path, ...]:
+        """The entries as paths (older callers; store references are not resolved here)."""
+        return tuple(Path(m) for m in self.models)
+
+    def batching_for(self, model: str) -> BatchingSettings:
+        return self.model_batching.get(model, self.batching)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        raw_models = env.get(ENV_MODELS, "")
-        model_dirs = tuple(Path(p) for p in raw_models.split(os.pathsep) if p.strip())
-        if not model_dirs:
-            raise ValueError(
-                f"{ENV_MODELS} is {'empty' if ENV_MODELS in env else 'not set'}: set it to one "
-                f"or more model directories written by `smallcls export`, separated by "
-                f"{os.pathsep!r}"
+        models_file = env.get(ENV_MODELS_FILE, "").strip()
+        if models_file:
+            models = read_models_file(Path(models_file))
+        else:
+            models = split_model_entries(env.get(ENV_MODELS, ""))
+        if not models:
+            where = (
+                models_file
+                if models_file
+                else f"{ENV_MODELS} is {'empty' if ENV_MODELS in env else 'not set'}"
             )
+            raise ValueError(
+                f"{where}: set {ENV_MODELS} to one or more model directories written by "
+                "`smallcls export` or BentoML store references (name:version), separated by ','"
+            )
+        batching = BatchingSettings.from_env(env)
         return cls(
-            model_dirs=model_dirs,
+            models=models,
+            models_file=Path(models_file) if models_file else None,
             default_model=env.get(ENV_DEFAULT_MODEL, "").strip() or None,
             threads=_positive_int(env, ENV_THREADS, cls.threads),
+            ort_spinning=_flag(env, ENV_ORT_SPINNING, cls.ort_spinning),
             max_texts=_positive_int(env, ENV_MAX_TEXTS, cls.max_texts),
             max_chars=_positive_int(env, ENV_MAX_CHARS, cls.max_chars),
-            batching=BatchingSettings.from_env(env),
+            max_body_bytes=_positive_int(env, ENV_MAX_BODY_BYTES, cls.max_body_bytes),
+            auth_token=read_auth_token(env),
+            reload_poll_s=_non_negative_float(env, ENV_RELOAD_POLL_S, cls.reload_poll_s),
+            batching=batching,
+            model_batching=per_model_batching(env, batching),
         )
+
+
+def read_models_file(path: Path) -> tuple[str, ...]:
+    """One model entry per line; blank lines and '#' comments ignored."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"{ENV_MODELS_FILE}: cannot read {path}: {exc}") from None
+    return tuple(s for line in lines if (s := line.split("#", 1)[0].strip()))
+
+
+def write_models_file(path: Path, models: tuple[str, ...] | list[str]) -> None:
+    """Atomically (write + rename), so a worker polling it never reads half a list."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{m}\n" for m in models), encoding="utf-8")
+    os.replace(tmp, path)

@@ -80,6 +80,8 @@ def make_tiny_model_dir(
     labels: Sequence[str] = ("negative", "positive"),
     max_length: int = 16,
     seed: int = 0,
+    problem_type: str = "single_label",
+    thresholds: Sequence[float] | None = None,
 ) -> Path:
     """Write model.onnx, tokenizer.json and manifest.json into `path` (created) and return it.
     Different seeds give different weights, so two dirs give distinguishable predictions."""
@@ -99,6 +101,8 @@ def make_tiny_model_dir(
         precision="fp32",
         pad_token_id=0,
         pad_token=PAD,
+        problem_type=problem_type,  # type: ignore[arg-type]  # validated by Manifest
+        thresholds=list(thresholds) if thresholds is not None else None,
         source_run="tests/fakes.py",
         files={f: sha256_of(path / f) for f in (MODEL_NAME, TOKENIZER_NAME)},
     ).write(path)

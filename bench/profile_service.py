@@ -1,0 +1,139 @@
+"""Where the service's CPU goes per request, apart from the model: cProfile of the ASGI app.
+
+    python bench/profile_service.py --requests 2000
+
+Drives `Classifier.to_asgi()` directly from one event loop (no sockets, no HTTP parsing), one
+single-text request at a time, and prints (1) wall time per request against the bare
+`logits_bucketed` call on the same texts and (2) the top functions by cumulative time in the
+event-loop thread. The model's own time is in the batcher's thread and does not show in (2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+async def lifespan(app, messages: list[str]) -> asyncio.Task:
+    queue: asyncio.Queue = asyncio.Queue()
+    for m in messages:
+        queue.put_nowait({"type": m})
+    started = asyncio.Event()
+
+    async def send(message):
+        if message["type"].endswith("startup.complete"):
+            started.set()
+        if message["type"].endswith("failed"):
+            raise RuntimeError(message)
+
+    task = asyncio.ensure_future(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}}, queue.get, send)
+    )
+    await started.wait()
+    return task, queue
+
+
+async def request(app, body: bytes) -> int:
+    sent = False
+    status = 0
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/classify",
+        "raw_path": b"/classify",
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "http_version": "1.1",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "server": ("127.0.0.1", 3000),
+        "client": ("127.0.0.1", 5000),
+        "asgi": {"version": "3.0"},
+    }
+    await app(scope, receive, send)
+    return status
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--model", type=Path, default=Path("/work/main/demo_output/models/minilm-int8")
+    )
+    parser.add_argument("--texts", type=Path, default=ROOT / "data/sst2/test.jsonl")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.update(
+        SMALLCLS_MODELS=str(args.model),
+        SMALLCLS_THREADS=str(args.threads),
+        BENTOML_DO_NOT_TRACK="true",
+    )
+    texts = [json.loads(line)["text"] for line in args.texts.read_text().splitlines() if line]
+    texts = [texts[i % len(texts)] for i in range(args.requests)]
+    from service.runtime import OnnxClassifier
+    from service.service import Classifier
+
+    classifier = OnnxClassifier(args.model, threads=args.threads)
+    classifier.logits_bucketed(texts[:8])
+    t0 = time.perf_counter()
+    for t in texts:
+        classifier.logits_bucketed([t])
+    bare_ms = (time.perf_counter() - t0) * 1000 / len(texts)
+
+    app = Classifier.to_asgi()
+    bodies = [json.dumps({"texts": [t]}).encode() for t in texts]
+
+    async def run() -> float:
+        _, queue = await lifespan(app, ["lifespan.startup"])
+        for body in bodies[:50]:
+            assert await request(app, body) == 200
+        profiler = cProfile.Profile()
+        t0 = time.perf_counter()
+        profiler.enable()
+        for body in bodies:
+            await request(app, body)
+        profiler.disable()
+        per_request = (time.perf_counter() - t0) * 1000 / len(bodies)
+        profiler.dump_stats(str(ROOT / "bench_out" / "service.prof"))
+        queue.put_nowait({"type": "lifespan.shutdown"})
+        return per_request
+
+    (ROOT / "bench_out").mkdir(exist_ok=True)
+    served_ms = asyncio.run(run())
+    print(
+        f"bare logits_bucketed: {bare_ms:.2f} ms/text; through the ASGI app: {served_ms:.2f} "
+        f"ms/request (+{served_ms - bare_ms:.2f} ms, profiled)"
+    )
+    stats = pstats.Stats(str(ROOT / "bench_out" / "service.prof"))
+    stats.sort_stats("tottime").print_stats(25)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""Dynamic batching for one model: texts from concurrent requests share one onnxruntime call.
+
+A batch starts as soon as the model is free; texts that arrive while it runs wait and form
+the next batch, up to `max_batch_size` texts. At low load a request runs alone and waits for
+nothing; under load batches grow by themselves. This runs in the API process, next to the
+HTTP server: no second process and no second HTTP hop per request (on 2 cores both cost as
+much CPU as MiniLM's inference itself).
+
+Overload is answered early: a request that would overfill the queue is refused at once, and
+a text that waited longer than `max_latency_ms` is refused before it uses the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from service.settings import BatchingSettings
+
+logger = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """The model's queue is full or too slow: answer 503 and let the client retry."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # "queue_full" or "queue_timeout", a metrics label
+
+
+class Retired(Exception):
+    """This model version was replaced by a reload: resolve the model name again."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Job:
+    texts: Sequence[str]
+    future: asyncio.Future[Rows]
+    enqueued: float  # time.perf_counter()
+
+
+# What a model returns for a batch: one array, or a tuple of arrays, with one row per text.
+Rows = np.ndarray | tuple[np.ndarray, ...]
+# (model name, batch size, queue seconds per job): how a batch was formed, for metrics.
+BatchObserver = Callable[[str, int, list[float]], None]
+
+
+class Batcher:
+    """One queue and one worker thread per model version. Use from one event loop."""
+
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[list[str]], Rows],
+        settings: BatchingSettings,
+        observe: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self._run = run
+        self._observe = observe
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._queued_texts = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # One thread: one batch at a time per model, so ORT's intra-op threads are not
+        # oversubscribed by concurrent batches of the same model.
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+        self.closed = False
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
+
+    async def submit(self, texts: Sequence[str]) -> Rows:
+        """The rows of `run`'s output for these texts. Raises Overloaded, Retired, or what
+        the model raised."""
+        if self.closed:
+            raise Retired(self.name)
+        limit = self.settings.max_queue
+        if self._queued_texts and self._queued_texts + len(texts) > limit:
+            raise Overloaded(
+                "queue_full",
+                f"model {self.name!r} has {self._queued_texts} texts queued (limit {limit}): "
+                "retry shortly",
+            )
+        loop = asyncio.get_running_loop()
+        if self._task is None:
+            self._task = loop.create_task(self._loop(), name=f"batcher-{self.name}")
+        job = _Job(texts, loop.create_future(), time.perf_counter())
+        self._jobs.append(job)
+        self._queued_texts += len(texts)
+        self._wakeup.set()
+        return await job.future
+
+    def close(self) -> None:
+        """Refuse new texts; the queued ones are still answered, then the thread ends."""
+        self.closed = True
+        self._wakeup.set()
+        if self._task is None:
+            self._executor.shutdown(wait=False)
+
+    def _take_batch(self) -> list[_Job]:
+        jobs: list[_Job] = []
+        size = 0
+        while self._jobs:
+            job = self._jobs[0]
+            if jobs and size + len(job.texts) > self.settings.max_batch_size:
+                break
+            self._jobs.popleft()
+            self._queued_texts -= len(job.texts)
+            if job.future.done():  # the client went away (request cancelled)
+                continue
+            jobs.append(job)
+            size += len(job.texts)
+        return jobs
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait_s = self.settings.batch_wait_ms / 1000
+        max_queue_s = self.settings.max_latency_ms / 1000
+        try:
+            while True:
+                while not self._jobs:
+                    if self.closed:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                if wait_s and self._queued_texts < self.settings.max_batch_size:
+                    await asyncio.sleep(wait_s)  # let a batch fill (tuned per model)
+                jobs = self._take_batch()
+                now = time.perf_counter()
+                live: list[_Job] = []
+                for job in jobs:
+                    if now - job.enqueued > max_queue_s:
+                        job.future.set_exception(
+                            Overloaded(
+                                "queue_timeout",
+                                f"model {self.name!r} is overloaded: the text waited "
+                                f"{now - job.enqueued:.1f} s in its queue; retry shortly",
+                            )
+                        )
+                    else:
+                        live.append(job)
+                if not live:
+                    continue
+                texts = [t for job in live for t in job.texts]
+                if self._observe is not None:
+                    self._observe(self.name, len(texts), [now - job.enqueued for job in live])
+                try:
+                    rows = await loop.run_in_executor(self._executor, self._run, texts)
+                except Exception as exc:  # the model failed: fail this batch, keep serving
+                    logger.exception("model %r failed on a batch of %d", self.name, len(texts))
+                    for job in live:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
+                    continue
+                start = 0
+                for job in live:
+                    end = start + len(job.texts)
+                    if not job.future.done():
+                        job.future.set_result(
+                            tuple(a[start:end] for a in rows)
+                            if isinstance(rows, tuple)
+                            else rows[start:end]
+                        )
+                    start = end
+        finally:
+            self._executor.shutdown(wait=False)
