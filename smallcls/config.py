@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from smallcls.manifest import VARIANTS
+
 T = TypeVar("T")
 
 
@@ -92,9 +94,9 @@ class DemoConfig:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ConfigError(f"model names must be unique, got {names}")
-        bad = sorted(set(self.precisions) - {"fp32", "int8"})
+        bad = sorted(set(self.precisions) - set(VARIANTS))
         if bad:
-            raise ConfigError(f"precisions must be fp32 and/or int8, got {bad}")
+            raise ConfigError(f"precisions must be among {list(VARIANTS)}, got {bad}")
 
 
 def _coerce(cls_name: str, field: str, annotation: Any, value: Any) -> Any:
