@@ -220,131 +220,139 @@ def export_model(
     fp32_dir = out_dir / f"{config.name}-fp32"
     fp32_logits: np.ndarray | None = None
     # Every variant derives from fp32, so fp32 is built whenever anything is asked for.
-    for variant in ("fp32", *(v for v in wanted if v != "fp32")):
-        target = out_dir / f"{config.name}-{variant}"
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        log.info("%s: building", target.name)
-        start = time.perf_counter()
-        tokenizer.backend_tokenizer.save(str(partial / TOKENIZER_NAME))
-        built: dict[str, Any] = {}
-        src = fp32_dir / MODEL_NAME
-        dst = partial / MODEL_NAME
-        if variant == "fp32":
-            export_onnx(model, tokenizer, dst, config.max_length)
-        elif variant == "fp32-opt":
-            built = variants_mod.optimize_fp32(src, dst, model_type=model_type)
-        elif variant == "int8":
-            built = variants_mod.quantize_int8_dynamic(src, dst)
-        elif variant == "int8-static":
-            encoder = OnnxClassifier(fp32_dir, threads=torch.get_num_threads())
-            built = variants_mod.quantize_int8_static(
-                src,
-                dst,
-                calibration_texts=calibration_sample(
-                    dataset.train.texts, calibration_rows, config.seed
-                ),
-                encode=encoder.encode,
-            )
-        elif variant == "fp16":
-            built = variants_mod.convert_fp16(src, dst)
-        export_seconds = round(time.perf_counter() - start, 1)
-        names = (MODEL_NAME, TOKENIZER_NAME)
-        manifest = Manifest(
-            name=target.name,
-            precision=PRECISION[variant],
-            variant=variant,
-            files={n: sha256_of(partial / n) for n in names},
-            file_sizes={n: (partial / n).stat().st_size for n in names},
-            quantization=built if variant.startswith("int8") else {},
-            optimization=built if variant in ("fp32-opt", "fp16") else {},
-            **base,
-        )
-        manifest.write(partial)
-
-        device, verified_on = _where_to_check(variant, partial)
-        metrics: dict[str, Any] = {"export_seconds": export_seconds}
-        parity: dict[str, Any] = {"rows": len(parity_texts)}
-        if device is None:
-            # Nothing here can run it: kept with its manifest saying so, never "passed".
-            result = None
-            gate_record: dict[str, Any] = {
-                "passed": False,
-                "forced": force,
-                "reasons": ["not checked: no device here can run it"],
-            }
-        else:
-            logits, seconds = _score(partial, texts, device=device)
-            if y_true is not None:
-                metrics.update(
-                    classification_metrics(label_ids, logits.argmax(-1).tolist(), labels)
-                )
-            metrics["seconds"] = seconds
-            parity_logits = logits[:parity_rows]
-            parity["max_abs_logit_diff_vs_torch"] = float(
-                np.abs(parity_logits - torch_logits).max()
-            )
-            parity["label_agreement_vs_torch"] = label_agreement(parity_logits, torch_logits)
+    partial: Path | None = None
+    try:
+        for variant in ("fp32", *(v for v in wanted if v != "fp32")):
+            target = out_dir / f"{config.name}-{variant}"
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            log.info("%s: building", target.name)
+            start = time.perf_counter()
+            tokenizer.backend_tokenizer.save(str(partial / TOKENIZER_NAME))
+            built: dict[str, Any] = {}
+            src = fp32_dir / MODEL_NAME
+            dst = partial / MODEL_NAME
             if variant == "fp32":
-                # The parent is judged against torch on the parity rows.
-                result = gate.check(
-                    parity_logits,
-                    torch_logits,
-                    None if y_true is None else y_true[:parity_rows],
-                    **gate_kw,
+                export_onnx(model, tokenizer, dst, config.max_length)
+            elif variant == "fp32-opt":
+                built = variants_mod.optimize_fp32(src, dst, model_type=model_type)
+            elif variant == "int8":
+                built = variants_mod.quantize_int8_dynamic(src, dst)
+            elif variant == "int8-static":
+                encoder = OnnxClassifier(fp32_dir, threads=torch.get_num_threads())
+                built = variants_mod.quantize_int8_static(
+                    src,
+                    dst,
+                    calibration_texts=calibration_sample(
+                        dataset.train.texts, calibration_rows, config.seed
+                    ),
+                    encode=encoder.encode,
                 )
-                fp32_logits = logits
+            elif variant == "fp16":
+                built = variants_mod.convert_fp16(src, dst)
+            export_seconds = round(time.perf_counter() - start, 1)
+            names = (MODEL_NAME, TOKENIZER_NAME)
+            manifest = Manifest(
+                name=target.name,
+                precision=PRECISION[variant],
+                variant=variant,
+                files={n: sha256_of(partial / n) for n in names},
+                file_sizes={n: (partial / n).stat().st_size for n in names},
+                quantization=built if variant.startswith("int8") else {},
+                optimization=built if variant in ("fp32-opt", "fp16") else {},
+                **base,
+            )
+            manifest.write(partial)
+
+            device, verified_on = _where_to_check(variant, partial)
+            metrics: dict[str, Any] = {"export_seconds": export_seconds}
+            parity: dict[str, Any] = {"rows": len(parity_texts)}
+            if device is None:
+                # Nothing here can run it: kept with its manifest saying so, never "passed".
+                result = None
+                gate_record: dict[str, Any] = {
+                    "passed": False,
+                    "forced": force,
+                    "reasons": ["not checked: no device here can run it"],
+                }
             else:
-                assert fp32_logits is not None
-                result = gate.check(logits, fp32_logits, y_true, **gate_kw)
-                parity["max_abs_logit_diff_vs_fp32"] = result.max_abs_logit_diff
-                parity["label_agreement_vs_fp32"] = result.agreement
-            gate_record = {**result.as_dict(), "forced": force and not result.passed}
-            gate_record["checked_on"] = device
-        manifest = dataclasses.replace(
-            manifest,
-            metrics=metrics,
-            parity=parity,
-            gate=gate_record,
-            verified_on=verified_on,
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        )
-        manifest.write(partial)
-
-        if gate_record["passed"] or force:
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.rmtree(out_dir / "refused" / target.name, ignore_errors=True)  # stale
-            partial.rename(target)
-            accepted.append(target)
-            log.info(
-                "%s: accuracy %s, agreement vs parent %.4f, max |Δlogit| %.2e, %.1f MB%s",
-                target.name,
-                f"{metrics['accuracy']:.4f}" if "accuracy" in metrics else "n/a",
-                result.agreement if result else float("nan"),
-                result.max_abs_logit_diff if result else float("nan"),
-                manifest.file_sizes[MODEL_NAME] / 1e6,
-                " (FORCED past the gate)" if gate_record["forced"] else "",
-            )
-        else:
-            aside = out_dir / "refused" / target.name
-            shutil.rmtree(aside, ignore_errors=True)
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            partial.rename(aside)
-            shutil.rmtree(target, ignore_errors=True)  # an older accepted copy must not linger
-            refused.append(aside)
-            message = (
-                result.message(target.name)
-                if result
-                else f"{target.name} refused: {gate_record['reasons'][0]}; kept in {aside}"
-            )
-            messages.append(message)
-            log.warning("%s", message)
-            if variant == "fp32":
-                raise ValueError(
-                    f"{message} (the fp32 graph does not match torch; no variant can be "
-                    "derived from it)"
+                logits, seconds = _score(partial, texts, device=device)
+                if y_true is not None:
+                    metrics.update(
+                        classification_metrics(label_ids, logits.argmax(-1).tolist(), labels)
+                    )
+                metrics["seconds"] = seconds
+                parity_logits = logits[:parity_rows]
+                parity["max_abs_logit_diff_vs_torch"] = float(
+                    np.abs(parity_logits - torch_logits).max()
                 )
+                parity["label_agreement_vs_torch"] = label_agreement(parity_logits, torch_logits)
+                if variant == "fp32":
+                    # The parent is judged against torch on the parity rows.
+                    result = gate.check(
+                        parity_logits,
+                        torch_logits,
+                        None if y_true is None else y_true[:parity_rows],
+                        **gate_kw,
+                    )
+                    fp32_logits = logits
+                else:
+                    assert fp32_logits is not None
+                    result = gate.check(logits, fp32_logits, y_true, **gate_kw)
+                    parity["max_abs_logit_diff_vs_fp32"] = result.max_abs_logit_diff
+                    parity["label_agreement_vs_fp32"] = result.agreement
+                gate_record = {**result.as_dict(), "forced": force and not result.passed}
+                gate_record["checked_on"] = device
+            manifest = dataclasses.replace(
+                manifest,
+                metrics=metrics,
+                parity=parity,
+                gate=gate_record,
+                verified_on=verified_on,
+                created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            )
+            manifest.write(partial)
+
+            if gate_record["passed"] or force:
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.rmtree(out_dir / "refused" / target.name, ignore_errors=True)  # stale
+                partial.rename(target)
+                accepted.append(target)
+                log.info(
+                    "%s: accuracy %s, agreement vs parent %.4f, max |Δlogit| %.2e, %.1f MB%s",
+                    target.name,
+                    f"{metrics['accuracy']:.4f}" if "accuracy" in metrics else "n/a",
+                    result.agreement if result else float("nan"),
+                    result.max_abs_logit_diff if result else float("nan"),
+                    manifest.file_sizes[MODEL_NAME] / 1e6,
+                    " (FORCED past the gate)" if gate_record["forced"] else "",
+                )
+            else:
+                aside = out_dir / "refused" / target.name
+                shutil.rmtree(aside, ignore_errors=True)
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                partial.rename(aside)
+                shutil.rmtree(target, ignore_errors=True)  # an older accepted copy must not linger
+                refused.append(aside)
+                message = (
+                    result.message(target.name)
+                    if result
+                    else f"{target.name} refused: {gate_record['reasons'][0]}; kept in {aside}"
+                )
+                messages.append(message)
+                log.warning("%s", message)
+                if variant == "fp32":
+                    raise ValueError(
+                        f"{message} (the fp32 graph does not match torch; no variant can be "
+                        "derived from it)"
+                    )
+
+    except BaseException:
+        # A failed or interrupted build leaves no half-written directory behind.
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
 
     if "fp32" not in wanted and fp32_dir in accepted:
         shutil.rmtree(fp32_dir, ignore_errors=True)
