@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from smallcls.config import ConfigError, DemoConfig, TrainConfig, load_config, parse_overrides
+from smallcls.manifest import VARIANTS
 
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
@@ -31,11 +32,57 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from export.onnx_export import export_run
+    from export.onnx_export import export_model
 
-    for model_dir in export_run(args.run_dir, args.out, precisions=tuple(args.precision)):
+    result = export_model(
+        args.run_dir,
+        args.out,
+        variants=tuple(args.variants),
+        force=args.force,
+        register=args.register,
+        calibration_rows=args.calibration_rows,
+    )
+    for model_dir in result.accepted:
         print(f"model: {model_dir}")
+    for tag in result.registered:
+        print(f"registered: {tag}")
+    for message in result.messages:
+        print(f"refused: {message}", file=sys.stderr)
+    # Refusals are an error for scripts, but the accepted variants are still usable.
+    return 1 if result.refused and not args.force else 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from smallcls import registry
+
+    if args.action == "list":
+        rows = [m.row() for m in registry.list_models(args.ref)]
+        if not rows:
+            print("no smallcls models in the BentoML store")
+        for row in rows:
+            acc = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.2%}"
+            agree = "n/a" if row["agreement"] is None else f"{row['agreement']:.2%}"
+            forced = " FORCED" if row["forced"] else ""
+            print(
+                f"{row['tag']:<44} {row['variant']:<12} acc {acc:>7}  agree {agree:>7}  "
+                f"{row['size_mb']:>7.1f} MB  {row['created']}{forced}"
+            )
+    elif args.action == "show":
+        stored = registry.get(_need_ref(args))
+        print(f"tag: {stored.tag}\npath: {stored.path}")
+        print(stored.manifest.to_json(), end="")
+    elif args.action == "remove":
+        print(f"removed: {registry.remove(_need_ref(args))}")
+    elif args.action == "register":
+        print(f"registered: {registry.register(Path(_need_ref(args))).tag}")
     return 0
+
+
+def _need_ref(args: argparse.Namespace) -> str:
+    if not args.ref:
+        what = "a model directory" if args.action == "register" else "NAME[:VERSION]"
+        raise ValueError(f"models {args.action} needs {what}")
+    return args.ref
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -150,11 +197,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("export", help="export a run to ONNX fp32/int8 model directories")
+    p = sub.add_parser(
+        "export", help="export a run to ONNX model directories, one per variant, each gated"
+    )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, default=Path("models"))
-    p.add_argument("--precision", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"])
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=[*VARIANTS, "all"],
+        default=["fp32", "int8"],
+        help="what to build (default: fp32 int8); 'all' builds every variant",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="keep (and register) variants that fail the accuracy gate; recorded in the manifest",
+    )
+    p.add_argument(
+        "--register", action="store_true", help="add accepted models to the BentoML model store"
+    )
+    p.add_argument(
+        "--calibration-rows",
+        dest="calibration_rows",
+        type=int,
+        default=256,
+        help="training texts that calibrate int8-static (default 256)",
+    )
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("models", help="list, show, register or remove models in the BentoML store")
+    p.add_argument("action", choices=["list", "show", "register", "remove"])
+    p.add_argument(
+        "ref", nargs="?", help="NAME[:VERSION] (list: a name filter; register: a model dir)"
+    )
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("serve", help="serve model directories with BentoML")
     p.add_argument("model_dirs", nargs="+", type=Path)

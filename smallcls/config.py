@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from smallcls.manifest import VARIANTS
+
 T = TypeVar("T")
 
 
@@ -107,9 +109,9 @@ class DemoConfig:
             raise ConfigError(f"slo_p95_ms must be > 0, got {self.slo_p95_ms}")
         if not 0 <= self.accuracy_floor <= 1:
             raise ConfigError(f"accuracy_floor must be in 0..1, got {self.accuracy_floor}")
-        bad = sorted(set(self.precisions) - {"fp32", "int8"})
+        bad = sorted(set(self.precisions) - set(VARIANTS))
         if bad:
-            raise ConfigError(f"precisions must be fp32 and/or int8, got {bad}")
+            raise ConfigError(f"precisions must be among {list(VARIANTS)}, got {bad}")
 
 
 def _coerce(cls_name: str, field: str, annotation: Any, value: Any) -> Any:

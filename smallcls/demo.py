@@ -73,7 +73,7 @@ def run_demo(
     texts_for: dict[Path, Path] = {}  # each model is load-tested with its own test texts
     for i, (run_dir, model) in enumerate(zip(run_dirs, config.models, strict=True), 1):
         echo(f"[export {i}/{total}] {run_dir.name}: ONNX {' + '.join(config.precisions)}")
-        for model_dir in export_run(run_dir, out / "models", precisions=tuple(config.precisions)):
+        for model_dir in export_run(run_dir, out / "models", variants=tuple(config.precisions)):
             model_dirs.append(model_dir)
             texts_for[model_dir] = Path(model.test_path)
     timings["export"] = time.perf_counter() - start

@@ -20,7 +20,9 @@ TOKENIZER_NAME = "tokenizer.json"
 SCHEMA_VERSION = 1
 
 Family = Literal["encoder", "extracted_encoder", "causal_lm"]
-Precision = Literal["fp32", "int8"]
+Precision = Literal["fp32", "int8", "fp16"]
+# What `smallcls export --variants` can build, in build order (fp32 is every other's parent).
+VARIANTS = ("fp32", "fp32-opt", "int8", "int8-static", "fp16")
 # Multi-class models pick one label (softmax); multi-label models pick every label whose
 # sigmoid clears its threshold. Mixing them up silently gives wrong answers, so it is explicit.
 ProblemType = Literal["single_label", "multi_label"]
@@ -53,6 +55,14 @@ class Manifest:
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # accuracy of this file
     parity: dict[str, Any] = dataclasses.field(default_factory=dict)  # vs torch / vs fp32
     quantization: dict[str, Any] = dataclasses.field(default_factory=dict)  # how int8 was made
+    # The export variant (fp32, fp32-opt, int8, int8-static, fp16); "" in older manifests.
+    variant: str = ""
+    optimization: dict[str, Any] = dataclasses.field(default_factory=dict)  # fusions, fp16
+    file_sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # file name -> bytes
+    # The accuracy gate vs the fp32 parent: passed, forced, reasons, agreement, max diff.
+    gate: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Where this file was checked: {"cpu": bool, "gpu": bool, "notes": [...]}.
+    verified_on: dict[str, Any] = dataclasses.field(default_factory=dict)
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
 

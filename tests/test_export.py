@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from export.onnx_export import export_run  # noqa: E402
 from service.runtime import OnnxClassifier  # noqa: E402
 from smallcls.config import TrainConfig  # noqa: E402
-from smallcls.manifest import Manifest, ManifestError, verify_files  # noqa: E402
+from smallcls.manifest import VARIANTS, Manifest, ManifestError, verify_files  # noqa: E402
 from tests.tiny_models import SST2_TEST, SST2_TRAIN, sst2_slice  # noqa: E402
 from training.run_dir import RunDirError, load_run  # noqa: E402
 from training.train import predict_logits, train  # noqa: E402
@@ -40,7 +40,7 @@ def _read_jsonl(path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def exported(tiny_dirs, tmp_path_factory):
-    """{key: (run_dir, [fp32_dir, int8_dir])} for every family, trained on a small slice."""
+    """{key: (run_dir, {variant: model_dir})} for every family and variant, on a small slice."""
     root = tmp_path_factory.mktemp("export")
     train_path = sst2_slice(SST2_TRAIN, root / "train.jsonl", 300)
     test_path = sst2_slice(SST2_TEST, root / "test.jsonl", 96)
@@ -60,14 +60,24 @@ def exported(tiny_dirs, tmp_path_factory):
             **spec,
         )
         run_dir = train(config, root / "runs", show_progress=False)
-        out[key] = (run_dir, export_run(run_dir, root / "models", parity_rows=48))
+        # Forced: tiny random-ish models need not pass the gate; these tests check parity
+        # themselves, and the gate has its own tests (tests/test_gate.py).
+        dirs = export_run(
+            run_dir,
+            root / "models",
+            variants=VARIANTS,
+            parity_rows=48,
+            calibration_rows=64,
+            force=True,
+        )
+        out[key] = (run_dir, {d.name.removeprefix(f"{key}-"): d for d in dirs})
     return out
 
 
 @pytest.mark.parametrize("key", list(FAMILIES))
-def test_fp32_matches_torch_and_int8_keeps_labels(exported, key):
-    run_dir, (fp32_dir, int8_dir) = exported[key]
-    assert fp32_dir.name == f"{key}-fp32" and int8_dir.name == f"{key}-int8"
+def test_every_variant_matches_its_parent(exported, key):
+    run_dir, dirs = exported[key]
+    assert sorted(dirs) == sorted(VARIANTS)
 
     # Recompute parity independently of what export wrote: torch (HF tokenizer) vs the
     # serving runtime (tokenizers library), on the same texts.
@@ -81,27 +91,53 @@ def test_fp32_matches_torch_and_int8_keeps_labels(exported, key):
         batch_size=16,
         template=config.prompt_template,
     )
-    fp32 = OnnxClassifier(fp32_dir).logits(texts)
-    int8 = OnnxClassifier(int8_dir).logits(texts)
-    np.testing.assert_allclose(fp32, reference, atol=1e-4, rtol=1e-4)
-    agreement = float((int8.argmax(-1) == fp32.argmax(-1)).mean())
-    assert agreement >= 0.9
+    logits = {v: OnnxClassifier(d).logits(texts) for v, d in dirs.items()}
+    np.testing.assert_allclose(logits["fp32"], reference, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(logits["fp32-opt"], logits["fp32"], atol=1e-4, rtol=1e-4)
+    # fp16 keeps float32 logits at the boundary, within fp16's precision of fp32.
+    np.testing.assert_allclose(logits["fp16"], logits["fp32"], atol=5e-2)
+    for variant in ("int8", "int8-static"):
+        agreement = float((logits[variant].argmax(-1) == logits["fp32"].argmax(-1)).mean())
+        assert agreement >= 0.9, (variant, agreement)
 
-    manifest = Manifest.read(fp32_dir)
+    manifest = Manifest.read(dirs["fp32"])
     assert manifest.labels == labels == ["negative", "positive"]
     assert manifest.parity["max_abs_logit_diff_vs_torch"] < 1e-4
     assert manifest.metrics["rows"] == 96
     assert 0.0 <= manifest.metrics["accuracy"] <= 1.0
     assert manifest.source_run == str(run_dir.resolve())
     assert manifest.parameters > 0
-    int8_manifest = Manifest.read(int8_dir)
-    assert int8_manifest.precision == "int8"
-    assert 0.9 <= int8_manifest.parity["label_agreement_vs_fp32"] <= 1.0
+    assert manifest.gate["passed"] and manifest.gate["checked_on"] == "cpu"
+    for variant, model_dir in dirs.items():
+        m = Manifest.read(model_dir)
+        assert m.variant == variant and m.name == f"{key}-{variant}"
+        assert m.precision == {"fp16": "fp16", "int8": "int8", "int8-static": "int8"}.get(
+            variant, "fp32"
+        )
+        assert m.file_sizes["model.onnx"] == (model_dir / "model.onnx").stat().st_size
+        verify_files(model_dir, m)  # sha256 of every file
+        assert m.gate["finite"] is True
+        assert {"passed", "forced", "agreement", "max_abs_logit_diff", "accuracy"} <= set(m.gate)
+        # Forced only where the gate failed: the flag never hides a failure.
+        assert m.gate["forced"] == (not m.gate["passed"])
+        if variant != "fp32":
+            assert m.parity["label_agreement_vs_fp32"] == m.gate["agreement"]
+    assert Manifest.read(dirs["int8-static"]).quantization["method"] == "static_qdq"
+    assert Manifest.read(dirs["fp16"]).verified_on["gpu"] is False
+
+
+def test_graph_optimization_fuses_bert_attention(exported):
+    _, dirs = exported["encoder"]
+    fused = Manifest.read(dirs["fp32-opt"]).optimization["fused"]
+    assert fused.get("Attention") == 2 and fused.get("SkipLayerNormalization", 0) >= 2
+    llama = Manifest.read(exported["last"][1]["fp32-opt"]).optimization
+    assert llama["method"].startswith("onnxruntime offline")
+    assert llama["nodes_after"] < llama["nodes_before"]
 
 
 def test_manifest_accuracy_is_that_of_the_file(exported):
     """The accuracy in the manifest is recomputable from the ONNX file and the test split."""
-    _, (fp32_dir, _) = exported["encoder"]
+    fp32_dir = exported["encoder"][1]["fp32"]
     manifest = Manifest.read(fp32_dir)
     rows = _read_jsonl(
         json.loads((Path(manifest.source_run) / "config.json").read_text())["test_path"]
@@ -114,7 +150,7 @@ def test_manifest_accuracy_is_that_of_the_file(exported):
 def test_tampered_model_is_refused(exported, tmp_path):
     import shutil
 
-    _, (_, int8_dir) = exported["last"]
+    int8_dir = exported["last"][1]["int8"]
     copy = shutil.copytree(int8_dir, tmp_path / "copy")
     with open(copy / "model.onnx", "ab") as fh:
         fh.write(b"\0")
@@ -149,24 +185,27 @@ def test_run_dir_records_what_made_it(exported):
     assert not run_dir.with_name(run_dir.name + ".partial").exists()
 
 
-def test_int8_keeps_decoder_mlp_outputs_in_fp32(exported):
-    """Llama-style down_proj MatMuls stay fp32 (their activation outliers break per-tensor
-    int8); encoders have none to keep."""
-    from export.onnx_export import int8_exclusions
+def test_int8_keeps_mlp_outputs_in_fp32(exported):
+    """MLP output projections stay fp32 in int8 (their activation outliers break per-tensor
+    int8): Llama down_proj, BERT layer.N/output/dense, T5 DenseReluDense/wo."""
+    from export.variants import int8_exclusions
 
-    _, (last_fp32, last_int8) = exported["last"]
-    _, (enc_fp32, enc_int8) = exported["encoder"]
-    kept = int8_exclusions(last_fp32 / "model.onnx")
-    assert len(kept) == 3 and all("down_proj" in name for name in kept)  # one per layer
-    assert int8_exclusions(enc_fp32 / "model.onnx") == []
-    assert Manifest.read(last_int8).quantization["fp32_nodes"] == 3
-    assert Manifest.read(enc_int8).quantization == {
+    expected = {"last": ("down_proj", 3), "encoder": ("/output/dense", 2), "t5enc": ("wo", 2)}
+    for key, (part, layers) in expected.items():
+        dirs = exported[key][1]
+        kept = int8_exclusions(dirs["fp32"] / "model.onnx")
+        assert len(kept) == layers and all(part in name for name in kept), kept
+        assert not any("attention" in name for name in kept)
+        for variant in ("int8", "int8-static"):
+            assert Manifest.read(dirs[variant]).quantization["fp32_nodes"] == layers
+    enc = exported["encoder"][1]
+    assert Manifest.read(enc["int8"]).quantization == {
         "method": "dynamic",
         "weight_type": "int8",
         "per_channel": True,
-        "fp32_nodes": 0,
+        "fp32_nodes": 2,
     }
-    assert Manifest.read(enc_fp32).quantization == {}
+    assert Manifest.read(enc["fp32"]).quantization == {}
 
 
 def test_zero_shot_label_words_need_no_training(tiny_dirs, tmp_path):
@@ -188,9 +227,123 @@ def test_zero_shot_label_words_need_no_training(tiny_dirs, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train"]["zero_shot"] is True and metrics["train"]["examples_seen"] == 0
     assert not (run_dir / "trainer_log.jsonl").exists()
-    (fp32_dir,) = export_run(run_dir, tmp_path / "models", precisions=("fp32",))
+    (fp32_dir,) = export_run(run_dir, tmp_path / "models", variants=("fp32",))
     manifest = Manifest.read(fp32_dir)
     assert manifest.head == "label_words" and manifest.truncation_side == "left"
     assert manifest.prompt_template == "{text} sentiment :"
     assert manifest.parity["max_abs_logit_diff_vs_torch"] < 1e-4
     assert not (tmp_path / "models" / "zs-int8").exists()
+
+
+def _damaging_builder(how: str):
+    """A stand-in int8 builder that writes a broken copy of the fp32 graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    def build(src, dst):
+        model = onnx.load(str(src))
+        (head,) = [n for n in model.graph.node if n.op_type == "Gemm" and "head" in n.name]
+        weight_name, bias_name = head.input[1], head.input[2]
+        for init in model.graph.initializer:
+            if init.name in (weight_name, bias_name):
+                array = numpy_helper.to_array(init)
+                if how == "scaled":
+                    array = array * -3.0  # every label flips
+                elif how == "nan" and init.name == bias_name:
+                    array = np.full_like(array, np.nan)
+                init.CopyFrom(numpy_helper.from_array(array, init.name))
+        onnx.save(model, str(dst))
+        return {"method": f"damaged ({how})"}
+
+    return build
+
+
+@pytest.mark.parametrize("how", ["scaled", "nan"])
+def test_gate_refuses_a_damaged_variant(exported, tmp_path, monkeypatch, how):
+    from export import variants
+    from export.onnx_export import export_model
+
+    run_dir, _ = exported["encoder"]
+    monkeypatch.setattr(variants, "quantize_int8_dynamic", _damaging_builder(how))
+    out = tmp_path / "models"
+    result = export_model(run_dir, out, variants=("fp32", "fp32-opt", "int8"), parity_rows=16)
+    assert [d.name for d in result.accepted] == ["encoder-fp32", "encoder-fp32-opt"]
+    assert result.refused == [out / "refused" / "encoder-int8"]
+    assert not (out / "encoder-int8").exists()
+    (message,) = result.messages
+    assert message.startswith("encoder-int8 refused by the accuracy gate")
+    expected = "NaN/inf logits on 96 of 96" if how == "nan" else "agrees with fp32 on 0.00%"
+    assert expected in message
+    aside = Manifest.read(out / "refused" / "encoder-int8")
+    assert aside.gate["passed"] is False and aside.gate["forced"] is False
+    assert Manifest.read(out / "encoder-fp32-opt").gate["passed"] is True
+
+    forced = export_model(run_dir, out, variants=("int8",), parity_rows=16, force=True)
+    assert [d.name for d in forced.accepted] == ["encoder-int8"]  # fp32 parent not asked for
+    assert not (out / "encoder-fp32").exists()
+    kept = Manifest.read(out / "encoder-int8")
+    assert kept.gate["passed"] is False and kept.gate["forced"] is True
+    assert not (out / "refused" / "encoder-int8").exists()
+
+
+def _smallcls(*args: str, home: Path) -> tuple[int, str]:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "smallcls", *args], capture_output=True, text=True, env=env
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_model_store_round_trip(exported, tmp_path):
+    """register -> list -> show -> load from the store path -> tamper -> remove, through the
+    CLI, in a private BENTOML_HOME (a subprocess: BentoML reads it once per process)."""
+    home = tmp_path / "bentoml"
+    source = exported["encoder"][1]["fp32-opt"]
+    code, out = _smallcls("models", "register", str(source), home=home)
+    assert code == 0, out
+    tag = out.split("registered: ")[1].split()[0]
+    assert tag.startswith("encoder-fp32-opt:")
+
+    code, out = _smallcls("models", "list", home=home)
+    assert code == 0 and tag in out and "fp32-opt" in out, out
+    code, out = _smallcls("models", "show", "encoder-fp32-opt:latest", home=home)
+    assert code == 0 and f"tag: {tag}" in out, out
+    stored = Path(out.split("path: ")[1].splitlines()[0])
+    assert '"variant": "fp32-opt"' in out
+
+    # The store's directory is a complete model directory that serves the same logits.
+    texts = ["a gorgeous film", "dull and far too long"]
+    np.testing.assert_array_equal(
+        OnnxClassifier(stored).logits(texts), OnnxClassifier(source).logits(texts)
+    )
+    import yaml
+
+    metadata = yaml.safe_load((stored / "model.yaml").read_text())["metadata"]
+    assert metadata["name"] == "encoder-fp32-opt" and metadata["gate"]["passed"] is True
+
+    with open(stored / "model.onnx", "ab") as fh:  # a tampered copy in the store
+        fh.write(b"\0")
+    with pytest.raises(ManifestError, match=r"model\.onnx has sha256"):
+        OnnxClassifier(stored)
+
+    code, out = _smallcls("models", "remove", tag, home=home)
+    assert code == 0 and f"removed: {tag}" in out
+    code, out = _smallcls("models", "list", home=home)
+    assert "no smallcls models" in out
+    code, out = _smallcls("models", "show", "encoder-fp32-opt:latest", home=home)
+    assert code == 2 and "no model 'encoder-fp32-opt:latest'" in out
+
+
+def test_a_refused_model_is_not_registered(exported, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(exported["encoder"][1]["int8"], tmp_path / "m"))
+    manifest = Manifest.read(copy)
+    gate = {**manifest.gate, "passed": False, "forced": False, "reasons": ["made up"]}
+    Manifest(**{**manifest.__dict__, "gate": gate}).write(copy)
+    code, out = _smallcls("models", "register", str(copy), home=tmp_path / "bentoml")
+    assert code == 2 and "did not pass the accuracy gate (made up)" in out, out

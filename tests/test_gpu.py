@@ -49,9 +49,37 @@ def test_cuda_training_then_cpu_export_matches(tiny_dirs, tmp_path, style, spec)
     assert metrics["train"]["device"] == "cuda"
     assert metrics["test"]["rows"] == 872
 
-    fp32_dir, _ = export_run(run_dir, tmp_path / "models", parity_rows=64)
+    # Forced: this test checks parity with torch, not whether tiny int8 passes the gate.
+    fp32_dir, _ = export_run(run_dir, tmp_path / "models", parity_rows=64, force=True)
     manifest = json.loads((fp32_dir / "manifest.json").read_text())
     # Trained under autocast, the weights stay fp32: the CPU graph matches the CPU module.
     assert manifest["parity"]["max_abs_logit_diff_vs_torch"] < 1e-4
     # ...and agrees with the accuracy measured on the GPU up to bf16 rounding of logits.
     assert abs(manifest["metrics"]["accuracy"] - metrics["test"]["accuracy"]) < 0.02
+
+
+def test_fp16_is_checked_on_cuda(tiny_dirs, tmp_path):
+    """With onnxruntime-gpu, fp16 is scored by the gate on CUDA and says so."""
+    from export.onnx_export import export_run
+    from export.variants import cuda_available
+    from smallcls.config import TrainConfig
+    from smallcls.manifest import Manifest
+    from tests.tiny_models import SST2_TEST, SST2_TRAIN, sst2_slice
+    from training.train import train
+
+    if not cuda_available():
+        pytest.skip("needs onnxruntime-gpu (CUDAExecutionProvider)")
+    config = TrainConfig(
+        name="gpu16",
+        family="encoder",
+        base_model=str(tiny_dirs["bert"]),
+        train_path=str(sst2_slice(SST2_TRAIN, tmp_path / "train.jsonl", 256)),
+        test_path=str(sst2_slice(SST2_TEST, tmp_path / "test.jsonl", 128)),
+        max_val_rows=32,
+        learning_rate=1e-3,
+    )
+    run_dir = train(config, tmp_path / "runs", show_progress=False)
+    (fp16_dir,) = export_run(run_dir, tmp_path / "models", variants=("fp16",), force=True)
+    manifest = Manifest.read(fp16_dir)
+    assert manifest.verified_on["gpu"] is True and manifest.gate["checked_on"] == "cuda"
+    assert manifest.gate["finite"] and manifest.gate["agreement"] >= 0.95

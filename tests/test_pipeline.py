@@ -74,18 +74,24 @@ def test_demo_end_to_end_on_tiny_models(tiny_dirs, tmp_path):
 
     out = tmp_path / "out"
     names = {f"{m}-{p}" for m in ("enc", "bidir", "last") for p in ("fp32", "int8")}
-    assert {p.name for p in (out / "models").iterdir()} == names
+    models = out / "models"
+    accepted = {p.name for p in models.iterdir() if p.name != "refused"}
+    refused = {p.name for p in (models / "refused").glob("*")}
+    # A tiny model's int8 may fail the accuracy gate: it is kept aside and the demo serves
+    # the others; fp32 always passes (it is checked against torch).
+    assert accepted | refused == names and not accepted & refused
+    assert {f"{m}-fp32" for m in ("enc", "bidir", "last")} <= accepted
     with open(out / "report" / "report.csv", encoding="utf-8") as fh:
         rows = {row["name"]: row for row in csv.DictReader(fh)}
-    assert set(rows) == names
+    assert set(rows) == accepted
     for row in rows.values():
         assert int(row["requests"]) > 0, row
         assert int(row["failures"]) == 0, row
         assert 0.0 <= float(row["accuracy"]) <= 1.0
         assert float(row["p95_ms"]) > 0
     assert (out / "report" / "report.html").is_file()
-    assert (out / "loadtests" / "enc-int8" / "sweep.json").is_file()
-    assert "report:" in result.stdout and "| enc-int8" in result.stdout.replace("|  ", "| ")
+    assert (out / "loadtests" / "enc-fp32" / "sweep.json").is_file()
+    assert "report:" in result.stdout and "| enc-fp32" in result.stdout.replace("|  ", "| ")
 
     # Re-running reuses the complete runs instead of training again.
     again = _smallcls("demo", "--config", str(config_path), "--quiet", cwd=tmp_path)
