@@ -233,6 +233,71 @@ def run_cell(config: TrainConfig, runs_dir: Path, budget: Budget) -> dict[str, A
     }
 
 
+def run_multitask(
+    datasets: list[str], budget: Budget, runs_dir: Path, overrides: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One SmolLM2 fine-tuned on every selected dataset that has label words, with task
+    prompts: a row per dataset, to set beside one encoder per task. The budget is the whole
+    run's (all tasks together)."""
+    from training.multitask import Task, train_multitask
+
+    names = [d for d in datasets if d in PROMPTS]
+    if not names:
+        return []
+    tasks = [Task(d, *PROMPTS[d]) for d in names]
+    base = TrainConfig(
+        **{
+            **dict(
+                name="multitask-smollm2",
+                family="causal_lm",
+                head="last_token",
+                base_model="smollm2-135m",
+                learning_rate=1e-4,
+                train_rows=budget.train_rows,
+                test_rows=budget.test_rows,
+                epochs=budget.epochs or 3,
+                max_length=min(256, budget.max_length_cap or 256),
+                batch_size=16,
+            ),
+            **overrides,
+        }
+    )
+    print(f"multitask: one SmolLM2 on {', '.join(names)} ...", flush=True)
+    try:
+        run = train_multitask(tasks, base, runs_dir)
+    except Exception as exc:  # keep the grid's figures
+        log.exception("multitask failed")
+        error = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        return [{"dataset": d, "family": "smollm2-multitask", "error": error} for d in names]
+    metrics = json.loads((run / "metrics.json").read_text())
+    spent = metrics["train"]
+    rows = []
+    for d in names:
+        test = metrics["tasks"][d]["test"]
+        rows.append(
+            {
+                "dataset": d,
+                "family": "smollm2-multitask",
+                **headline(d, test),
+                "reference": BENCHMARKS[d].reference_value,
+                "reference_text": BENCHMARKS[d].reference,
+                "train_rows": spent["tasks"][d],
+                "test_rows": test["rows"],
+                "epochs": base.epochs,
+                "max_length": base.max_length,
+                "train_seconds": spent["seconds"],
+                "tokens_seen": spent["tokens_seen"],
+                "estimated_flops": spent["estimated_flops"],
+                "mntp_steps": 0,
+                "budget": budget.name,
+                "budget_note": f"{budget.note}; one run for {len(names)} tasks (cost shared)",
+                "device": spent["device"],
+                "run": str(run),
+            }
+        )
+    return rows
+
+
 def _fmt(value: Any, pct: bool) -> str:
     if value is None or value == "":
         return ""
@@ -314,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         "--families",
         default="minilm,smollm2-last,smollm2-lora,smollm2-zeroshot,smollm2-fewshot,"
         "smollm2-bidir-l12,smollm2-bidir-l12-mntp",
-        help="comma-separated; also smollm2-bidir-l{K}[-mntp], minilm-distilled",
+        help="comma-separated; also smollm2-bidir-l{K}[-mntp], minilm-distilled, "
+        "smollm2-multitask (one model for all datasets with label words)",
     )
     parser.add_argument(
         "--layers", default="", help="K sweep: adds smollm2-bidir-l{K} and -mntp for each K"
@@ -349,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     cells = [(d, f) for d in datasets for f in families]
     start = time.perf_counter()
     for i, (dataset, family) in enumerate(cells, 1):
+        if family == "smollm2-multitask":
+            continue  # one run over all datasets, after the grid
         config = cell_config(dataset, family, budget, runs_dir)
         if config is None:
             print(f"[{i}/{len(cells)}] {dataset} x {family}: not applicable, skipped", flush=True)
@@ -369,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         rows.append(row)
         write_table(rows, args.out, command, budget)  # after every cell: a stop loses nothing
+    if "smollm2-multitask" in families:
+        rows += run_multitask(datasets, budget, runs_dir, overrides)
     path = write_table(rows, args.out, command, budget)
     print(path.read_text())
     print(f"table: {path} ({time.perf_counter() - start:.0f} s)")

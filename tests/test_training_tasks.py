@@ -312,3 +312,46 @@ def test_distillation_loss_is_kl_at_temperature(tiny_dirs):
     assert model.loss(logits, torch.tensor([1]), same).item() == pytest.approx(0.0, abs=1e-6)
     # Unlabeled rows (-100) count only through the teacher.
     assert model.loss(logits, torch.tensor([-100]), same).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_one_causal_lm_trains_on_several_tasks_with_task_prompts(tiny_dirs, tmp_path):
+    from training.multitask import Task, train_multitask
+
+    root = tmp_path / "datasets"
+    (root / "sst2").mkdir(parents=True)
+    sst2_slice(SST2_TRAIN, root / "sst2" / "train.jsonl", 120)
+    sst2_slice(SST2_TEST, root / "sst2" / "test.jsonl", 40)
+    _write(
+        root / "trec" / "train.jsonl",
+        [{"text": f"who is {i}", "label": "HUM"} for i in range(30)]
+        + [{"text": f"where is {i}", "label": "LOC"} for i in range(30)],
+    )
+    _write(
+        root / "trec" / "test.jsonl",
+        [{"text": "who is it", "label": "HUM"}, {"text": "where is it", "label": "LOC"}],
+    )
+    tasks = [
+        Task("sst2", "review : {text} sentiment :", {"negative": " bad", "positive": " good"}),
+        Task("trec", "question : {text} answer :", {"HUM": " man", "LOC": " place"}),
+    ]
+    base = _tiny(
+        tiny_dirs,
+        "llama",
+        name="multi",
+        family="causal_lm",
+        head="last_token",
+        datasets_dir=str(root),
+        epochs=1,
+    )
+    run = train_multitask(tasks, base, tmp_path / "runs")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["tasks"]) == {"sst2", "trec"}
+    assert metrics["tasks"]["trec"]["test"]["rows"] == 2
+    assert metrics["train"]["tasks"] == {"sst2": 108, "trec": 54}  # 10% carved for validation
+    assert json.loads((run / "model" / "labels.json").read_text()) == [
+        " bad",
+        " good",
+        " man",
+        " place",
+    ]
+    assert (run / "COMPLETE").is_file()
