@@ -212,10 +212,21 @@ def run_cell(config: TrainConfig, runs_dir: Path, budget: Budget) -> dict[str, A
     metrics = json.loads((run_dir / "metrics.json").read_text())
     spent = metrics["train"]
     info = BENCHMARKS[config.dataset or ""]
+    head = headline(config.dataset or "", metrics["test"])
+    if config.teacher_run:
+        # How much of the teacher's figure the student keeps, at the student's size.
+        teacher = json.loads((Path(config.teacher_run) / "metrics.json").read_text())
+        ours, theirs = head["ours"], headline(config.dataset or "", teacher["test"])["ours"]
+        keeps = (
+            f"keeps {ours / theirs * 100:.1f}% of the teacher's {theirs:.4f} with "
+            f"{spent['parameters'] / teacher['train']['parameters'] * 100:.0f}% of its parameters"
+        )
+        head["extra"] = "; ".join(x for x in (head["extra"], keeps) if x)
     return {
         "dataset": config.dataset,
         "family": config.name.removeprefix(f"{config.dataset}-"),
-        **headline(config.dataset or "", metrics["test"]),
+        **head,
+        "parameters": spent["parameters"],
         "reference": info.reference_value,
         "reference_text": info.reference,
         "train_rows": spent["rows"],
@@ -281,6 +292,7 @@ def run_multitask(
                 **headline(d, test),
                 "reference": BENCHMARKS[d].reference_value,
                 "reference_text": BENCHMARKS[d].reference,
+                "parameters": spent["parameters"],
                 "train_rows": spent["tasks"][d],
                 "test_rows": test["rows"],
                 "epochs": base.epochs,
@@ -326,12 +338,13 @@ def write_table(rows: list[dict[str, Any]], out: Path, command: str, budget: Bud
         ),
         "",
         "| dataset | family | metric | ours | published (BERT-base class) | macro-F1 | "
-        "train rows | test rows | epochs | max len | train s | tokens seen | est. FLOPs | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "params (M) | train rows | test rows | epochs | max len | train s | tokens seen | "
+        "est. FLOPs | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['dataset']} | {r['family']} | | failed: {r['error']} |" + " |" * 10)
+            lines.append(f"| {r['dataset']} | {r['family']} | | failed: {r['error']} |" + " |" * 11)
             continue
         pct = r["metric"] != "macro_f1"
         lines.append(
@@ -344,6 +357,7 @@ def write_table(rows: list[dict[str, Any]], out: Path, command: str, budget: Bud
                     _fmt(r["ours"], pct),
                     _fmt(r["reference"], pct),
                     _fmt(r["macro_f1"], False),
+                    f"{r.get('parameters', 0) / 1e6:.1f}",
                     f"{r['train_rows']:,}",
                     f"{r['test_rows']:,}",
                     _fmt(r["epochs"], False),

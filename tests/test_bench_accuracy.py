@@ -40,6 +40,7 @@ def test_table_puts_reference_and_budget_beside_ours(tmp_path):
         "family": "minilm",
         **headline("clinc150", clinc_test),
         "reference": BENCHMARKS["clinc150"].reference_value,
+        "parameters": 22_700_000,
         "train_rows": 2000,
         "test_rows": 1000,
         "epochs": 2,
