@@ -67,11 +67,12 @@ def adapt_mntp(
     learning_rate: float,
     lora_r: int,
     seed: int,
+    device: str = "cpu",
 ) -> tuple[PreTrainedModel, dict]:
     """The decoder (cut to `layers`) after MNTP with merged LoRA, and what it cost."""
     from transformers import AutoModelForCausalLM
 
-    lm = AutoModelForCausalLM.from_pretrained(source)
+    lm = AutoModelForCausalLM.from_pretrained(source).to(device)
     lm.config.use_cache = False
     cut_layers(lm.get_decoder(), layers)
     lm = add_lora(lm, r=lora_r, alpha=2 * lora_r, dropout=0.05, targets=None)
@@ -80,7 +81,6 @@ def adapt_mntp(
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: 1 - s / max(1, steps))
     mask_id = mask_token_id(tokenizer)
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
-    device = next(lm.parameters()).device
     lm.train()
     start, tokens, losses = time.perf_counter(), 0, []
     for step in range(steps):
@@ -100,7 +100,7 @@ def adapt_mntp(
         losses.append(float(loss))
         if step % 20 == 0 or step == steps - 1:
             log.info("MNTP step %d/%d: loss %.3f", step + 1, steps, losses[-1])
-    lm = merge_lora(lm)
+    lm = merge_lora(lm).to("cpu")
     cost = {
         "steps": steps,
         "tokens_seen": tokens,

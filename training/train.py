@@ -446,6 +446,7 @@ def _train_into(
             learning_rate=config.mntp_learning_rate,
             lora_r=config.lora_r or 16,
             seed=config.seed,
+            device=device,
         )
         model = Classifier(prepare_backbone(lm.get_decoder(), spec), spec)
     else:
