@@ -1,7 +1,7 @@
 """Accuracy benchmark: model families x benchmark datasets, each cell trained and evaluated
 under a stated budget, in one table beside the published reference results.
 
-    python -m bench.accuracy --budget gpu --out bench_out/accuracy          # full training sets
+    python -m bench.accuracy --out bench_out/accuracy     # gpu budget on CUDA, else cpu
     python -m bench.accuracy --budget cpu --datasets trec,sst2 --families minilm
     python -m bench.accuracy --budget micro                                 # proves it runs
 
@@ -387,7 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.accuracy", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    parser.add_argument(
+        "--budget",
+        choices=["auto", *sorted(BUDGETS)],
+        default="auto",
+        help="auto: gpu when CUDA is available, else cpu",
+    )
     parser.add_argument("--datasets", default=",".join(BENCHMARKS), help="comma-separated")
     parser.add_argument(
         "--families",
@@ -411,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from smallcls.config import parse_overrides
 
+    if args.budget == "auto":
+        import torch
+
+        args.budget = "gpu" if torch.cuda.is_available() else "cpu"
     budget = BUDGETS[args.budget]
     datasets = [d for d in args.datasets.split(",") if d]
     families = [f for f in args.families.split(",") if f]
