@@ -233,8 +233,9 @@ def run_cell(config: TrainConfig, runs_dir: Path, budget: Budget) -> dict[str, A
         "test_rows": metrics["test"]["rows"],
         "epochs": 0 if config.zero_shot else config.epochs,
         "max_length": config.max_length,
-        "train_seconds": spent.get("seconds", 0.0),
-        "tokens_seen": spent.get("tokens_seen", 0),
+        # MNTP's adaptation is part of the cell's cost.
+        "train_seconds": spent.get("seconds", 0.0) + spent.get("mntp", {}).get("seconds", 0.0),
+        "tokens_seen": spent.get("tokens_seen", 0) + spent.get("mntp", {}).get("tokens_seen", 0),
         "estimated_flops": spent.get("estimated_flops", 0),
         "mntp_steps": spent.get("mntp", {}).get("steps", 0),
         "budget": budget.name,
