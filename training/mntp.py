@@ -97,7 +97,7 @@ def adapt_mntp(
         sched.step()
         optim.zero_grad()
         tokens += int(att.sum())
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 20 == 0 or step == steps - 1:
             log.info("MNTP step %d/%d: loss %.3f", step + 1, steps, losses[-1])
     lm = merge_lora(lm).to("cpu")
