@@ -21,7 +21,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from training.train import train
 
     overrides = parse_overrides(args.set)
-    for key in ("name", "family", "head", "base_model", "train_path", "test_path"):
+    for key in ("name", "family", "head", "base_model", "train_path", "test_path", "dataset"):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
@@ -174,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="fine-tune one model; writes a run directory")
+    p = sub.add_parser(
+        "train",
+        help="fine-tune one model; writes a run directory (a killed run resumes when rerun)",
+    )
     p.add_argument("--config", type=Path, help="YAML TrainConfig (see configs/)")
     p.add_argument(
         "--set",
@@ -193,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--train", dest="train_path", help="training data (.jsonl/.csv)")
     p.add_argument("--test", dest="test_path", help="test data (.jsonl/.csv)")
+    p.add_argument(
+        "--dataset",
+        help="a benchmark in ../shared/datasets instead of --train/--test: sst2, banking77, "
+        "emotion, trec, ag_news, goemotions, clinc150, imdb",
+    )
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)

@@ -53,6 +53,37 @@ class TrainConfig:
     val_fraction: float = 0.1
     max_val_rows: int = 500
     eval_batch_size: int = 64
+    # A benchmark dataset by name (smallcls/data.py BENCHMARKS: sst2, banking77, emotion, trec,
+    # ag_news, goemotions, clinc150, imdb), read from datasets_dir (default ../shared/datasets);
+    # it replaces train_path/test_path/validation_path.
+    dataset: str | None = None
+    datasets_dir: str | None = None
+    test_rows: int | None = None  # seeded subsample of test: CPU budgets only, never published
+    # Long inputs: keep the text's head, its tail, or both (head_tail: the first quarter of the
+    # token budget from the start, the rest from the end). None = the dataset's choice, or
+    # head (label_words prompts keep their end: tail).
+    truncation: str | None = None
+    class_weighting: str = "none"  # none | balanced (loss weights inversely to class counts)
+    save_steps: int = 200  # checkpoint every N optimizer steps, so a killed run resumes
+    # LoRA (peft) instead of full fine-tuning when lora_r > 0; adapters are merged before the
+    # model is saved, so export sees a plain model.
+    lora_r: int = 0
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None  # module names; None = all attention and MLP linears
+    # Label-word prompts only: k training examples per class put before each text.
+    few_shot_k: int = 0
+    # Extracted encoders: LLM2Vec's masked next-token prediction on the training texts (LoRA,
+    # merged) before fine-tuning, so the decoder learns to use its new bidirectional view.
+    mntp_steps: int = 0
+    mntp_mask_prob: float = 0.2
+    mntp_learning_rate: float = 1e-4
+    # Distillation: a complete run whose soft labels (temperature-scaled) train this model;
+    # distill_alpha weighs them against the gold labels (1.0 = soft labels only).
+    teacher_run: str | None = None
+    distill_temperature: float = 2.0
+    distill_alpha: float = 0.5
+    unlabeled_path: str | None = None  # extra texts (JSONL 'text') labelled by the teacher
 
     def __post_init__(self) -> None:
         positive = ("max_length", "batch_size", "threads", "eval_batch_size", "max_val_rows")
@@ -75,6 +106,39 @@ class TrainConfig:
             raise ConfigError("head 'label_words' needs label_words: {label: word, ...}")
         if self.zero_shot and self.head != "label_words":
             raise ConfigError("zero_shot works only with head 'label_words'")
+        for field in ("test_rows", "lora_r", "few_shot_k", "mntp_steps"):
+            value = getattr(self, field)
+            if value is not None and value < 0:
+                raise ConfigError(f"{field} must be >= 0, got {value}")
+        if self.save_steps < 1:
+            raise ConfigError(f"save_steps must be >= 1, got {self.save_steps}")
+        if self.truncation not in (None, "head", "tail", "head_tail"):
+            raise ConfigError(
+                f"truncation must be head, tail, head_tail or null, got {self.truncation!r}"
+            )
+        if self.class_weighting not in ("none", "balanced"):
+            raise ConfigError(
+                f"class_weighting must be none or balanced, got {self.class_weighting!r}"
+            )
+        if self.few_shot_k and self.head != "label_words":
+            raise ConfigError("few_shot_k works only with head 'label_words'")
+        if self.mntp_steps and self.family != "extracted_encoder":
+            raise ConfigError("mntp_steps applies only to family extracted_encoder")
+        if not 0 < self.mntp_mask_prob < 1:
+            raise ConfigError(f"mntp_mask_prob must be in (0, 1), got {self.mntp_mask_prob}")
+        if not 0 <= self.distill_alpha <= 1:
+            raise ConfigError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if self.unlabeled_path and not self.teacher_run:
+            raise ConfigError("unlabeled_path needs a teacher_run to label the texts")
+        if self.dataset is not None:
+            from smallcls.data import BENCHMARKS
+
+            if self.dataset not in BENCHMARKS:
+                raise ConfigError(
+                    f"dataset must be one of {sorted(BENCHMARKS)}, got {self.dataset!r}"
+                )
         if not self.name or "/" in self.name:
             raise ConfigError(f"name must be non-empty without '/', got {self.name!r}")
 

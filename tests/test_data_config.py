@@ -122,3 +122,27 @@ def test_demo_config_in_repo_is_valid():
     assert families == {"encoder", "extracted_encoder", "causal_lm"}
     with pytest.raises(ConfigError, match="unique"):
         from_mapping(DemoConfig, {"models": [{"name": "a", "family": "encoder"}] * 2})
+
+
+@pytest.mark.parametrize("name", ["train_goemotions.yaml", "train_imdb_lora.yaml"])
+def test_benchmark_train_configs_in_repo_are_valid(name):
+    from smallcls.cli import DEFAULT_DEMO_CONFIG
+
+    config = load_config(TrainConfig, DEFAULT_DEMO_CONFIG.parent / name, {})
+    assert config.dataset in ("goemotions", "imdb")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"truncation": "middle"}, "truncation must be"),
+        ({"dataset": "mnist"}, "dataset must be one of"),
+        ({"few_shot_k": 2}, "few_shot_k works only"),
+        ({"mntp_steps": 10}, "mntp_steps applies only"),
+        ({"class_weighting": "auto"}, "class_weighting must be"),
+        ({"unlabeled_path": "u.jsonl"}, "needs a teacher_run"),
+    ],
+)
+def test_issue3_config_checks_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        from_mapping(TrainConfig, {"name": "m", "family": "encoder", **override})

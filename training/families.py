@@ -35,6 +35,10 @@ class ModelSpec:
     layers: int | None = None  # decoder layers kept (extracted encoders); None = all
     label_token_ids: tuple[int, ...] = ()  # label_words: first token of each label's word
     dropout: float = 0.1
+    # single_label: softmax over labels, cross-entropy; multi_label: one sigmoid per label,
+    # binary cross-entropy. Never mixed: softmax makes labels compete, which multi-label
+    # labels must not.
+    problem_type: Literal["single_label", "multi_label"] = "single_label"
 
     def __post_init__(self) -> None:
         allowed = {
@@ -55,6 +59,10 @@ class ModelSpec:
             raise ValueError("label_words needs one label token id per label")
         if self.layers is not None and self.layers < 1:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
+        if self.problem_type not in ("single_label", "multi_label"):
+            raise ValueError(
+                f"problem_type must be single_label or multi_label, got {self.problem_type!r}"
+            )
 
 
 def is_t5_config(config: PretrainedConfig) -> bool:
@@ -121,6 +129,11 @@ class Classifier(nn.Module):
             self.head = None
         else:
             self.head = nn.Linear(hidden, spec.num_labels)
+        # Loss options set by training; buffers are not persistent, so saved weights and the
+        # exported graph never carry them.
+        self.register_buffer("class_weights", None, persistent=False)  # (L,) or None
+        self.distill_temperature = 1.0
+        self.distill_alpha = 0.0
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask
@@ -134,6 +147,7 @@ class Classifier(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
+        soft_labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         hidden = self.encode(input_ids, attention_mask)  # (B, T, C)
         if self.spec.head == "mean_pool":
@@ -147,8 +161,42 @@ class Classifier(nn.Module):
                 logits = F.linear(last, self.label_words)  # (B, num_labels)
         result = {"logits": logits}
         if labels is not None:
-            result["loss"] = F.cross_entropy(logits.float(), labels)
+            result["loss"] = self.loss(logits, labels, soft_labels)
         return result
+
+    def loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Cross-entropy (single-label) or binary cross-entropy (multi-label) on the gold
+        labels, mixed with a distillation term on a teacher's soft labels when given:
+        KL at temperature T scaled by T^2 (Hinton et al. 2015), or BCE on the teacher's
+        sigmoid probabilities. Rows without a gold label (label -100; unlabeled texts) count
+        only through the teacher."""
+        logits = logits.float()  # (B, L)
+        multi = self.spec.problem_type == "multi_label"
+        if multi:
+            gold = labels.float()
+            has_gold = (gold >= 0).all(dim=1)  # (B,)
+            hard = F.binary_cross_entropy_with_logits(
+                logits[has_gold], gold[has_gold], pos_weight=self.class_weights
+            )
+        else:
+            has_gold = labels != -100
+            hard = F.cross_entropy(logits[has_gold], labels[has_gold], weight=self.class_weights)
+        if not has_gold.any():
+            hard = logits.sum() * 0.0  # a batch of unlabeled rows only
+        if soft_labels is None or self.distill_alpha == 0:
+            return hard
+        t = self.distill_temperature
+        if multi:
+            soft = F.binary_cross_entropy_with_logits(logits / t, soft_labels.float())
+        else:
+            soft = F.kl_div(
+                F.log_softmax(logits / t, dim=-1), soft_labels.float(), reduction="batchmean"
+            )
+        soft = soft * t * t
+        alpha = self.distill_alpha if has_gold.any() else 1.0
+        return alpha * soft + (1 - alpha) * hard
 
 
 def cut_layers(backbone: PreTrainedModel, layers: int | None) -> None:

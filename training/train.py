@@ -8,41 +8,99 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+from transformers import (
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
 
 from smallcls import pretrained
 from smallcls.config import TrainConfig, to_dict
-from smallcls.data import Dataset, load_dataset, load_hub_dataset
-from smallcls.manifest import fill_template
-from smallcls.metrics import classification_metrics
-from training.families import Classifier, ModelSpec, build_classifier
-from training.run_dir import COMPLETE, environment, save_model_dir, write_json
-from training.tokenize import label_token_ids, load_tokenizer
+from smallcls.data import (
+    Dataset,
+    Split,
+    benchmark,
+    benchmark_paths,
+    load_dataset,
+    load_hub_dataset,
+)
+from smallcls.metrics import classification_metrics, multilabel_metrics, oos_metrics
+from training.adapters import add_lora, merge_lora
+from training.families import Classifier, ModelSpec, build_classifier, prepare_backbone
+from training.run_dir import COMPLETE, environment, load_run, save_model_dir, write_json
+from training.thresholds import (
+    apply_label_thresholds,
+    reject_below,
+    sigmoid,
+    softmax,
+    tune_label_thresholds,
+    tune_rejection_threshold,
+)
+from training.tokenize import label_token_ids, load_tokenizer, prepare_texts, truncation_side
 
 log = logging.getLogger(__name__)
 
 
 class EncodedTexts(torch.utils.data.Dataset):
-    def __init__(self, encodings: dict[str, list[list[int]]], labels: list[int]) -> None:
+    """Token ids with gold labels (an int, or a 0/1 vector for multi-label; -100 / -1s for
+    unlabeled rows) and, when distilling, the teacher's soft labels."""
+
+    def __init__(
+        self,
+        encodings: dict[str, list[list[int]]],
+        labels: list,
+        soft_labels: np.ndarray | None = None,
+    ) -> None:
         self.encodings = encodings
         self.labels = labels
+        self.soft_labels = soft_labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {
+        item = {
             "input_ids": self.encodings["input_ids"][i],
             "attention_mask": self.encodings["attention_mask"][i],
             "labels": self.labels[i],
         }
+        if self.soft_labels is not None:
+            item["soft_labels"] = self.soft_labels[i].tolist()
+        return item
+
+
+def resolved_truncation(config: TrainConfig) -> str:
+    """The config's truncation, else the dataset's, else head (label-word prompts: tail, so
+    the question after the text survives)."""
+    if config.truncation:
+        return config.truncation
+    if config.head == "label_words":
+        return "tail"
+    if config.dataset:
+        return benchmark(config.dataset).truncation
+    return "head"
+
+
+class NoFinalCheckpoint(TrainerCallback):
+    """The Trainer saves a checkpoint when training ends; the run saves its own model right
+    after, so that one would only cost time and disk (1.6 GB for SmolLM2 with AdamW state)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+        return control
 
 
 def pick_device(requested: str) -> str:
@@ -62,11 +120,14 @@ def predict_logits(
     max_length: int,
     batch_size: int,
     template: str = "{text}",
+    truncation: str = "head",
 ) -> np.ndarray:
     """(N, L) logits in input order; batches are length-sorted so padding stays small."""
     model.eval()
     device = next(model.parameters()).device
-    prompts = fill_template(template, texts)
+    prompts = prepare_texts(
+        tokenizer, texts, template=template, max_length=max_length, truncation=truncation
+    )
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = np.zeros((len(prompts), model.spec.num_labels), dtype=np.float32)
     for start in range(0, len(order), batch_size):
@@ -83,27 +144,83 @@ def predict_logits(
     return out
 
 
-def evaluate(model: Classifier, tokenizer, dataset: Dataset, split: str, config: TrainConfig):
-    part = getattr(dataset, split)
-    start = time.perf_counter()
-    logits = predict_logits(
+def split_logits(model: Classifier, tokenizer, part: Split, config: TrainConfig, template: str):
+    return predict_logits(
         model,
         tokenizer,
         part.texts,
         max_length=config.max_length,
         batch_size=config.eval_batch_size,
-        template=config.prompt_template,
+        template=template,
+        truncation=resolved_truncation(config),
     )
-    metrics = classification_metrics(
-        dataset.label_ids(part), logits.argmax(-1).tolist(), dataset.label_names
-    )
+
+
+def tune_decision(
+    dataset: Dataset, val_logits: np.ndarray, config: TrainConfig
+) -> dict[str, Any] | None:
+    """What `thresholds.json` holds: per-label thresholds (multi-label) or the out-of-scope
+    rejection threshold, both tuned on validation; None for plain single-label runs."""
+    if dataset.problem_type == "multi_label":
+        thresholds = tune_label_thresholds(
+            sigmoid(val_logits), dataset.label_matrix(dataset.validation)
+        )
+        return {"problem_type": "multi_label", "thresholds": thresholds}
+    oos = benchmark(config.dataset).oos_label if config.dataset else None
+    if oos and oos in dataset.label_names:
+        oos_index = dataset.label_names.index(oos)
+        y_val = np.asarray(dataset.label_ids(dataset.validation))
+        t = tune_rejection_threshold(softmax(val_logits), y_val, oos_index)
+        return {"problem_type": "single_label", "rejection_threshold": t, "oos_label": oos}
+    return None
+
+
+def score(
+    dataset: Dataset, part: Split, logits: np.ndarray, decision: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Metrics of one split's logits under the run's decision rule."""
+    if dataset.problem_type == "multi_label":
+        probs = sigmoid(logits)
+        thresholds = decision["thresholds"] if decision else [0.5] * probs.shape[1]
+        return {"problem_type": "multi_label"} | multilabel_metrics(
+            dataset.label_matrix(part),
+            apply_label_thresholds(probs, thresholds),
+            dataset.label_names,
+        )
+    y_true = dataset.label_ids(part)
+    pred = logits.argmax(-1)
+    metrics = classification_metrics(y_true, pred.tolist(), dataset.label_names)
+    if decision and "oos_label" in decision:
+        oos_index = dataset.label_names.index(decision["oos_label"])
+        # Both: the model trained with an oos class alone (argmax), and with rejection.
+        metrics["oos_argmax"] = oos_metrics(y_true, pred, oos_index)
+        rejected = reject_below(softmax(logits), decision["rejection_threshold"], oos_index)
+        metrics["oos"] = oos_metrics(y_true, rejected, oos_index)
+        metrics["oos"]["rejection_threshold"] = decision["rejection_threshold"]
+    return metrics
+
+
+def evaluate(
+    model: Classifier,
+    tokenizer,
+    dataset: Dataset,
+    split: str,
+    config: TrainConfig,
+    decision: dict[str, Any] | None = None,
+    template: str | None = None,
+) -> dict[str, Any]:
+    part = getattr(dataset, split)
+    start = time.perf_counter()
+    logits = split_logits(model, tokenizer, part, config, template or config.prompt_template)
+    metrics = score(dataset, part, logits, decision)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     log.info(
-        "%s %s: accuracy %.4f, macro-F1 %.4f (%d rows)",
+        "%s %s: %s (%d rows)",
         config.name,
         split,
-        metrics["accuracy"],
-        metrics["macro_f1"],
+        ", ".join(
+            f"{k} {metrics[k]:.4f}" for k in ("accuracy", "micro_f1", "macro_f1") if k in metrics
+        ),
         metrics["rows"],
     )
     return metrics
@@ -112,40 +229,98 @@ def evaluate(model: Classifier, tokenizer, dataset: Dataset, split: str, config:
 def dataset_for(config: TrainConfig) -> Dataset:
     """The config's dataset: local files, or a hub dataset name when one is given."""
     if config.hub_dataset:
-        return load_hub_dataset(config.hub_dataset, seed=config.seed)
-    return load_dataset(
-        config.train_path,
-        config.test_path,
-        validation_path=config.validation_path,
-        val_fraction=config.val_fraction,
-        max_val_rows=config.max_val_rows,
-        seed=config.seed,
-    )
+        dataset = load_hub_dataset(config.hub_dataset, seed=config.seed)
+    else:
+        paths: dict[str, Any] = {
+            "train": config.train_path,
+            "test": config.test_path,
+            "validation": config.validation_path,
+        }
+        if config.dataset:
+            paths = benchmark_paths(config.dataset, config.datasets_dir)
+        dataset = load_dataset(
+            paths["train"],
+            paths["test"],
+            validation_path=paths["validation"],
+            val_fraction=config.val_fraction,
+            max_val_rows=config.max_val_rows,
+            seed=config.seed,
+            name=config.dataset or "",
+        )
+    if config.test_rows:
+        # CPU budgets only: validation and test both capped, and the run records it.
+        dataset = Dataset(
+            dataset.name,
+            dataset.label_names,
+            dataset.train,
+            dataset.validation.subsample(config.test_rows, config.seed),
+            dataset.test.subsample(config.test_rows, config.seed),
+        )
+    return dataset
+
+
+_LOGGERS = ("smallcls", "training", "transformers.trainer")
+_saved_levels: dict[str, int] = {}
 
 
 def _attach_log_file(path: Path) -> logging.Handler:
+    """The run's train.log gets INFO even when the caller's logging is quieter (tests, an
+    embedding application): the run directory must say what happened, e.g. a resume."""
     handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("smallcls", "training", "transformers.trainer"):
-        logging.getLogger(name).addHandler(handler)
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.INFO:
+            _saved_levels[name] = logger.level
+            logger.setLevel(logging.INFO)
     return handler
 
 
 def _detach_log_file(handler: logging.Handler) -> None:
-    for name in ("smallcls", "training", "transformers.trainer"):
-        logging.getLogger(name).removeHandler(handler)
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        logger.removeHandler(handler)
+        if name in _saved_levels:
+            logger.setLevel(_saved_levels.pop(name))
     handler.close()
 
 
-def train(config: TrainConfig, runs_dir: Path | str, *, show_progress: bool = True) -> Path:
-    """Train one model; returns its complete run directory `<runs_dir>/<config.name>`."""
+def _resumable(run_dir: Path, config: TrainConfig) -> bool:
+    """A `.partial` run of the same config with a checkpoint to go on from."""
+    config_path = run_dir / "config.json"
+    if not config_path.is_file() or not (run_dir / "checkpoints").is_dir():
+        return False
+    if json.loads(config_path.read_text()) != to_dict(config):
+        return False
+    return get_last_checkpoint(str(run_dir / "checkpoints")) is not None
+
+
+def train(
+    config: TrainConfig,
+    runs_dir: Path | str,
+    *,
+    show_progress: bool = True,
+    callbacks: list[TrainerCallback] | None = None,
+) -> Path:
+    """Train one model; returns its complete run directory `<runs_dir>/<config.name>`.
+
+    A run killed mid-way (Ctrl-C, SIGKILL) leaves `<name>.partial` with its last checkpoint;
+    training the same config again resumes from there (optimizer, schedule, RNG and data order
+    restored by the Trainer). `COMPLETE` is written last and the directory renamed only then,
+    so a half-written run never looks complete."""
     final_dir = Path(runs_dir) / config.name
     run_dir = final_dir.with_name(final_dir.name + ".partial")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    resume = _resumable(run_dir, config)
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
     handler = _attach_log_file(run_dir / "train.log")
     try:
-        _train_into(config, run_dir, show_progress)
+        if resume:
+            log.info("%s: resuming from %s", config.name, run_dir)
+        _train_into(config, run_dir, show_progress, resume=resume, callbacks=callbacks or [])
     finally:
         _detach_log_file(handler)
     (run_dir / COMPLETE).write_text("ok\n")
@@ -154,25 +329,95 @@ def train(config: TrainConfig, runs_dir: Path | str, *, show_progress: bool = Tr
     return final_dir
 
 
-def _train_into(config: TrainConfig, run_dir: Path, show_progress: bool) -> None:
+def few_shot_template(config: TrainConfig, train_split: Split, labels: list[str]) -> str:
+    """The prompt with k seeded training examples per class before it, each followed by its
+    label word, as in GPT-3's in-context learning (Brown et al. 2020). Examples are cut to
+    200 characters so k x classes of them fit the token budget."""
+    if not config.few_shot_k or not config.label_words:
+        return config.prompt_template
+    rng = random.Random(config.seed)
+    by_label: dict[str, list[str]] = {label: [] for label in labels}
+    for text, label in zip(train_split.texts, train_split.labels, strict=True):
+        by_label[label].append(text)
+    demos = []
+    for label in labels:
+        for text in rng.sample(by_label[label], min(config.few_shot_k, len(by_label[label]))):
+            filled = config.prompt_template.replace("{text}", text[:200])
+            demos.append((filled + config.label_words[label], rng.random()))
+    demos.sort(key=lambda d: d[1])  # shuffled: the label order must not leak into the answer
+    return "".join(d[0] + "\n\n" for d in demos) + config.prompt_template
+
+
+def class_weights(dataset: Dataset, split: Split) -> torch.Tensor:
+    """Inverse-frequency weights, n / (L * count) (sklearn's "balanced"); multi-label: the
+    BCE pos_weight negatives / positives per label, capped at 50 for labels seen once."""
+    if split.multi_label:
+        y = dataset.label_matrix(split)
+        pos = y.sum(axis=0)
+        return torch.tensor(
+            np.clip((len(y) - pos) / np.maximum(pos, 1), 1, 50), dtype=torch.float32
+        )
+    counts = Counter(split.labels)
+    n, k = len(split), len(dataset.label_names)
+    return torch.tensor(
+        [n / (k * max(1, counts.get(name, 0))) for name in dataset.label_names], dtype=torch.float32
+    )
+
+
+def teacher_soft_labels(
+    config: TrainConfig, texts: list[str], problem_type: str, labels: list[str]
+) -> np.ndarray:
+    """The teacher run's probabilities at the distillation temperature, (N, L)."""
+    teacher, tokenizer, teacher_config, teacher_labels = load_run(config.teacher_run)
+    if teacher_labels != labels:
+        raise ValueError(f"teacher labels {teacher_labels} != this dataset's {labels}")
+    teacher.to(pick_device(config.device))
+    logits = predict_logits(
+        teacher,
+        tokenizer,
+        texts,
+        max_length=teacher_config.max_length,
+        batch_size=config.eval_batch_size,
+        template=teacher_config.prompt_template,
+        truncation=resolved_truncation(teacher_config),
+    )
+    t = config.distill_temperature
+    return sigmoid(logits / t) if problem_type == "multi_label" else softmax(logits / t)
+
+
+def _train_into(
+    config: TrainConfig,
+    run_dir: Path,
+    show_progress: bool,
+    *,
+    resume: bool = False,
+    callbacks: list[TrainerCallback] | None = None,
+) -> None:
     torch.set_num_threads(config.threads)
     set_seed(config.seed)
     device = pick_device(config.device)
     write_json(run_dir / "config.json", to_dict(config))
 
     dataset = dataset_for(config)
+    multi = dataset.problem_type == "multi_label"
     train_split = dataset.train.subsample(config.train_rows, config.seed)
+    truncation = resolved_truncation(config)
     log.info(
-        "%s: %d train / %d validation / %d test rows, labels %s",
+        "%s: %s, %d train / %d validation / %d test rows, %d labels, truncation %s",
         config.name,
+        dataset.problem_type,
         len(train_split),
         len(dataset.validation),
         len(dataset.test),
-        dataset.label_names,
+        len(dataset.label_names),
+        truncation,
     )
+    if multi and config.head == "label_words":
+        raise ValueError("label_words scores one label per text: use a mean_pool/last_token head")
 
     source = pretrained.resolve(config.base_model)
     tokenizer = load_tokenizer(source, head=config.head)
+    tokenizer.truncation_side = truncation_side(truncation)
     spec = ModelSpec(
         family=config.family,  # type: ignore[arg-type]
         head=config.head,  # type: ignore[arg-type]
@@ -183,11 +428,33 @@ def _train_into(config: TrainConfig, run_dir: Path, show_progress: bool) -> None
             if config.head == "label_words" and config.label_words
             else ()
         ),
+        problem_type=dataset.problem_type,  # type: ignore[arg-type]
     )
-    model = build_classifier(source, spec)
+    budget: dict[str, Any] = {"rows": len(train_split), "device": device, "truncation": truncation}
+    if config.mntp_steps:
+        from training.mntp import adapt_mntp
+
+        lm, budget["mntp"] = adapt_mntp(
+            source,
+            tokenizer,
+            train_split.texts,
+            layers=config.layers,
+            steps=config.mntp_steps,
+            batch_size=config.batch_size,
+            max_length=config.max_length,
+            mask_prob=config.mntp_mask_prob,
+            learning_rate=config.mntp_learning_rate,
+            lora_r=config.lora_r or 16,
+            seed=config.seed,
+            device=device,
+        )
+        model = Classifier(prepare_backbone(lm.get_decoder(), spec), spec)
+    else:
+        model = build_classifier(source, spec)
     if model.backbone.config.pad_token_id is None:
         model.backbone.config.pad_token_id = tokenizer.pad_token_id
     parameters = sum(p.numel() for p in model.parameters())
+    budget["parameters"] = parameters
     log.info(
         "%s: %s/%s on %s, %.1fM parameters",
         config.name,
@@ -196,69 +463,187 @@ def _train_into(config: TrainConfig, run_dir: Path, show_progress: bool) -> None
         pretrained.describe(config.base_model),
         parameters / 1e6,
     )
+    template = few_shot_template(config, train_split, dataset.label_names)
 
-    budget: dict[str, Any] = {"rows": len(train_split), "device": device, "parameters": parameters}
-    start = time.perf_counter()
     if config.zero_shot:
-        budget.update(seconds=0.0, examples_seen=0, tokens_seen=0, zero_shot=True)
-    else:
-        encodings = tokenizer(
-            fill_template(config.prompt_template, train_split.texts),
-            truncation=True,
-            max_length=config.max_length,
-        )
-        label_index = {name: i for i, name in enumerate(dataset.label_names)}
-        train_data = EncodedTexts(encodings, [label_index[x] for x in train_split.labels])
-        use_cuda = device == "cuda"
-        args = TrainingArguments(
-            output_dir=str(run_dir / "checkpoints"),
-            per_device_train_batch_size=config.batch_size,
-            group_by_length=config.group_by_length,
-            num_train_epochs=config.epochs,
-            learning_rate=config.learning_rate,
-            weight_decay=config.weight_decay,
-            warmup_ratio=config.warmup_ratio,
-            lr_scheduler_type="linear",
-            logging_steps=10,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to=[],
-            seed=config.seed,
-            use_cpu=not use_cuda,
-            bf16=use_cuda and torch.cuda.is_bf16_supported(),
-            fp16=use_cuda and not torch.cuda.is_bf16_supported(),
-            dataloader_num_workers=0,
-            disable_tqdm=not show_progress,
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=train_data,
-            data_collator=DataCollatorWithPadding(tokenizer),
-        )
-        result = trainer.train()
-        with open(run_dir / "trainer_log.jsonl", "w", encoding="utf-8") as fh:
-            for entry in trainer.state.log_history:
-                fh.write(json.dumps(entry) + "\n")
-        tokens = sum(len(ids) for ids in encodings["input_ids"])
         budget.update(
-            seconds=round(time.perf_counter() - start, 1),
-            examples_seen=int(len(train_data) * config.epochs),
-            tokens_seen=int(tokens * config.epochs),
-            final_loss=result.training_loss,
+            seconds=0.0, examples_seen=0, tokens_seen=0, estimated_flops=0, zero_shot=True
         )
-        log.info(
-            "%s: trained in %.0f s, loss %.4f", config.name, budget["seconds"], result.training_loss
+        budget["few_shot_k"] = config.few_shot_k
+    else:
+        _fit(
+            config,
+            run_dir,
+            model,
+            tokenizer,
+            dataset,
+            train_split,
+            template,
+            budget,
+            device,
+            show_progress=show_progress,
+            resume=resume,
+            callbacks=callbacks or [],
         )
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
     model.to(device)  # evaluate where it trained; fp32 weights, so CPU export matches
+    val_logits = split_logits(model, tokenizer, dataset.validation, config, template)
+    decision = tune_decision(dataset, val_logits, config)
+    if config.test_rows:
+        budget["subsampled"] = f"validation and test capped at {config.test_rows} rows"
     metrics = {
         "train": budget,
-        "validation": evaluate(model, tokenizer, dataset, "validation", config),
-        "test": evaluate(model, tokenizer, dataset, "test", config),
+        "validation": score(dataset, dataset.validation, val_logits, decision),
+        "test": evaluate(model, tokenizer, dataset, "test", config, decision, template),
     }
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "environment.json", {**environment(), "device": device})
     model.to("cpu")
-    save_model_dir(run_dir / "model", model, tokenizer, dataset.label_names)
+    model_dir = run_dir / "model"
+    save_model_dir(model_dir, model, tokenizer, dataset.label_names)
+    if decision:
+        write_json(model_dir / "thresholds.json", decision)
+    if template != config.prompt_template:
+        write_json(model_dir / "prompt.json", {"prompt_template": template})
+
+
+def _fit(
+    config: TrainConfig,
+    run_dir: Path,
+    model: Classifier,
+    tokenizer,
+    dataset: Dataset,
+    train_split: Split,
+    template: str,
+    budget: dict[str, Any],
+    device: str,
+    *,
+    show_progress: bool,
+    resume: bool,
+    callbacks: list[TrainerCallback],
+) -> None:
+    """Fine-tune in place with the HF Trainer (LoRA merged back after); fills `budget`."""
+    texts, labels = list(train_split.texts), _gold(dataset, train_split)
+    soft = None
+    if config.teacher_run:
+        if config.unlabeled_path:
+            extra = _unlabeled_texts(config.unlabeled_path)
+            texts += extra
+            blank = (
+                [-1.0] * len(dataset.label_names) if dataset.problem_type == "multi_label" else -100
+            )
+            labels += [blank] * len(extra)
+        soft = teacher_soft_labels(config, texts, dataset.problem_type, dataset.label_names)
+        model.distill_temperature = config.distill_temperature
+        model.distill_alpha = config.distill_alpha
+        budget["distillation"] = {
+            "teacher_run": config.teacher_run,
+            "temperature": config.distill_temperature,
+            "alpha": config.distill_alpha,
+            "unlabeled_rows": len(texts) - len(train_split),
+        }
+    if config.class_weighting == "balanced":
+        model.class_weights = class_weights(dataset, train_split)
+    if config.lora_r:
+        model.backbone = add_lora(
+            model.backbone,
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            targets=config.lora_targets,
+        )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    prompts = prepare_texts(
+        tokenizer,
+        texts,
+        template=template,
+        max_length=config.max_length,
+        truncation=resolved_truncation(config),
+    )
+    encodings = tokenizer(prompts, truncation=True, max_length=config.max_length)
+    train_data = EncodedTexts(encodings, labels, soft)
+    use_cuda = device == "cuda"
+    args = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=config.batch_size,
+        group_by_length=config.group_by_length,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        lr_scheduler_type="linear",
+        logging_steps=10,
+        # Checkpoints exist to resume a killed run; one is enough.
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=1,
+        # torch.save, not safetensors: T5 encoders share their embedding between two
+        # modules, which safetensors' save_file refuses in the Trainer's checkpoint path.
+        save_safetensors=False,
+        eval_strategy="no",
+        report_to=[],
+        seed=config.seed,
+        use_cpu=not use_cuda,
+        bf16=use_cuda and torch.cuda.is_bf16_supported(),
+        fp16=use_cuda and not torch.cuda.is_bf16_supported(),
+        dataloader_num_workers=0,
+        disable_tqdm=not show_progress,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[*callbacks, NoFinalCheckpoint()],
+    )
+    checkpoint = get_last_checkpoint(args.output_dir) if resume else None
+    if checkpoint:
+        log.info("%s: resuming from checkpoint %s", config.name, checkpoint)
+        budget["resumed_from"] = Path(checkpoint).name
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    with open(run_dir / "trainer_log.jsonl", "w", encoding="utf-8") as fh:
+        for entry in trainer.state.log_history:
+            fh.write(json.dumps(entry) + "\n")
+    tokens = int(sum(len(ids) for ids in encodings["input_ids"]) * config.epochs)
+    # Forward 2N FLOPs per token, backward 4N (Kaplan et al. 2020, attention ignored); with
+    # LoRA the frozen weights need no weight gradients, so backward is about 2N.
+    per_token = 4 * total if config.lora_r else 6 * total
+    budget.update(
+        seconds=round(time.perf_counter() - start, 1),
+        examples_seen=int(len(train_data) * config.epochs),
+        tokens_seen=tokens,
+        estimated_flops=float(per_token * tokens),
+        flops_formula="4 x params x tokens (LoRA)" if config.lora_r else "6 x params x tokens",
+        trainable_parameters=trainable,
+        final_loss=result.training_loss,
+        optimizer_steps=trainer.state.global_step,
+    )
+    if config.lora_r:
+        budget["lora"] = {"r": config.lora_r, "alpha": config.lora_alpha}
+    if "mntp" in budget:
+        budget["estimated_flops"] += float(4 * total * budget["mntp"]["tokens_seen"])
+    log.info(
+        "%s: trained in %.0f s, loss %.4f", config.name, budget["seconds"], result.training_loss
+    )
+    model.backbone = merge_lora(model.backbone)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def _gold(dataset: Dataset, split: Split) -> list:
+    if split.multi_label:
+        return dataset.label_matrix(split).tolist()
+    return dataset.label_ids(split)
+
+
+def _unlabeled_texts(path: str) -> list[str]:
+    from smallcls.data import DatasetError, _rows
+
+    texts = []
+    for lineno, row in _rows(Path(path)):
+        text = row.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise DatasetError(f"{path}:{lineno}: field 'text' must be a non-empty string")
+        texts.append(text)
+    return texts

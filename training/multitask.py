@@ -1,0 +1,159 @@
+"""One causal LM fine-tuned on several classification tasks at once, told apart by task
+prompts; the comparison point for one encoder per task.
+
+Each task's texts go into its own prompt ("Review: {text}\\nSentiment:") and the model scores
+label words after it, as in the label-word head. The label set is the union of the tasks'
+label WORDS (tasks that share a word, e.g. SST-2 and IMDB's " positive", share its row), so
+training is next-token cross-entropy over those words, as instruction tuning would do over the
+whole vocabulary. Each task is evaluated on its own words only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import set_seed
+
+from smallcls import pretrained
+from smallcls.config import TrainConfig, to_dict
+from smallcls.data import Dataset, Split
+from smallcls.metrics import classification_metrics
+from training.families import ModelSpec, build_classifier
+from training.run_dir import COMPLETE, environment, save_model_dir, write_json
+from training.tokenize import label_token_ids, load_tokenizer, prepare_texts
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str  # a benchmark dataset name
+    prompt_template: str
+    label_words: dict[str, str]  # the task's label name -> word
+
+
+def _prefill(tokenizer, split: Split, task: Task, config: TrainConfig) -> list[str]:
+    return prepare_texts(
+        tokenizer,
+        split.texts,
+        template=task.prompt_template,
+        max_length=config.max_length,
+        truncation="tail",
+    )
+
+
+def train_multitask(
+    tasks: list[Task], base: TrainConfig, runs_dir: Path | str, *, show_progress: bool = False
+) -> Path:
+    """Train `<runs_dir>/<base.name>` on every task's (subsampled) training set; metrics.json
+    holds one entry per task. `base` gives the model and the budget (its dataset and
+    label_words are ignored); train_rows and test_rows apply per task."""
+    from training.train import (
+        _attach_log_file,
+        _detach_log_file,
+        _fit,
+        dataset_for,
+        pick_device,
+        predict_logits,
+    )
+
+    words = list(dict.fromkeys(w for t in tasks for w in t.label_words.values()))
+    config = dataclasses.replace(
+        base,
+        family="causal_lm",
+        head="label_words",
+        label_words={w: w for w in words},
+        prompt_template="{text}",
+        zero_shot=False,
+        few_shot_k=0,
+        dataset=None,
+        truncation="tail",
+    )
+    final_dir = Path(runs_dir) / config.name
+    run_dir = final_dir.with_name(final_dir.name + ".partial")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    handler = _attach_log_file(run_dir / "train.log")
+    try:
+        torch.set_num_threads(config.threads)
+        set_seed(config.seed)
+        device = pick_device(config.device)
+        write_json(run_dir / "config.json", to_dict(config))
+        write_json(run_dir / "tasks.json", [dataclasses.asdict(t) for t in tasks])
+        source = pretrained.resolve(config.base_model)
+        tokenizer = load_tokenizer(source, head="label_words")
+        per_task: dict[str, tuple[Dataset, Split]] = {}
+        texts: list[str] = []
+        labels: list[str] = []
+        for task in tasks:
+            dataset = dataset_for(dataclasses.replace(base, dataset=task.name))
+            if dataset.problem_type != "single_label":
+                raise ValueError(f"{task.name}: multi-task training takes single-label tasks")
+            train_split = dataset.train.subsample(base.train_rows, base.seed)
+            per_task[task.name] = (dataset, train_split)
+            texts += _prefill(tokenizer, train_split, task, config)
+            labels += [task.label_words[name] for name in train_split.labels]
+        union = Split(texts, labels)
+        joint = Dataset("multitask", words, union, union, union)
+        spec = ModelSpec(
+            family="causal_lm",
+            head="label_words",
+            num_labels=len(words),
+            label_token_ids=label_token_ids(tokenizer, words, config.label_words),
+        )
+        model = build_classifier(source, spec)
+        if model.backbone.config.pad_token_id is None:
+            model.backbone.config.pad_token_id = tokenizer.pad_token_id
+        budget: dict[str, Any] = {
+            "rows": len(union),
+            "device": device,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "tasks": {t.name: len(per_task[t.name][1]) for t in tasks},
+        }
+        _fit(
+            config,
+            run_dir,
+            model,
+            tokenizer,
+            joint,
+            union,
+            "{text}",
+            budget,
+            device,
+            show_progress=show_progress,
+            resume=False,
+            callbacks=[],
+        )
+        model.to(device)
+        metrics: dict[str, Any] = {"train": budget, "tasks": {}}
+        for task in tasks:
+            dataset, _ = per_task[task.name]
+            columns = [words.index(task.label_words[name]) for name in dataset.label_names]
+            logits = predict_logits(
+                model,
+                tokenizer,
+                _prefill(tokenizer, dataset.test, task, config),
+                max_length=config.max_length,
+                batch_size=config.eval_batch_size,
+                truncation="tail",
+            )[:, columns]  # the task's own words only
+            result = classification_metrics(
+                dataset.label_ids(dataset.test), logits.argmax(-1).tolist(), dataset.label_names
+            )
+            log.info("%s %s: accuracy %.4f", config.name, task.name, result["accuracy"])
+            metrics["tasks"][task.name] = {"test": result}
+        write_json(run_dir / "metrics.json", metrics)
+        write_json(run_dir / "environment.json", {**environment(), "device": device})
+        model.to("cpu")
+        save_model_dir(run_dir / "model", model, tokenizer, words)
+    finally:
+        _detach_log_file(handler)
+    (run_dir / COMPLETE).write_text("ok\n")
+    shutil.rmtree(final_dir, ignore_errors=True)
+    run_dir.rename(final_dir)
+    return final_dir
