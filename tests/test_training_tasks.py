@@ -226,7 +226,7 @@ def test_lora_adapters_merge_and_the_run_exports(tiny_dirs, tmp_path):
     assert budget["trainable_parameters"] < budget["parameters"] / 2
     weights = (run / "model" / "model.safetensors").read_bytes()
     assert b"lora_" not in weights[:20000]  # merged: plain weight names only
-    (model_dir,) = export_run(run, tmp_path / "models", precisions=("fp32",), parity_rows=16)
+    (model_dir,) = export_run(run, tmp_path / "models", variants=("fp32",), parity_rows=16)
     manifest = Manifest.read(model_dir)
     assert manifest.parity["max_abs_logit_diff_vs_torch"] < 1e-3
 
