@@ -53,6 +53,19 @@ class LoadTestError(RuntimeError):
     """A load test that could not run or whose results cannot be read; names the file."""
 
 
+def read_json_object(path: Path, *, written_by: str) -> dict[str, Any]:
+    """A JSON object saved by a load test or sweep; errors say which file and what to pass."""
+    if not path.is_file():
+        raise LoadTestError(f"{path} not found: pass a directory written by {written_by}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise LoadTestError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise LoadTestError(f"{path}: expected a JSON object")
+    return data
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoadSummary:
     model: str
@@ -133,14 +146,7 @@ class LoadSummary:
     @classmethod
     def read(cls, out_dir: Path) -> LoadSummary:
         path = Path(out_dir) / SUMMARY_NAME
-        if not path.is_file():
-            raise LoadTestError(f"{path} not found: pass a directory written by run_loadtest")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise LoadTestError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise LoadTestError(f"{path}: expected a JSON object")
+        data = read_json_object(path, written_by="run_loadtest")
         return cls.from_dict(data, source=str(path))
 
 

@@ -22,7 +22,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtests.run import SUMMARY_NAME, LoadSummary, LoadTestError, run_loadtest
+from loadtests.run import (
+    SUMMARY_NAME,
+    LoadSummary,
+    LoadTestError,
+    read_json_object,
+    run_loadtest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +67,9 @@ class SweepSummary:
     @classmethod
     def read(cls, out_dir: Path) -> SweepSummary:
         path = Path(out_dir) / SWEEP_NAME
-        if not path.is_file():
-            raise LoadTestError(f"{path} not found: pass a directory written by a sweep")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise LoadTestError(f"{path} is not valid JSON: {exc}") from exc
+        data = read_json_object(path, written_by="a sweep")
         known = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(data, dict) or known - set(data):
+        if known - set(data):
             raise LoadTestError(f"{path}: expected an object with keys {sorted(known)}")
         # Unknown keys are ignored: a newer sweep may record more than this reader knows.
         return cls(**{k: data[k] for k in known})
