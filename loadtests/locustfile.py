@@ -9,6 +9,14 @@ Settings come from the environment (read in `load_settings` only):
   SMALLCLS_LOADTEST_MODEL      model name sent in every request and expected back (required)
   SMALLCLS_LOADTEST_BATCH      texts per request (default 1)
   SMALLCLS_LOADTEST_TIMEOUT_S  per-request network timeout in seconds (default 60)
+  SMALLCLS_LOADTEST_TOKEN      bearer token sent with every request (when auth is on)
+  SMALLCLS_LOADTEST_RATE       requests per second per user (paced, open-loop-like); default:
+                               back to back, no think time
+  SMALLCLS_LOADTEST_SHED       "fail" (default): 429/503 are failures, as a sweep needs; "count":
+                               they are load shedding, recorded as successes under the name
+                               `shed:<model>`, so `classify:<model>` holds accepted requests only
+  SMALLCLS_LOADTEST_REQUEST_LOG  CSV file with one line per request (start time, latency,
+                               status, outcome), for timelines finer than locust's history
 """
 
 from __future__ import annotations
@@ -21,15 +29,19 @@ import json
 import math
 import os
 import random
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from locust import constant, events, task
+from locust import constant, constant_throughput, events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 DEFAULT_TIMEOUT_S = 60.0
+SHED_STATUSES = (429, 503)  # BentoML's concurrency limit; the model queue full or too slow
+SHED_MODES = ("fail", "count")
+REQUEST_LOG_HEADER = "start,ms,status,outcome,error\n"
 # Failure messages end up as keys in locust's failure table: keep them short and free of
 # per-request values so identical problems group into one row.
 MAX_ERROR_CHARS = 200
@@ -44,6 +56,10 @@ class Settings:
     model: str
     batch: int = 1
     timeout_s: float = DEFAULT_TIMEOUT_S
+    token: str | None = dataclasses.field(default=None, repr=False)
+    rate: float | None = None  # requests per second per user; None: back to back
+    shed: str = "fail"
+    request_log: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -52,6 +68,10 @@ class Settings:
             raise ValueError(f"SMALLCLS_LOADTEST_BATCH must be >= 1, got {self.batch}")
         if not self.timeout_s > 0:
             raise ValueError(f"SMALLCLS_LOADTEST_TIMEOUT_S must be > 0, got {self.timeout_s}")
+        if self.rate is not None and not self.rate > 0:
+            raise ValueError(f"SMALLCLS_LOADTEST_RATE must be > 0, got {self.rate}")
+        if self.shed not in SHED_MODES:
+            raise ValueError(f"SMALLCLS_LOADTEST_SHED must be one of {SHED_MODES}: {self.shed!r}")
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -60,6 +80,8 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     model = environ.get("SMALLCLS_LOADTEST_MODEL", "")
     batch = environ.get("SMALLCLS_LOADTEST_BATCH", "1")
     timeout_s = environ.get("SMALLCLS_LOADTEST_TIMEOUT_S", str(DEFAULT_TIMEOUT_S))
+    rate = environ.get("SMALLCLS_LOADTEST_RATE", "").strip()
+    request_log = environ.get("SMALLCLS_LOADTEST_REQUEST_LOG", "").strip()
     if not texts:
         raise ValueError("SMALLCLS_LOADTEST_TEXTS must name a JSON Lines file of texts")
     try:
@@ -68,6 +90,10 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
             model=model,
             batch=int(batch),
             timeout_s=float(timeout_s),
+            token=environ.get("SMALLCLS_LOADTEST_TOKEN", "").strip() or None,
+            rate=float(rate) if rate else None,
+            shed=environ.get("SMALLCLS_LOADTEST_SHED", "fail").strip() or "fail",
+            request_log=Path(request_log) if request_log else None,
         )
     except ValueError as exc:
         raise ValueError(f"bad load-test setting: {exc}") from exc
@@ -138,6 +164,54 @@ def _on_init(environment: Any, **_kwargs: Any) -> None:
     prefix = getattr(environment.parsed_options, "csv_prefix", None)
     if prefix:
         environment.events.quit.add_listener(functools.partial(_write_final, environment, prefix))
+    settings, _ = _shared()
+    # Only where requests are made: a master's users live in its workers.
+    if settings.request_log is not None and not _is_master(environment):
+        RequestLog(settings.request_log).attach(environment)
+
+
+def _is_master(environment: Any) -> bool:
+    return bool(getattr(environment.parsed_options, "master", False))
+
+
+class RequestLog:
+    """One CSV line per request: start (epoch s), latency (ms), HTTP status (0: no answer),
+    outcome (ok, shed, fail) and the error. Lets a caller cut a run into seconds or minutes
+    around an event (a worker killed, load dropped), which locust's cumulative stats cannot."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle = open(path, "w", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+        self._handle.write(REQUEST_LOG_HEADER)
+        self._flushed = time.monotonic()
+
+    def attach(self, environment: Any) -> None:
+        environment.events.request.add_listener(self.on_request)
+        environment.events.quit.add_listener(lambda **_kw: self._handle.close())
+
+    def on_request(
+        self,
+        name: str,
+        response_time: float,
+        start_time: float | None = None,
+        response: Any = None,
+        exception: Any = None,
+        **_kwargs: Any,
+    ) -> None:
+        if self._handle.closed:
+            return
+        status = getattr(response, "status_code", 0) or 0
+        if exception is not None:
+            outcome = "fail"
+        elif name.startswith("shed:"):
+            outcome = "shed"
+        else:
+            outcome = "ok"
+        error = "" if exception is None else " ".join(str(exception)[:80].replace(",", ";").split())
+        start = start_time or 0.0
+        self._handle.write(f"{start:.4f},{response_time:.2f},{status},{outcome},{error}\n")
+        if time.monotonic() - self._flushed > 1:  # readers follow the run (about once a second)
+            self._handle.flush()
+            self._flushed = time.monotonic()
 
 
 def _write_final(environment: Any, prefix: str, **_kwargs: Any) -> None:
@@ -154,10 +228,20 @@ def _write_final(environment: Any, prefix: str, **_kwargs: Any) -> None:
         writer.failures_csv(csv.writer(handle))
 
 
-class ClassifyUser(FastHttpUser):
-    """Sends batches of real texts back to back: no think time, so users saturate the server."""
+def _wait_time(user: Any) -> float:
+    # Paced users (SMALLCLS_LOADTEST_RATE) offer a known load however fast the server answers
+    # (a shed request returns at once, so back-to-back users would multiply their rate).
+    rate = user.settings.rate
+    if rate is None:
+        return constant(0)(user)
+    return constant_throughput(rate)(user)
 
-    wait_time = constant(0)
+
+class ClassifyUser(FastHttpUser):
+    """Sends batches of real texts back to back (no think time, so users saturate the
+    server), or paced at SMALLCLS_LOADTEST_RATE requests per second per user."""
+
+    wait_time = _wait_time
 
     def __init__(self, environment: Any) -> None:
         self.settings, texts = _shared()
@@ -169,17 +253,30 @@ class ClassifyUser(FastHttpUser):
         start = random.randrange(len(texts))
         self._texts: Iterator[str] = itertools.cycle(texts[start:] + texts[:start])
         self._request_name = f"classify:{self.settings.model}"
+        self._shed_name = f"shed:{self.settings.model}"
+        self._headers = (
+            {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else None
+        )
 
     @task
     def classify(self) -> None:
         batch = [next(self._texts) for _ in range(self.settings.batch)]
         payload = {"texts": batch, "model": self.settings.model}
         with self.client.post(
-            "/classify", json=payload, name=self._request_name, catch_response=True
+            "/classify",
+            json=payload,
+            name=self._request_name,
+            headers=self._headers,
+            catch_response=True,
         ) as response:
             error = getattr(response, "error", None)
             if response.status_code == 0 and error is not None:  # refused, reset, timed out
                 response.failure(f"connection error: {error!r}"[:MAX_ERROR_CHARS])
+                return
+            if response.status_code in SHED_STATUSES and self.settings.shed == "count":
+                # Load shedding is the service working as designed: its own row, not a failure.
+                response.request_meta["name"] = self._shed_name
+                response.success()
                 return
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {_error_of(response.text)}")

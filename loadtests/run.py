@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,7 @@ def run_loadtest(
     server_pid: int | None = None,
     shape: str | None = None,
     shape_scale: float = 1.0,
+    extra_env: Mapping[str, str] | None = None,
 ) -> LoadSummary:
     """Load-test `POST {host}/classify` for `run_time_s` seconds and write `summary.json`.
 
@@ -201,7 +203,8 @@ def run_loadtest(
     process tree used during the test is recorded (`server_cpu_percent`, 100 = one core).
     `shape` plays a load-shape table (loadtests/shapes.py: ramp, steps, spike; `shape_scale`
     stretches its time axis) instead of a fixed number of users; `users` and `run_time_s`
-    then only record the peak and bound the run.
+    then only record the peak and bound the run. `extra_env` passes more SMALLCLS_LOADTEST_*
+    settings to the locustfile (token, pacing, shed mode, request log; see its docstring).
     """
     if users < 1 or batch < 1 or run_time_s < 1 or spawn_rate <= 0:
         raise ValueError(
@@ -249,6 +252,7 @@ def run_loadtest(
         SMALLCLS_LOADTEST_MODEL=model,
         SMALLCLS_LOADTEST_BATCH=str(batch),
     )
+    env.update(extra_env or {})
     if shape:
         env.update(SMALLCLS_LOADTEST_SHAPE=shape, SMALLCLS_LOADTEST_SHAPE_SCALE=str(shape_scale))
     if timeout_s is not None:
@@ -263,6 +267,8 @@ def run_loadtest(
     )  # fmt: skip
     # A shape runs for its table's length, whatever --run-time says.
     bound_s = max(run_time_s, SHAPE_MAX_S * shape_scale) if shape else run_time_s
+    if env.get("SMALLCLS_LOADTEST_STAGES"):
+        bound_s = max(bound_s, stages_length_s(env["SMALLCLS_LOADTEST_STAGES"]))
     cpu = ServerCpu(server_pid) if server_pid is not None else None
     with open(log_path, "w", encoding="utf-8") as log:
         worker_cmd = [sys.executable, "-m", "locust", "-f", locustfiles, "--worker"]
@@ -317,6 +323,15 @@ def run_loadtest(
     return summary
 
 
+def stages_length_s(stages_json: str) -> float:
+    """The end of the last stage of a SMALLCLS_LOADTEST_STAGES table (loadtests/shapes.py,
+    which checks it; not imported here because it imports locust)."""
+    try:
+        return max(float(row[0]) for row in json.loads(stages_json))
+    except (ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"SMALLCLS_LOADTEST_STAGES is not a stage table: {exc}") from None
+
+
 def summarize_stats(
     stats_csv: Path, *, model: str, users: int, run_time_s: int, batch: int
 ) -> LoadSummary:
@@ -327,10 +342,15 @@ def summarize_stats(
         raise LoadTestError(f"{stats_csv} has no Aggregated row")
     name = f"classify:{model}"
     row = rows.get(name)
+    # Requests the server shed (429/503), when the locustfile counts them apart.
+    shed = rows.get(f"shed:{model}")
+    shed_count = _int(shed, "Request Count", stats_csv) if shed is not None else 0
     if row is None:
         # No request finished at all: locust writes only the (empty) total.
         row = total
-    elif _int(row, "Request Count", stats_csv) != _int(total, "Request Count", stats_csv):
+    elif _int(row, "Request Count", stats_csv) + shed_count != _int(
+        total, "Request Count", stats_csv
+    ):
         logger.warning("%s: requests other than %s were made; summarising %s only",
                        stats_csv, name, name)  # fmt: skip
 

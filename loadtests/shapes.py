@@ -4,10 +4,13 @@ Each stage holds until `until_s` seconds from the start with `users` users, reac
 `spawn_rate` users per second. The shape is chosen by SMALLCLS_LOADTEST_SHAPE (ramp, steps,
 spike); `SMALLCLS_LOADTEST_SHAPE_SCALE` stretches the time axis (0.5 halves every stage), so
 a CI run and a real test use the same table. The test ends after the last stage.
+SMALLCLS_LOADTEST_STAGES='[[60, 150, 150], [90, 25, 150]]' plays a table given as JSON
+(until_s, users, spawn_rate) instead, for a caller that computes its stages (bench/reliability.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import NamedTuple
 
@@ -43,11 +46,29 @@ SHAPES: dict[str, tuple[Stage, ...]] = {
 }
 
 
+def parse_stages(raw: str) -> tuple[Stage, ...]:
+    """A stage table from JSON `[[until_s, users, spawn_rate], ...]`, checked."""
+    try:
+        rows = json.loads(raw)
+        stages = tuple(Stage(float(u), int(n), float(r)) for u, n, r in rows)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"SMALLCLS_LOADTEST_STAGES must be JSON [[until_s, users, spawn_rate], ...]: {exc}"
+        ) from None
+    ends = [s.until_s for s in stages]
+    if not stages or ends != sorted(ends) or any(s.users < 0 or s.spawn_rate <= 0 for s in stages):
+        raise ValueError(f"SMALLCLS_LOADTEST_STAGES: need increasing until_s, users >= 0: {raw}")
+    return stages
+
+
 class TableShape(LoadTestShape):
     """Plays one of SHAPES; reads its settings once, when locust creates it."""
 
     def __init__(self) -> None:
         super().__init__()
+        if custom := os.environ.get("SMALLCLS_LOADTEST_STAGES", "").strip():
+            self.stages = parse_stages(custom)
+            return
         name = os.environ.get("SMALLCLS_LOADTEST_SHAPE", "steps")
         if name not in SHAPES:
             raise ValueError(f"SMALLCLS_LOADTEST_SHAPE must be one of {sorted(SHAPES)}: {name!r}")

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +145,10 @@ def run_sweep(
     server_pid: int | None = None,
     timeout_s: float | None = None,
     echo: Callable[[str], None] | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> SweepSummary:
-    """Run the steps in order until one misses the SLO or adds < `min_gain` throughput."""
+    """Run the steps in order until one misses the SLO or adds < `min_gain` throughput.
+    `extra_env`: more locustfile settings for every step (e.g. SMALLCLS_LOADTEST_TOKEN)."""
     steps = list(steps)
     if not steps or any(u < 1 for u in steps) or steps != sorted(set(steps)):
         raise ValueError(f"steps must be increasing user counts >= 1, got {steps}")
@@ -176,6 +178,7 @@ def run_sweep(
             max_length=max_length,
             workers=workers,
             server_pid=server_pid,
+            extra_env=extra_env,
         )
         if echo is not None:
             echo(f"  [step {i}/{len(steps)}] {summary.line()}")
