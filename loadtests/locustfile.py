@@ -10,8 +10,8 @@ Settings come from the environment (read in `load_settings` only):
   SMALLCLS_LOADTEST_BATCH      texts per request (default 1)
   SMALLCLS_LOADTEST_TIMEOUT_S  per-request network timeout in seconds (default 60)
   SMALLCLS_LOADTEST_TOKEN      bearer token sent with every request (when auth is on)
-  SMALLCLS_LOADTEST_RATE       requests per second per user (paced, open-loop-like); default:
-                               back to back, no think time
+  SMALLCLS_LOADTEST_RATE       requests per second per user (Poisson arrivals); default: back
+                               to back, no think time
   SMALLCLS_LOADTEST_SHED       "fail" (default): 429/503 are failures, as a sweep needs; "count":
                                they are load shedding, recorded as successes under the name
                                `shed:<model>`, so `classify:<model>` holds accepted requests only
@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from locust import constant, constant_throughput, events, task
+from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
@@ -229,12 +229,19 @@ def _write_final(environment: Any, prefix: str, **_kwargs: Any) -> None:
 
 
 def _wait_time(user: Any) -> float:
-    # Paced users (SMALLCLS_LOADTEST_RATE) offer a known load however fast the server answers
-    # (a shed request returns at once, so back-to-back users would multiply their rate).
+    """No wait, or with SMALLCLS_LOADTEST_RATE a Poisson schedule per user: paced users offer a
+    known load however fast the server answers (a shed request returns at once, so
+    back-to-back users would multiply their rate), and random gaps keep users from marching in
+    step (a batch answers many users at once; fixed pacing would keep them together)."""
     rate = user.settings.rate
     if rate is None:
-        return constant(0)(user)
-    return constant_throughput(rate)(user)
+        return 0.0
+    now = time.monotonic()
+    due = getattr(user, "_due", None)
+    if due is None or now - due > 1.0:  # behind schedule: restart it rather than burst
+        due = now
+    user._due = due + random.expovariate(rate)
+    return max(0.0, user._due - now)
 
 
 class ClassifyUser(FastHttpUser):

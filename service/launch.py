@@ -89,7 +89,9 @@ def serve(
     process = subprocess.Popen(serve_command(host, port), env=env)
 
     def forward(signum: int, _frame: object) -> None:
-        process.send_signal(signum)  # the arbiter stops its workers, then wait() returns
+        # To the workers too: after a worker was replaced, BentoML's arbiter passed SIGTERM to
+        # the new worker only, and the old one kept serving (bench/reliability.py).
+        signal_server(process.pid, signum)
 
     # A supervisor's SIGTERM would otherwise end this process and orphan the server.
     previous = signal.signal(signal.SIGTERM, forward)
@@ -189,6 +191,13 @@ class ServerProcess:
             f"{self.log_path}:\n{self.log_tail()}"
         )
 
+    def terminate(self) -> None:
+        """SIGTERM to the server and its workers, as a supervisor stopping it would (see
+        `signal_server`); does not wait. Each worker stops accepting, answers the requests it
+        holds, then exits; `process.wait()` returns once all have."""
+        if self.process is not None:
+            signal_server(self.process.pid, signal.SIGTERM)
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             with open(self.log_path, encoding="utf-8", errors="replace") as handle:
@@ -206,6 +215,9 @@ class ServerProcess:
         workers = _descendants(process.pid)
         deadline = time.monotonic() + self.stop_grace
         _signal_group(process.pid, signal.SIGTERM)  # the arbiter stops its workers cleanly
+        for worker in workers:  # and each worker directly: see `signal_server`
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=self.stop_grace)
         _, alive = psutil.wait_procs(workers, timeout=max(0.0, deadline - time.monotonic()))
@@ -235,6 +247,19 @@ class ServerProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def signal_server(pid: int, sig: signal.Signals | int) -> None:
+    """Send `sig` to the arbiter and to every worker at once. The arbiter alone should pass it
+    on, but BentoML 1.4.40 (circus) did not after it had respawned a dead worker: the surviving
+    worker kept accepting requests until a second SIGTERM. With both signalled, the arbiter
+    is stopping (so it respawns nothing) while each worker drains its in-flight requests."""
+    workers = _descendants(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    for worker in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.send_signal(sig)
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
