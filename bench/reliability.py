@@ -222,6 +222,28 @@ def tree_rss_mb(root: int) -> float:
     return total / 2**20
 
 
+def locust_cpu_s() -> float:
+    """CPU seconds used so far by this process's Locust subprocesses (the load generator)."""
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if "locust" in " ".join(child.cmdline()):
+                times = child.cpu_times()
+                total += times.user + times.system
+    return total
+
+
+def latency_histogram(metrics: str, model: str) -> dict[str, float]:
+    """`smallcls_request_seconds` buckets (le -> count) for one model, summed over workers."""
+    out: dict[str, float] = {}
+    prefix = "smallcls_request_seconds_bucket{"
+    for line in metrics.splitlines():
+        if line.startswith(prefix) and f'model="{model}"' in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[le] = out.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def count_ready_lines(log_path: Path) -> int:
     try:
         return log_path.read_text(encoding="utf-8", errors="replace").count(READY_LINE)
@@ -335,6 +357,15 @@ class Bench:
             **kw,
         )
 
+    def metrics(self) -> str:
+        assert self.server is not None
+        conn = http.client.HTTPConnection(self.server.host, self.server.port, timeout=10)
+        try:
+            conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {self.token}"})
+            return conn.getresponse().read().decode("utf-8", "replace")
+        finally:
+            conn.close()
+
     def add(self, row: Row) -> Row:
         self.rows.append(row)
         mark = {"pass": "ok", "FAIL": "FAIL", "skip": "skip"}[row.result]
@@ -423,10 +454,37 @@ class Bench:
         say(f"[2 overload] {users} users x {rate:g} req/s (3x {sat:.0f}) for {d.overload_s} s, "
             f"then {calm_users} users (50%) for {d.recover_s} s")  # fmt: skip
         stages = [[d.overload_s, users, users], [total, calm_users, users]]
-        self.load(
+        (self.out / "overload").mkdir(parents=True, exist_ok=True)
+        text = self.metrics()
+        (self.out / "overload" / "metrics-before.txt").write_text(text)
+        hist_before = latency_histogram(text, self.model)
+        load = self.load(
             "overload", users=users, rate=rate, seconds=total, shape="stages",
             env={"SMALLCLS_LOADTEST_STAGES": json.dumps(stages)},
-        ).start().join()  # fmt: skip
+        ).start()  # fmt: skip
+        # The load generator shares the cores: its CPU explains client-side latency that the
+        # server's own histogram does not show.
+        locust_s, started = 0.0, time.monotonic()
+        t_first = load.wait_first_request(self.out / "overload" / "requests.csv")
+        hist: dict[str, float] | None = None
+        while load.thread.is_alive():
+            locust_s = max(locust_s, locust_cpu_s())
+            if hist is None and time.time() >= t_first + d.overload_s:  # the load drops now
+                text = self.metrics()
+                (self.out / "overload" / "metrics-at-drop.txt").write_text(text)
+                hist = latency_histogram(text, self.model)
+            load.thread.join(timeout=0.5)
+        summary = load.join()
+        locust_percent = 100 * locust_s / (time.monotonic() - started)
+        if hist is None:
+            hist = latency_histogram(self.metrics(), self.model)
+        # Server side (parsed -> answered, 200s and 503s) during the overload: the share
+        # within 2x the SLO, from the first histogram bucket at or above it.
+        edge = min((le for le in hist if le != "+Inf" and float(le) >= 2 * self.slo_ms / 1000),
+                   key=float, default="+Inf")  # fmt: skip
+        answered = hist.get("+Inf", 0) - hist_before.get("+Inf", 0)
+        within = hist.get(edge, 0) - hist_before.get(edge, 0)
+        server_share = within / answered if answered else None
         reqs = read_requests(self.out / "overload" / "requests.csv")
         t0 = reqs[0].start
         drop = t0 + d.overload_s
@@ -459,13 +517,19 @@ class Bench:
                 f"{fmt_ms(acc['p95_ms'])}/{fmt_ms(acc['p99_ms'])} ms; shed {len(shed)} "
                 f"({len(shed) / max(len(over), 1):.1%}, HTTP {statuses}, p99 "
                 f"{fmt_ms(shed_p99)} ms); other errors {len(fail)}; seconds with no answer "
-                f"{silent}",
+                f"{silent}; server side {'n/a' if server_share is None else f'{server_share:.1%}'}"
+                f" of /classify answers within {float(edge) * 1000:g} ms; CPU: server "
+                f"{summary.server_cpu_percent or 0:.0f}%, Locust {locust_percent:.0f}% "
+                "(100% = one core)",
                 target=f"sheds with 429/503 (p99 <= {limit:g} ms), accepted p99 <= {limit:g} "
                 "ms, 0 other errors, answers every second",
                 ok=bool(ok_over),
                 data={"offered_rps": offered, "accepted": len(ok), "shed": len(shed),
                       "other_errors": len(fail), "shed_statuses": statuses,
                       "accepted_latency": acc, "shed_p99_ms": shed_p99,
+                      "server_share_within_2x_slo": server_share,
+                      "server_cpu_percent": summary.server_cpu_percent,
+                      "locust_cpu_percent": locust_percent,
                       "errors": sorted({r.error for r in fail})[:5]},
             )
         )  # fmt: skip
@@ -673,13 +737,19 @@ class Bench:
             t_kill - t_first - 1, 1
         )
         failed = [r for r in reqs if r.outcome != "ok"]
+        # Sporadic shedding happens at steady load too: "recovered" means the error rate is
+        # back to what it was before the kill (at most 1%) and every second serves at least
+        # 70% of the pre-kill rate, from that second to the end of the run.
+        base_errors = sum(r.outcome != "ok" for r in before) / max(len(before), 1)
+        allowed = max(0.01, base_errors)
         t_end = t_first + d.kill_run_s - 1  # the last whole second of the run
         recovery = None
         bins = per_second(reqs, t_kill, t_end)
         for s, _ in enumerate(bins):
-            rest = bins[s:]
-            if all(r.outcome == "ok" for b in rest for r in b) and all(
-                sum(r.outcome == "ok" for r in b) >= 0.7 * base_rps for b in rest
+            rest = [r for b in bins[s:] for r in b]
+            bad = sum(r.outcome != "ok" for r in rest)
+            if bad <= allowed * len(rest) and all(
+                sum(r.outcome == "ok" for r in b) >= 0.7 * base_rps for b in bins[s:]
             ):
                 recovery = float(s)
                 break
@@ -692,14 +762,15 @@ class Bench:
                 tried=f"2 workers, {users} users at 50% of saturation; SIGKILL one worker",
                 figure=f"{len(failed)} failed requests of {len(reqs)} ({kinds[:3]}); traffic "
                 f"back to its rate without errors after "
-                f"{'never' if recovery is None else f'{recovery:.0f} s'}; new worker started "
+                f"{'never' if recovery is None else f'{recovery:.0f} s'} (errors before the "
+                f"kill {base_errors:.1%}); new worker started "
                 f"after {'never' if spawn_s is None else f'{spawn_s:.1f} s'}, ready after "
                 f"{'never' if ready_s is None else f'{ready_s:.1f} s'}",
-                target="replaced; traffic recovers within 10 s; failures counted",
+                target="replaced; traffic back (rate, errors <= max(1%, before)) within 10 s",
                 ok=recovery is not None and recovery <= 10 and ready_s is not None,
                 data={"failed": len(failed), "requests": len(reqs), "errors": kinds,
                       "traffic_recovery_s": recovery, "spawn_s": spawn_s, "ready_s": ready_s,
-                      "baseline_rps": base_rps},
+                      "baseline_rps": base_rps, "errors_before_kill": base_errors},
             )
         )  # fmt: skip
 
