@@ -837,6 +837,9 @@ class Bench:
             outcomes[key] = outcomes.get(key, 0) + 1
         exit_s = t_exit - t_term
         kinds = sorted({r[3] or f"HTTP {r[2]}" for r in lost})[:3]
+        # A worker that drains stops accepting within a moment; 200s to requests sent a second
+        # or more after SIGTERM mean some worker went on serving as if it had none.
+        late_200 = sum(1 for r in after if r[2] == 200 and r[0] >= t_term + 1)
         self.add(
             Row(
                 check="SIGTERM drain",
@@ -845,13 +848,14 @@ class Bench:
                 figure=f"{len(in_flight)} in flight at SIGTERM ({len(refused)} of them shed "
                 f"429/503), {accepted - len(lost)} of {accepted} accepted answered 200, "
                 f"{len(lost)} lost {kinds}; exit code {code} after {exit_s:.1f} s; requests "
-                f"sent after SIGTERM: {outcomes}",
+                f"sent after SIGTERM: {outcomes} ({late_200} answered 200 >= 1 s after it)",
                 target=f"every accepted in-flight request answered 200; exit 0 within "
                 f"{self.grace_s:g} s",
                 ok=accepted > 0 and not lost and code == 0,
                 data={"in_flight": len(in_flight), "accepted": accepted, "lost": len(lost),
                       "refused_in_flight": len(refused), "exit_code": code, "exit_s": exit_s,
-                      "after_sigterm": outcomes, "shed_before_sigterm": shed_before},
+                      "after_sigterm": outcomes, "shed_before_sigterm": shed_before,
+                      "late_200": late_200},
             )
         )  # fmt: skip
 

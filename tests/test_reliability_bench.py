@@ -51,6 +51,7 @@ def test_quick_reliability_run_has_every_row_and_the_behaviour(tmp_path: Path) -
     # Exit 1 is allowed: latency targets are for real models on an idle machine.
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (out / "reliability.md").is_file()
+    print(proc.stdout[-6000:])  # shown by pytest when an assertion below fails
     report = json.loads((out / "reliability.json").read_text())
     rows = {r["check"]: r for r in report["rows"]}
     assert set(rows) >= CHECKS, sorted(rows)
