@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sys
 import time
 from typing import Any
 
@@ -29,14 +31,46 @@ from starlette.routing import Route
 from service import gateway
 from service.batching import Overloaded, Retired
 from service.metrics import get_metrics
-from service.models import LoadedModel, by_path, load_all
+from service.models import LoadedModel, by_path, check_entries, load_all
 from service.runtime import default_thresholds, probabilities
-from service.settings import ServerSettings, Settings, write_models_file
+from service.settings import (
+    ENV_MODELS,
+    ENV_MODELS_FILE,
+    ServerSettings,
+    Settings,
+    write_models_file,
+)
 
 logger = logging.getLogger(__name__)
 
 # Read when the class is defined: BentoML takes workers and traffic from the decorator.
 SERVER = ServerSettings.from_env()
+# Set by `preflight` in the process that checked the configuration; the workers it starts
+# inherit it and skip the check (each verifies its models again when it loads them).
+PREFLIGHT_ENV = "SMALLCLS_PREFLIGHT_DONE"
+
+
+def preflight() -> None:
+    """Check the settings and every model's files before `bentoml serve` starts workers.
+
+    A worker whose __init__ raises is restarted by BentoML's supervisor every few seconds,
+    for ever, while the server never becomes ready: a tampered model, a missing directory
+    or auth required without a token would look like a slow start. Checked here, in the
+    process that imports the service first (the `bentoml serve` arbiter), the server exits
+    at once with status 1 and one line saying what to fix. Skipped where no models are
+    configured (`bentoml build`, tests importing the module)."""
+    configured = os.environ.get(ENV_MODELS, "").strip() or os.environ.get(ENV_MODELS_FILE, "")
+    serving = sys.argv[1:2] == ["serve"]  # `bentoml serve ...`: models are needed now
+    if os.environ.get(PREFLIGHT_ENV) or not (configured or serving):
+        return
+    try:
+        check_entries(Settings.from_env().models)
+    except (ValueError, OSError) as exc:  # ManifestError is a ValueError
+        raise SystemExit(f"smallcls: the service cannot start: {exc}") from None
+    os.environ[PREFLIGHT_ENV] = "1"
+
+
+preflight()
 REQUEST_STATE_KEY = "smallcls_body_error"
 FIELDS = ("texts", "model", "top_k", "threshold", "return_logits", "truncate")
 UNKNOWN_MODEL_LABEL = "-"  # metrics label for requests naming no loaded model
@@ -296,6 +330,14 @@ class Classifier:
         self._reload_lock = asyncio.Lock()
         ACTIVE.append(self)  # the /models and /admin routes reach this worker's models here
         logger.info("serving models %s, default %r", list(self.models), self.default_model)
+        if self.settings.auth_token:
+            logger.info("auth on: every route but /livez, /readyz, /healthz needs the token")
+        else:  # fine on a laptop or a private network; the Bento sets SMALLCLS_REQUIRE_AUTH
+            logger.warning(
+                "auth OFF: every route is open to anyone who reaches this port (set "
+                "SMALLCLS_AUTH_TOKEN or SMALLCLS_AUTH_TOKEN_FILE; production sets "
+                "SMALLCLS_REQUIRE_AUTH=true)"
+            )
 
     @staticmethod
     def _check_default(default: str | None, models: dict[str, LoadedModel]) -> str:
