@@ -12,7 +12,7 @@ Two drivers, used by tests/test_reliability.py (CI) and bench/reliability.py (th
 
 Run alone, it starts `bentoml serve` on the given model directories (or uses --host):
 
-    python bench/hostile.py models/minilm-int8 --max-examples 1000 --out bench_out/hostile
+    python -m bench.hostile models/minilm-int8 --max-examples 1000 --out bench_out/hostile
 """
 
 from __future__ import annotations
@@ -523,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.host:
             base_url, pid, token = args.host.rstrip("/"), args.server_pid, args.token
         else:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
             from service.launch import ServerProcess
 
             token = "hostile-bench-token"
