@@ -342,12 +342,31 @@ def _cases(base_url: str, token: str | None, http: httpx.Client) -> Iterator[Cas
 
 
 def _path_cases(http: httpx.Client, model_paths: list[str]) -> Iterator[Case]:
-    """Model names that look like paths: nothing may be loaded from a request."""
+    """Model names that look like paths: nothing may be loaded from a request. Then bad
+    reload bodies from an authenticated admin (403 where auth is off): refused, and the
+    models served stay the same (checked by the row after these)."""
     for name in ["../../etc/passwd", "/etc/passwd", "..", *model_paths]:
         yield Case(
             f"model name is a path: {name}",
             lambda name=name: _post(http, "/classify", json={"texts": ["fun"], "model": name}),
         )
+    for label, body in [
+        ("admin reload of /etc", {"models": ["/etc"]}),
+        ("admin reload of ../../etc/passwd", {"models": ["../../etc/passwd"]}),
+        ("admin reload, 100 KB name", {"models": ["m" * 100_000]}),
+        ("admin reload, NUL in a name", {"models": ["a\x00b"]}),
+        ("admin reload, models not a list", {"models": "minilm"}),
+    ]:
+        yield Case(label, lambda body=body: _post(http, "/admin/models", json=body))
+    yield Case(
+        "admin reload, JSON nested 100,000 levels",
+        lambda: _post(
+            http,
+            "/admin/models",
+            content=b"[" * 100_000 + b"]" * 100_000,
+            headers={"content-type": "application/json"},
+        ),
+    )
 
 
 def _ready(http: httpx.Client) -> bool:
@@ -413,7 +432,7 @@ def hostile_inputs(
                 except (OSError, httpx.HTTPError) as exc:
                     answer = Answer(None, f"{type(exc).__name__}: {exc}")
                 record(case, answer)
-            rows.append(_models_unchanged(http, models_before))
+            rows.append(_models_unchanged(http, models_before))  # after the path-like names
             rows.append(_slowloris_row(base_url, token, probe, slow_seconds))
             rows.append(_admin_without_token(base_url, model_paths, token))
         time.sleep(SETTLE_S)
@@ -436,7 +455,7 @@ def _models_unchanged(http: httpx.Client, before: dict[str, Any]) -> dict[str, A
     same = after.status_code == 200 and after.json() == before
     names = [m["name"] for m in before.get("models", [])]
     return {
-        "case": "/models unchanged after path-like names",
+        "case": "/models unchanged after path-like names and bad reloads",
         "status": after.status_code,
         "ok": same,
         "detail": f"still {names}" if same else f"changed: {after.text[:160]}",
