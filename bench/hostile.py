@@ -530,7 +530,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-pid", type=int, help="its root process (with --host)")
     parser.add_argument("--token", help="bearer token of the service (with --host)")
     parser.add_argument("--max-examples", type=int, default=1000, help="fuzz cases per API")
-    parser.add_argument("--slow-seconds", type=float, default=6.0)
+    parser.add_argument(
+        "--slow-seconds",
+        type=float,
+        default=12.0,
+        help="how long the slow body trickles (past SMALLCLS_BODY_TIMEOUT_S, 10 s by default)",
+    )
     parser.add_argument("--out", type=Path, help="write hostile.json and hostile.md here")
     args = parser.parse_args(argv)
     if bool(args.model_dirs) == bool(args.host):
@@ -546,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             from service.launch import ServerProcess
 
             token = "hostile-bench-token"
-            env = {"SMALLCLS_AUTH_TOKEN": token, "SMALLCLS_BODY_TIMEOUT_S": "3"}
+            env = {"SMALLCLS_AUTH_TOKEN": token}  # the production defaults otherwise
             server = stack.enter_context(ServerProcess(args.model_dirs, extra_env=env))
             assert server.process is not None
             base_url, pid = server.url, server.process.pid
