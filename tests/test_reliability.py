@@ -242,3 +242,26 @@ def test_logs_hold_neither_the_token_nor_request_texts(server: ServerProcess) ->
     assert TOKEN[:-1] not in log
     assert SECRET_TEXT not in log
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_security_settings_are_validated() -> None:
+    from service.settings import Settings
+
+    base = {"SMALLCLS_MODELS": "m"}
+    with pytest.raises(ValueError, match="SMALLCLS_REQUIRE_AUTH=true but no token is set"):
+        Settings.from_env({**base, "SMALLCLS_REQUIRE_AUTH": "true"})
+    closed = Settings.from_env({**base, "SMALLCLS_REQUIRE_AUTH": "1", "SMALLCLS_AUTH_TOKEN": "t"})
+    assert closed.require_auth and closed.auth_token == "t"
+    assert "'t'" not in repr(closed)  # the token stays out of any log of the settings
+    assert Settings.from_env(base).body_timeout_s == 10.0
+    with pytest.raises(ValueError, match="body_timeout_s must be > 0"):
+        Settings.from_env({**base, "SMALLCLS_BODY_TIMEOUT_S": "0"})
+
+
+def test_the_bento_requires_auth() -> None:
+    import yaml
+
+    bentofile = yaml.safe_load((Path(__file__).resolve().parents[1] / "bentofile.yaml").read_text())
+    envs = {e["name"]: e["value"] for e in bentofile["envs"]}
+    assert envs["SMALLCLS_REQUIRE_AUTH"] == "true"
+    assert bentofile["envs"][0].get("stage", "all") != "runtime"  # runtime-only: not in the image
