@@ -1,10 +1,13 @@
-"""ASGI middleware in front of every route: bearer-token auth and the request-body size limit.
+"""ASGI middleware in front of every route: bearer-token auth, the request-body size limit and
+the time a client may take to send its body.
 
-Both act before the body is read: an unauthenticated or oversized request costs no parsing.
+Auth and the declared size act before the body is read: an unauthenticated or oversized
+request costs no parsing. A body that trickles in (slowloris) is cut off at the deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -25,6 +28,7 @@ class GatewayConfig:
 
     auth_token: bytes | None = None
     max_body_bytes: int = 1 << 20
+    body_timeout_s: float = 10.0
 
 
 CONFIG = GatewayConfig()
@@ -38,6 +42,12 @@ async def _json_error(send: Send, status: int, message: str, field: str, **heade
     await send({"type": "http.response.body", "body": body})
 
 
+def token_matches(given: bytes | None, expected: bytes) -> bool:
+    # Constant-time: response timing must not reveal how much of a guess was right (a plain
+    # `==` stops at the first differing byte). compare_digest also takes different lengths.
+    return given is not None and hmac.compare_digest(given, expected)
+
+
 def bearer_token(scope: Scope) -> bytes | None:
     for key, value in scope.get("headers", ()):
         if key == b"authorization":
@@ -46,8 +56,27 @@ def bearer_token(scope: Scope) -> bytes | None:
     return None
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyRefused(Exception):
+    """Raised from `receive` while the app reads the body; the app answers `status`."""
+
+    status = 400
+    message = "the body was refused"
+
+
+class BodyTooLarge(BodyRefused):
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.message = f"the body is over {limit} bytes: send fewer texts"
+
+
+class BodyTimeout(BodyRefused):
+    status = 408
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.message = f"the body did not arrive within {seconds:g} s: send it at once"
 
 
 class Gateway:
@@ -59,18 +88,19 @@ class Gateway:
             await self.app(scope, receive, send)
             return
         expected = CONFIG.auth_token
-        if expected is not None and scope["path"] not in OPEN_PATHS:
-            token = bearer_token(scope)
-            # Constant-time: response timing must not reveal how much of a guess was right.
-            if token is None or not hmac.compare_digest(token, expected):
-                await _json_error(
-                    send,
-                    401,
-                    "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
-                    "authorization",
-                    **{"www-authenticate": "Bearer"},
-                )
-                return
+        if (
+            expected is not None
+            and scope["path"] not in OPEN_PATHS
+            and not token_matches(bearer_token(scope), expected)
+        ):
+            await _json_error(
+                send,
+                401,
+                "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                "authorization",
+                **{"www-authenticate": "Bearer"},
+            )
+            return
         limit = CONFIG.max_body_bytes
         for key, value in scope.get("headers", ()):
             if key == b"content-length":
@@ -81,16 +111,28 @@ class Gateway:
                     return
                 break
         # Chunked bodies carry no length: count while the app reads and stop at the limit.
+        # A client sending a byte now and then would hold a connection and a request slot
+        # for ever (slowloris): the whole body must arrive within body_timeout_s.
         received = 0
+        body_done = False
         started = False
+        deadline = asyncio.get_running_loop().time() + CONFIG.body_timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body only http.disconnect comes: no deadline then
+                return await receive()
+            try:
+                # timeout_at, not wait_for: no extra task per receive on the hot path.
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(CONFIG.body_timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(limit)
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -101,8 +143,6 @@ class Gateway:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
+        except BodyRefused as exc:
             if not started:
-                await _json_error(
-                    send, 413, f"the body is over {limit} bytes: send fewer texts", "body"
-                )
+                await _json_error(send, exc.status, exc.message, "body")

@@ -50,6 +50,9 @@ def server_env(
     if not entries:
         raise ValueError("no model directories given: pass at least one `smallcls export` dir")
     env = {**os.environ, **(extra_env or {})}
+    # A marker inherited from a process that checked other settings must not skip this
+    # server's start-up check (service.service.preflight).
+    env.pop("SMALLCLS_PREFLIGHT_DONE", None)
     env[ENV_MODELS] = ",".join(entries)
     env[ENV_THREADS] = str(threads)
     env["BENTOML_DO_NOT_TRACK"] = "true"  # otherwise the server does a DNS look-up

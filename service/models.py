@@ -11,7 +11,7 @@ from typing import Any
 from service.batching import Batcher, BatchObserver
 from service.runtime import OnnxClassifier
 from service.settings import Settings
-from smallcls.manifest import MODEL_NAME, ManifestError
+from smallcls.manifest import MODEL_NAME, Manifest, ManifestError, verify_files
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,10 @@ def resolve(entry: str) -> Source:
     if path.is_dir():
         return Source(entry, path.resolve())
     if "/" in entry or entry.startswith("."):
-        raise ManifestError(f"model directory {entry} not found")
+        raise ManifestError(
+            f"model directory {entry} not found (looked at {path.absolute()}): give a "
+            "directory written by `smallcls export`, or a BentoML store reference name:version"
+        )
     import bentoml  # here: directories must resolve without touching the store
 
     try:
@@ -45,6 +48,14 @@ def resolve(entry: str) -> Source:
             "(`bentoml models list`)"
         ) from None
     return Source(entry, Path(model.path), str(model.tag.version))
+
+
+def check_entries(entries: Sequence[str]) -> None:
+    """Each entry resolves to a model directory whose files match their manifest's sha256,
+    without loading anything: what `bentoml serve` checks once, before starting workers."""
+    for entry in entries:
+        source = resolve(entry)
+        verify_files(source.path, Manifest.read(source.path))
 
 
 @dataclasses.dataclass(eq=False)
@@ -85,13 +96,14 @@ def load(
 ) -> LoadedModel:
     source = resolve(entry)
     previous = reuse.get(str(source.path))
-    if previous is not None and previous.source.store_version == source.store_version:
-        # Same directory: keep it (no second sha256 pass, no new session) unless its files
-        # changed, which a new manifest hash shows.
-        from smallcls.manifest import Manifest
-
-        if Manifest.read(source.path).files == previous.classifier.manifest.files:
-            return previous
+    # Same directory: keep it (no second sha256 pass, no new session) unless its files
+    # changed, which a new manifest hash shows.
+    if (
+        previous is not None
+        and previous.source.store_version == source.store_version
+        and Manifest.read(source.path).files == previous.classifier.manifest.files
+    ):
+        return previous
     classifier = OnnxClassifier(  # verifies sha256
         source.path, threads=settings.threads, spinning=settings.ort_spinning
     )

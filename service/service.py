@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sys
 import time
 from typing import Any
 
@@ -22,21 +24,53 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service import gateway
 from service.batching import Overloaded, Retired
 from service.metrics import get_metrics
-from service.models import LoadedModel, by_path, load_all
+from service.models import LoadedModel, by_path, check_entries, load_all
 from service.runtime import default_thresholds, probabilities
-from service.settings import ServerSettings, Settings, write_models_file
+from service.settings import (
+    ENV_MODELS,
+    ENV_MODELS_FILE,
+    ServerSettings,
+    Settings,
+    write_models_file,
+)
 
 logger = logging.getLogger(__name__)
 
 # Read when the class is defined: BentoML takes workers and traffic from the decorator.
 SERVER = ServerSettings.from_env()
+# Set by `preflight` in the process that checked the configuration; the workers it starts
+# inherit it and skip the check (each verifies its models again when it loads them).
+PREFLIGHT_ENV = "SMALLCLS_PREFLIGHT_DONE"
+
+
+def preflight() -> None:
+    """Check the settings and every model's files before `bentoml serve` starts workers.
+
+    A worker whose __init__ raises is restarted by BentoML's supervisor every few seconds,
+    for ever, while the server never becomes ready: a tampered model, a missing directory
+    or auth required without a token would look like a slow start. Checked here, in the
+    process that imports the service first (the `bentoml serve` arbiter), the server exits
+    at once with status 1 and one line saying what to fix. Skipped where no models are
+    configured (`bentoml build`, tests importing the module)."""
+    configured = os.environ.get(ENV_MODELS, "").strip() or os.environ.get(ENV_MODELS_FILE, "")
+    serving = sys.argv[1:2] == ["serve"]  # `bentoml serve ...`: models are needed now
+    if os.environ.get(PREFLIGHT_ENV) or not (configured or serving):
+        return
+    try:
+        check_entries(Settings.from_env().models)
+    except (ValueError, OSError) as exc:  # ManifestError is a ValueError
+        raise SystemExit(f"smallcls: the service cannot start: {exc}") from None
+    os.environ[PREFLIGHT_ENV] = "1"
+
+
+preflight()
 REQUEST_STATE_KEY = "smallcls_body_error"
 FIELDS = ("texts", "model", "top_k", "threshold", "return_logits", "truncate")
 UNKNOWN_MODEL_LABEL = "-"  # metrics label for requests naming no loaded model
@@ -109,11 +143,81 @@ class ClassifyRequest(bentoml.IODescriptor):
     )
 
     @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The published request schema (OpenAPI at /docs.json), written out by hand: BentoML
+        flattens every `anyOf` of the pydantic schema to its first branch, which dropped the
+        string form of `texts`, the object form of `threshold` and every limit. With the
+        limits and model names in it, schema-driven clients and fuzzers (bench/hostile.py)
+        send bodies that reach the model instead of bouncing off the first check."""
+        limits = request_limits()
+        text = {"type": "string", "minLength": 1, "maxLength": limits["max_chars"]}
+        probability = {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "exclusiveMinimum": True,
+            "exclusiveMaximum": True,
+        }
+        fields = cls.model_fields
+        model: dict[str, Any] = {"type": "string", "nullable": True}
+        if limits["models"]:
+            model["enum"] = [*limits["models"], None]
+        return {
+            "type": "object",
+            "title": cls.__name__,
+            "description": cls.__doc__,
+            "required": ["texts"],
+            "additionalProperties": False,
+            "properties": {
+                "texts": {
+                    "description": fields["texts"].description,
+                    # oneOf, not anyOf: BentoML's flattening leaves oneOf alone.
+                    "oneOf": [
+                        text,
+                        {
+                            "type": "array",
+                            "items": text,
+                            "minItems": 1,
+                            "maxItems": limits["max_texts"],
+                        },
+                    ],
+                },
+                "model": {"description": fields["model"].description, **model},
+                "top_k": {
+                    "description": fields["top_k"].description,
+                    "type": "integer",
+                    "minimum": 1,
+                    "nullable": True,
+                },
+                "threshold": {
+                    "description": fields["threshold"].description,
+                    "nullable": True,
+                    "oneOf": [
+                        probability,
+                        {"type": "object", "additionalProperties": probability},
+                    ],
+                },
+                "return_logits": {
+                    "description": fields["return_logits"].description,
+                    "type": "boolean",
+                    "default": False,
+                },
+                "truncate": {
+                    "description": fields["truncate"].description,
+                    "type": "boolean",
+                    "default": True,
+                },
+            },
+        }
+
+    @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> ClassifyRequest:
         try:
             body = await request.body()
-        except gateway.BodyTooLarge:
-            return cls._refuse(request, (413, "the body is over the size limit", "body"))
+        except gateway.BodyRefused as exc:  # too large, or too slow to arrive
+            return cls._refuse(request, (exc.status, exc.message, "body"))
+        except ClientDisconnect:  # nobody reads the answer; refused without a traceback
+            return cls._refuse(request, (400, "the client left before sending the body", "body"))
         try:
             # surrogateescape: invalid UTF-8 bytes become lone surrogates inside the strings,
             # so the check in `classify` can name the text that holds them.
@@ -136,6 +240,19 @@ class ClassifyRequest(bentoml.IODescriptor):
         # The API method only receives field values; the request state reaches it via ctx.
         setattr(request.state, REQUEST_STATE_KEY, problem)
         return cls.model_construct()
+
+
+def request_limits() -> dict[str, Any]:
+    """The running worker's request limits and model names, for the published schema; the
+    defaults where no service runs in this process (e.g. `bentoml build`)."""
+    service = _active()
+    if service is None:
+        return {"max_chars": Settings.max_chars, "max_texts": Settings.max_texts, "models": []}
+    return {
+        "max_chars": service.settings.max_chars,
+        "max_texts": service.settings.max_texts,
+        "models": list(service.models),
+    }
 
 
 def shorten(text: str, limit: int = 80) -> str:
@@ -205,6 +322,7 @@ class Classifier:
             self.settings.auth_token.encode() if self.settings.auth_token else None
         )
         gateway.CONFIG.max_body_bytes = self.settings.max_body_bytes
+        gateway.CONFIG.body_timeout_s = self.settings.body_timeout_s
         self.metrics = get_metrics()
         self.models = load_all(self.settings.models, self.settings, self.metrics.observe_batch)
         self.default_model = self._check_default(self.settings.default_model, self.models)
@@ -212,6 +330,14 @@ class Classifier:
         self._reload_lock = asyncio.Lock()
         ACTIVE.append(self)  # the /models and /admin routes reach this worker's models here
         logger.info("serving models %s, default %r", list(self.models), self.default_model)
+        if self.settings.auth_token:
+            logger.info("auth on: every route but /livez, /readyz, /healthz needs the token")
+        else:  # fine on a laptop or a private network; the Bento sets SMALLCLS_REQUIRE_AUTH
+            logger.warning(
+                "auth OFF: every route is open to anyone who reaches this port (set "
+                "SMALLCLS_AUTH_TOKEN or SMALLCLS_AUTH_TOKEN_FILE; production sets "
+                "SMALLCLS_REQUIRE_AUTH=true)"
+            )
 
     @staticmethod
     def _check_default(default: str | None, models: dict[str, LoadedModel]) -> str:
@@ -521,7 +647,9 @@ async def admin_models(request: Request) -> JSONResponse:
         )
     try:
         data = json.loads(await request.body())
-    except (ValueError, gateway.BodyTooLarge):
+    except gateway.BodyRefused as exc:
+        return error_response(exc.status, exc.message, "body")
+    except (ValueError, RecursionError, ClientDisconnect):
         data = None
     models = data.get("models") if isinstance(data, dict) else None
     if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)):
@@ -532,7 +660,8 @@ async def admin_models(request: Request) -> JSONResponse:
     try:
         await service.reload(tuple(models), default)
     except (ValueError, OSError) as exc:  # ManifestError (sha256, missing files) included
-        return error_response(422, str(exc), "models")
+        # Shortened: the message may quote a client string (a 1 MB "model directory").
+        return error_response(422, shorten(str(exc), 400), "models")
     if service.settings.models_file is not None:
         write_models_file(service.settings.models_file, models)
         service._models_file_mtime = service._file_mtime()  # this worker already switched

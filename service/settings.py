@@ -15,6 +15,7 @@ ENV_THREADS = "SMALLCLS_THREADS"
 ENV_MAX_TEXTS = "SMALLCLS_MAX_TEXTS"
 ENV_MAX_CHARS = "SMALLCLS_MAX_CHARS"
 ENV_MAX_BODY_BYTES = "SMALLCLS_MAX_BODY_BYTES"
+ENV_BODY_TIMEOUT_S = "SMALLCLS_BODY_TIMEOUT_S"
 ENV_MAX_BATCH_SIZE = "SMALLCLS_MAX_BATCH_SIZE"
 ENV_MAX_LATENCY_MS = "SMALLCLS_MAX_LATENCY_MS"
 ENV_BATCH_WAIT_MS = "SMALLCLS_BATCH_WAIT_MS"
@@ -22,6 +23,7 @@ ENV_MAX_QUEUE = "SMALLCLS_MAX_QUEUE"
 ENV_MODEL_BATCHING = "SMALLCLS_MODEL_BATCHING"
 ENV_AUTH_TOKEN = "SMALLCLS_AUTH_TOKEN"
 ENV_AUTH_TOKEN_FILE = "SMALLCLS_AUTH_TOKEN_FILE"
+ENV_REQUIRE_AUTH = "SMALLCLS_REQUIRE_AUTH"
 ENV_WORKERS = "SMALLCLS_WORKERS"
 ENV_MAX_CONCURRENCY = "SMALLCLS_MAX_CONCURRENCY"
 ENV_TIMEOUT_S = "SMALLCLS_TIMEOUT_S"
@@ -192,7 +194,14 @@ class Settings:
     max_texts: int = 64  # per request
     max_chars: int = 2000  # per text, counted in characters before tokenization
     max_body_bytes: int = 1 << 20  # per request body, refused before it is read
+    # The whole body must arrive within this (408 otherwise): a client trickling bytes
+    # (slowloris) would otherwise hold a connection and a request slot indefinitely. 1 MiB
+    # at 1 Mbit/s takes 8 s.
+    body_timeout_s: float = 10.0
     auth_token: str | None = dataclasses.field(default=None, repr=False)
+    # Production sets this (the Bento does, in bentofile.yaml): a service that should be
+    # closed but was started without a token refuses to start instead of serving openly.
+    require_auth: bool = False
     reload_poll_s: float = 2.0  # how often each worker looks at models_file
     batching: BatchingSettings = dataclasses.field(default_factory=BatchingSettings)
     model_batching: dict[str, BatchingSettings] = dataclasses.field(default_factory=dict)
@@ -203,6 +212,14 @@ class Settings:
         for field in ("threads", "max_texts", "max_chars", "max_body_bytes"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.require_auth and not self.auth_token:
+            raise ValueError(
+                f"{ENV_REQUIRE_AUTH}=true but no token is set: set {ENV_AUTH_TOKEN} or "
+                f"{ENV_AUTH_TOKEN_FILE} (a mounted secret), or {ENV_REQUIRE_AUTH}=false for "
+                "an open service on a trusted network"
+            )
+        if not self.body_timeout_s > 0:
+            raise ValueError(f"body_timeout_s must be > 0, got {self.body_timeout_s}")
 
     @property
     def model_dirs(self) -> tuple[Path, ...]:
@@ -240,7 +257,9 @@ class Settings:
             max_texts=_positive_int(env, ENV_MAX_TEXTS, cls.max_texts),
             max_chars=_positive_int(env, ENV_MAX_CHARS, cls.max_chars),
             max_body_bytes=_positive_int(env, ENV_MAX_BODY_BYTES, cls.max_body_bytes),
+            body_timeout_s=_non_negative_float(env, ENV_BODY_TIMEOUT_S, cls.body_timeout_s),
             auth_token=read_auth_token(env),
+            require_auth=_flag(env, ENV_REQUIRE_AUTH, cls.require_auth),
             reload_poll_s=_non_negative_float(env, ENV_RELOAD_POLL_S, cls.reload_poll_s),
             batching=batching,
             model_batching=per_model_batching(env, batching),

@@ -17,9 +17,12 @@ finished.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import platform
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,56 @@ COMPLETE = "COMPLETE"
 
 class RunDirError(RuntimeError):
     """A run directory that cannot be used; the message says what to do."""
+
+
+def check_writable(runs_dir: Path) -> None:
+    """Fail before any training when runs cannot be written there: finding out at the first
+    checkpoint or at the end costs the whole run."""
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=runs_dir, prefix=".smallcls-write-check-") as probe:
+            probe.write(b"ok")
+            probe.flush()
+    except OSError as exc:
+        raise RunDirError(
+            f"cannot write runs under {runs_dir}: {exc.strerror or exc}: pass a writable "
+            "--runs-dir or fix the directory's permissions"
+        ) from None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC anywhere in the exception chain; torch.save reports it as a RuntimeError
+    ("file write failed") from its C++ writer rather than as an OSError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if isinstance(seen, RuntimeError) and "file write failed" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def disk_full_error(run_dir: Path, resume_from: Path | None) -> RunDirError:
+    """What to free and what a rerun will do. A save writes about as much as the last
+    checkpoint again (weights and optimizer state), or as the run holds so far without one."""
+    need = _size(resume_from) if resume_from else _size(run_dir)
+    where = run_dir.parent
+    free = shutil.disk_usage(where).free
+    then = (
+        f"it resumes from {resume_from.name}"
+        if resume_from
+        else "it starts again (no checkpoint was saved yet)"
+    )
+    return RunDirError(
+        f"disk full: free {max(need, 1 << 20) / 2**20:.0f} MB at {where} "
+        f"({free / 2**20:.0f} MB free now), then rerun the same command: {then}; the "
+        f"unfinished run is kept in {run_dir} (no COMPLETE marker, so nothing uses it)"
+    )
 
 
 def environment() -> dict[str, Any]:

@@ -39,7 +39,16 @@ from smallcls.data import (
 from smallcls.metrics import classification_metrics, multilabel_metrics, oos_metrics
 from training.adapters import add_lora, merge_lora
 from training.families import Classifier, ModelSpec, build_classifier, prepare_backbone
-from training.run_dir import COMPLETE, environment, load_run, save_model_dir, write_json
+from training.run_dir import (
+    COMPLETE,
+    check_writable,
+    disk_full_error,
+    environment,
+    is_disk_full,
+    load_run,
+    save_model_dir,
+    write_json,
+)
 from training.thresholds import (
     apply_label_thresholds,
     reject_below,
@@ -309,21 +318,37 @@ def train(
     A run killed mid-way (Ctrl-C, SIGKILL) leaves `<name>.partial` with its last checkpoint;
     training the same config again resumes from there (optimizer, schedule, RNG and data order
     restored by the Trainer). `COMPLETE` is written last and the directory renamed only then,
-    so a half-written run never looks complete."""
+    so a half-written run never looks complete. An unwritable `runs_dir` fails before
+    training; a full disk fails with a `RunDirError` saying what to free, and keeps
+    `<name>.partial` for the rerun to resume."""
     final_dir = Path(runs_dir) / config.name
     run_dir = final_dir.with_name(final_dir.name + ".partial")
+    check_writable(Path(runs_dir))
     resume = _resumable(run_dir, config)
-    if not resume:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
-    handler = _attach_log_file(run_dir / "train.log")
     try:
-        if resume:
-            log.info("%s: resuming from %s", config.name, run_dir)
-        _train_into(config, run_dir, show_progress, resume=resume, callbacks=callbacks or [])
-    finally:
-        _detach_log_file(handler)
-    (run_dir / COMPLETE).write_text("ok\n")
+        if not resume:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
+        handler = _attach_log_file(run_dir / "train.log")
+        try:
+            if resume:
+                log.info("%s: resuming from %s", config.name, run_dir)
+            _train_into(config, run_dir, show_progress, resume=resume, callbacks=callbacks or [])
+        finally:
+            _detach_log_file(handler)
+        # Checkpoints go only once the model is saved: if that save fails (a full disk),
+        # the rerun resumes from the last checkpoint instead of training from scratch.
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / COMPLETE).write_text("ok\n")
+    except (OSError, RuntimeError) as exc:
+        if not is_disk_full(exc):
+            raise
+        # The .partial directory stays for the rerun to resume from; a COMPLETE marker cut
+        # short by the full disk must not make it look finished.
+        (run_dir / COMPLETE).unlink(missing_ok=True)
+        checkpoints = run_dir / "checkpoints"
+        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        raise disk_full_error(run_dir, Path(last) if last else None) from exc
     shutil.rmtree(final_dir, ignore_errors=True)
     run_dir.rename(final_dir)
     return final_dir
@@ -628,7 +653,6 @@ def _fit(
         "%s: trained in %.0f s, loss %.4f", config.name, budget["seconds"], result.training_loss
     )
     model.backbone = merge_lora(model.backbone)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
 def _gold(dataset: Dataset, split: Split) -> list:
