@@ -57,7 +57,7 @@ from loadtests.sweep import machine_label, run_sweep  # noqa: E402
 from service.launch import ServerProcess  # noqa: E402
 from smallcls.manifest import Manifest  # noqa: E402
 
-DEFAULT_MODEL = Path("/work/main/demo_output/models/minilm-int8")
+DEFAULT_MODEL = ROOT / "demo_output" / "models" / "minilm-int8"  # written by `make demo`
 TEXTS = ROOT / "data" / "sst2" / "test.jsonl"
 WORKER_MODULE = "_bentoml_impl.worker.service"  # what BentoML's worker processes run
 READY_LINE = "serving models"  # logged by each worker once its models are loaded and warmed
@@ -79,6 +79,10 @@ PRODUCTION_ENV = {
     # counts as one.
     "SMALLCLS_MAX_LATENCY_MS": "50",
     "SMALLCLS_MAX_QUEUE": "32",  # texts queued per model and worker; beyond: 503 at once
+    # Clients reconnect every 32 requests (about 6 s for a paced user): connections, which
+    # BentoML's workers otherwise keep for good, spread again over the workers, and reach a
+    # worker that replaced a killed one.
+    "SMALLCLS_MAX_REQUESTS_PER_CONNECTION": "32",
 }
 
 
@@ -939,6 +943,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         d=QUICK if args.quick else FULL, quick=args.quick, slo_ms=args.slo_p95_ms,
         rate=args.rate, max_users=args.max_users, grace_s=args.grace_s, env=env,
     )  # fmt: skip
+    # A SIGTERM (pkill, a CI timeout) must unwind through the server's context manager:
+    # the default handler would leave `bentoml serve` and Locust running as orphans.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     started = time.monotonic()
     rows = bench.run()
     meta = {

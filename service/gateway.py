@@ -8,6 +8,7 @@ request costs no parsing. A body that trickles in (slowloris) is cut off at the 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -29,9 +30,33 @@ class GatewayConfig:
     auth_token: bytes | None = None
     max_body_bytes: int = 1 << 20
     body_timeout_s: float = 10.0
+    max_requests_per_connection: int = 0  # 0: keep-alive connections are never recycled
 
 
 CONFIG = GatewayConfig()
+# Requests seen per open connection, keyed by (client, server) address. Bounded: a closed
+# connection's entry is never told about, so the oldest entries are dropped beyond this.
+_CONNECTION_REQUESTS: collections.OrderedDict[Any, int] = collections.OrderedDict()
+_MAX_TRACKED_CONNECTIONS = 4096
+
+
+def recycle_connection(scope: Scope) -> bool:
+    """Whether this request is the last one its keep-alive connection gets (`Connection:
+    close` on the answer). Reconnecting clients land on whichever worker accepts first, which
+    is the less busy one: this is how load spreads again over workers, and onto a worker that
+    replaced a dead one."""
+    limit = CONFIG.max_requests_per_connection
+    client = scope.get("client")
+    if limit <= 0 or client is None:
+        return False
+    key = (tuple(client), tuple(scope.get("server") or ()))
+    count = _CONNECTION_REQUESTS.pop(key, 0) + 1
+    if count >= limit:
+        return True
+    _CONNECTION_REQUESTS[key] = count
+    if len(_CONNECTION_REQUESTS) > _MAX_TRACKED_CONNECTIONS:
+        _CONNECTION_REQUESTS.popitem(last=False)
+    return False
 
 
 async def _json_error(send: Send, status: int, message: str, field: str, **headers: str) -> None:
@@ -116,6 +141,7 @@ class Gateway:
         received = 0
         body_done = False
         started = False
+        close = recycle_connection(scope)
         deadline = asyncio.get_running_loop().time() + CONFIG.body_timeout_s
 
         async def limited_receive() -> Message:
@@ -139,6 +165,9 @@ class Gateway:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if close:
+                    headers = [*message.get("headers", ()), (b"connection", b"close")]
+                    message = {**message, "headers": headers}
             await send(message)
 
         try:

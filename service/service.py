@@ -323,6 +323,7 @@ class Classifier:
         )
         gateway.CONFIG.max_body_bytes = self.settings.max_body_bytes
         gateway.CONFIG.body_timeout_s = self.settings.body_timeout_s
+        gateway.CONFIG.max_requests_per_connection = self.settings.max_requests_per_connection
         self.metrics = get_metrics()
         self.models = load_all(self.settings.models, self.settings, self.metrics.observe_batch)
         self.default_model = self._check_default(self.settings.default_model, self.models)

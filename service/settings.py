@@ -24,6 +24,7 @@ ENV_MODEL_BATCHING = "SMALLCLS_MODEL_BATCHING"
 ENV_AUTH_TOKEN = "SMALLCLS_AUTH_TOKEN"
 ENV_AUTH_TOKEN_FILE = "SMALLCLS_AUTH_TOKEN_FILE"
 ENV_REQUIRE_AUTH = "SMALLCLS_REQUIRE_AUTH"
+ENV_MAX_REQUESTS_PER_CONNECTION = "SMALLCLS_MAX_REQUESTS_PER_CONNECTION"
 ENV_WORKERS = "SMALLCLS_WORKERS"
 ENV_MAX_CONCURRENCY = "SMALLCLS_MAX_CONCURRENCY"
 ENV_TIMEOUT_S = "SMALLCLS_TIMEOUT_S"
@@ -198,6 +199,11 @@ class Settings:
     # (slowloris) would otherwise hold a connection and a request slot indefinitely. 1 MiB
     # at 1 Mbit/s takes 8 s.
     body_timeout_s: float = 10.0
+    # After this many requests on one keep-alive connection the answer says `Connection:
+    # close` and the client reconnects (0: never). Workers accept connections from a shared
+    # socket and keep them for good, so without it one worker can hold most clients while the
+    # other idles, and a worker that replaced a killed one gets no traffic (bench/reliability.py).
+    max_requests_per_connection: int = 0
     auth_token: str | None = dataclasses.field(default=None, repr=False)
     # Production sets this (the Bento does, in bentofile.yaml): a service that should be
     # closed but was started without a token refuses to start instead of serving openly.
@@ -217,6 +223,10 @@ class Settings:
                 f"{ENV_REQUIRE_AUTH}=true but no token is set: set {ENV_AUTH_TOKEN} or "
                 f"{ENV_AUTH_TOKEN_FILE} (a mounted secret), or {ENV_REQUIRE_AUTH}=false for "
                 "an open service on a trusted network"
+            )
+        if self.max_requests_per_connection < 0:
+            raise ValueError(
+                f"max_requests_per_connection must be >= 0, got {self.max_requests_per_connection}"
             )
         if not self.body_timeout_s > 0:
             raise ValueError(f"body_timeout_s must be > 0, got {self.body_timeout_s}")
@@ -258,6 +268,11 @@ class Settings:
             max_chars=_positive_int(env, ENV_MAX_CHARS, cls.max_chars),
             max_body_bytes=_positive_int(env, ENV_MAX_BODY_BYTES, cls.max_body_bytes),
             body_timeout_s=_non_negative_float(env, ENV_BODY_TIMEOUT_S, cls.body_timeout_s),
+            max_requests_per_connection=(
+                _positive_int(env, ENV_MAX_REQUESTS_PER_CONNECTION, 1)
+                if env.get(ENV_MAX_REQUESTS_PER_CONNECTION, "").strip() not in ("", "0")
+                else 0
+            ),
             auth_token=read_auth_token(env),
             require_auth=_flag(env, ENV_REQUIRE_AUTH, cls.require_auth),
             reload_poll_s=_non_negative_float(env, ENV_RELOAD_POLL_S, cls.reload_poll_s),

@@ -499,6 +499,35 @@ def test_settings_defaults_and_parsing(tmp_path: Path) -> None:
     assert per_model.batching_for("b").max_batch_size == 32
 
 
+def test_keep_alive_connections_are_recycled_after_n_requests(client: TestClient) -> None:
+    """Every Nth answer on one connection says `Connection: close`, so clients reconnect and
+    spread over the workers; off (0), no answer does."""
+    previous = gateway.CONFIG.max_requests_per_connection
+    gateway._CONNECTION_REQUESTS.clear()
+    try:
+        gateway.CONFIG.max_requests_per_connection = 3
+        closes = [
+            client.post("/classify", json={"texts": ["fine"]}).headers.get("connection")
+            for _ in range(7)
+        ]
+        assert closes == [None, None, "close", None, None, "close", None]
+        gateway.CONFIG.max_requests_per_connection = 0
+        answers = [client.post("/classify", json={"texts": ["fine"]}) for _ in range(4)]
+        assert all(a.status_code == 200 and "connection" not in a.headers for a in answers)
+    finally:
+        gateway.CONFIG.max_requests_per_connection = previous
+        gateway._CONNECTION_REQUESTS.clear()
+
+
+def test_connection_recycling_setting() -> None:
+    base = {"SMALLCLS_MODELS": "a"}
+    assert Settings.from_env(base).max_requests_per_connection == 0
+    parsed = Settings.from_env({**base, "SMALLCLS_MAX_REQUESTS_PER_CONNECTION": "32"})
+    assert parsed.max_requests_per_connection == 32
+    with pytest.raises(ValueError, match="SMALLCLS_MAX_REQUESTS_PER_CONNECTION"):
+        Settings.from_env({**base, "SMALLCLS_MAX_REQUESTS_PER_CONNECTION": "-1"})
+
+
 def metric_value(metrics_text: str, name: str, **labels: str) -> float:
     """Sum of a metric's samples with these labels (across worker processes)."""
     total = 0.0
