@@ -12,8 +12,8 @@ order:
                 recover (no shedding, p95 <= SLO) once the load drops
   3 soak        70% of saturation for 10 minutes: errors, RSS of the server's process tree
                 (first- vs last-minute median) and latency per minute
-  4 hostile     bench/hostile.py (schemathesis fuzzing and hand-made hostile inputs) when the
-                module is present, with the tree's RSS before and after
+  4 hostile     bench/hostile.py (schemathesis fuzzing and hand-made hostile inputs), with
+                the tree's RSS before and after
   5 worker kill 50% of saturation, one worker SIGKILLed: failed requests, time until a new
                 worker runs and is ready, time until traffic is back to its rate without errors
   6 SIGTERM     16 clients in flight, SIGTERM to the server: every request in flight must get
@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import datetime
 import http.client
-import importlib
 import json
 import math
 import os
@@ -52,6 +51,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.hostile import fuzz_schema, hostile_inputs, process_tree_rss  # noqa: E402
 from loadtests.run import LoadSummary, run_loadtest  # noqa: E402
 from loadtests.sweep import machine_label, run_sweep  # noqa: E402
 from service.launch import ServerProcess  # noqa: E402
@@ -215,15 +215,7 @@ def worker_pids(arbiter: int) -> set[int]:
 
 
 def tree_rss_mb(root: int) -> float:
-    try:
-        procs = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            total += proc.memory_info().rss
-    return total / 2**20
+    return process_tree_rss(root) / 2**20
 
 
 def locust_cpu_s() -> float:
@@ -644,20 +636,10 @@ class Bench:
         )
 
     def hostile(self) -> None:
-        try:
-            hostile = importlib.import_module("bench.hostile")
-        except ModuleNotFoundError as exc:
-            if exc.name not in ("bench.hostile", "bench"):
-                raise
-            say("[4 hostile] bench/hostile.py is not in this branch: rows skipped")
-            for check in ("fuzz (schemathesis)", "hostile inputs"):
-                self.add(Row(check=check, tried="bench/hostile.py", figure="module missing",
-                             target="-", ok=None))  # fmt: skip
-            return
         workers = worker_pids(self.pid)
         before = tree_rss_mb(self.pid)
         say(f"[4 hostile] schemathesis, {self.d.fuzz_examples} examples; RSS {before:.0f} MB")
-        fuzz = hostile.fuzz_schema(self.url, self.token, max_examples=self.d.fuzz_examples)
+        fuzz = fuzz_schema(self.url, self.token, max_examples=self.d.fuzz_examples)
         need = self.d.fuzz_examples if not self.quick else 1
         self.add(
             Row(
@@ -671,7 +653,7 @@ class Bench:
             )
         )
         say("[4 hostile] hand-made hostile inputs")
-        results = hostile.hostile_inputs(self.url, self.token, self.pid)
+        results = hostile_inputs(self.url, self.token, self.pid)
         bad = [r for r in results if not r["ok"]]
         failed = [(r["case"], r["status"], r["detail"]) for r in bad]
         self.add(
