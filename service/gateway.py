@@ -43,8 +43,8 @@ _MAX_TRACKED_CONNECTIONS = 4096
 def recycle_connection(scope: Scope) -> bool:
     """Whether this request is the last one its keep-alive connection gets (`Connection:
     close` on the answer). Reconnecting clients land on whichever worker accepts first, which
-    is the less busy one: this is how load spreads again over workers, and onto a worker that
-    replaced a dead one."""
+    tends to be the less busy one: this is how load spreads again over workers, and onto a
+    worker that replaced a dead one."""
     limit = CONFIG.max_requests_per_connection
     client = scope.get("client")
     if limit <= 0 or client is None:
