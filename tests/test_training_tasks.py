@@ -255,7 +255,19 @@ def test_few_shot_prompt_puts_k_examples_per_class_before_the_text(tiny_dirs, tm
     assert budget["zero_shot"] and budget["few_shot_k"] == 2 and budget["examples_seen"] == 0
 
 
-def test_mntp_adapts_the_decoder_before_fine_tuning(tiny_dirs, tmp_path):
+def test_mntp_adapts_the_whole_decoder_before_it_is_cut(tiny_dirs, tmp_path, monkeypatch):
+    # The LM head reads only the last layer, so MNTP must see all of them (the tiny llama has
+    # 3); the classifier keeps the first 2.
+    import training.mntp
+
+    layers_seen = []
+    real_loss = training.mntp.mntp_loss
+
+    def spy(lm, *args):
+        layers_seen.append(len(lm.get_decoder().layers))
+        return real_loss(lm, *args)
+
+    monkeypatch.setattr(training.mntp, "mntp_loss", spy)
     config = _tiny(
         tiny_dirs,
         "llama",
@@ -269,6 +281,7 @@ def test_mntp_adapts_the_decoder_before_fine_tuning(tiny_dirs, tmp_path):
     run = train(config, tmp_path / "runs", show_progress=False)
     mntp = json.loads((run / "metrics.json").read_text())["train"]["mntp"]
     assert mntp["steps"] == 6 and mntp["tokens_seen"] > 0
+    assert layers_seen == [3] * 6
     from training.run_dir import load_run
 
     model = load_run(run)[0]

@@ -5,8 +5,14 @@ forward and loses much of what it knew. MNTP teaches it the new view cheaply: ma
 the input tokens, let every position attend both ways, and predict each masked token from the
 output at the position BEFORE it (the LM head's habit of predicting the next token is kept).
 LoRA on all linears, a few hundred steps on unlabeled text (the task's training texts
-suffice); the adapters are merged, and the decoder (cut to K layers first) becomes the
-extracted encoder's backbone.
+suffice); the adapters are merged, the decoder is cut to its first K layers, and it becomes
+the extracted encoder's backbone.
+
+MNTP runs on the whole decoder and the cut comes after: the LM head reads only the last
+layer's states, so cutting first asks LoRA to make layer K speak the head's language.
+Measured on SmolLM2-135M and 32 SST-2 texts: the MNTP loss before any step is 11.5 on the
+whole decoder and 27.3 when cut to 12 layers (a uniform guess is 10.8); 100 steps on the cut
+decoder ended at 12.6 and left a model that fine-tuned to chance (51.6% on SST-2).
 """
 
 from __future__ import annotations
@@ -69,12 +75,11 @@ def adapt_mntp(
     seed: int,
     device: str = "cpu",
 ) -> tuple[PreTrainedModel, dict]:
-    """The decoder (cut to `layers`) after MNTP with merged LoRA, and what it cost."""
+    """The decoder after MNTP with merged LoRA, cut to `layers`, and what it cost."""
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(source).to(device)
     lm.config.use_cache = False
-    cut_layers(lm.get_decoder(), layers)
     lm = add_lora(lm, r=lora_r, alpha=2 * lora_r, dropout=0.05, targets=None)
     params = [p for p in lm.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=learning_rate)
@@ -101,6 +106,7 @@ def adapt_mntp(
         if step % 20 == 0 or step == steps - 1:
             log.info("MNTP step %d/%d: loss %.3f", step + 1, steps, losses[-1])
     lm = merge_lora(lm).to("cpu")
+    cut_layers(lm.get_decoder(), layers)
     cost = {
         "steps": steps,
         "tokens_seen": tokens,
