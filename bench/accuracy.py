@@ -109,9 +109,10 @@ GPU_EPOCHS = {
 }
 
 # Epochs for full training sets on 2 CPU cores (budget cpu-full): one to six passes, so that
-# MiniLM covers every row of the six target datasets in about an hour and a half.
+# MiniLM covers every row of the six target datasets in about three hours. SST-2 takes two:
+# one pass over its 65k rows reached 89.8%, short of the 90% the issue asks for.
 CPU_FULL_EPOCHS = {
-    "sst2": 1,
+    "sst2": 2,
     "banking77": 6,
     "emotion": 2,
     "trec": 3,
