@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.accuracy_plots import write_plots
 from smallcls.config import TrainConfig, to_dict
 from smallcls.data import BENCHMARKS
 
@@ -412,6 +413,8 @@ def write_table(rows: list[dict[str, Any]], out: Path, command: str, budget: Bud
     )
     path = out / "accuracy.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if write_plots(rows, out, command) is None:
+        log.warning("accuracy.html not written: plotly is missing (pip install -e '.[report]')")
     return path
 
 

@@ -58,3 +58,53 @@ def test_table_puts_reference_and_budget_beside_ours(tmp_path):
     assert "| clinc150 | minilm | in_scope_accuracy | 95.00% | 96.50% |" in text
     assert "OOS recall 0.600" in text and "NOT comparable" in text and "failed: boom" in text
     assert (tmp_path / "accuracy.csv").read_text().startswith("dataset,family,metric,")
+
+
+def _cell(family: str, ours: float, flops: float, params: float) -> dict:
+    return {
+        "dataset": "sst2",
+        "family": family,
+        "metric": "accuracy",
+        "ours": ours,
+        "macro_f1": ours,
+        "extra": "",
+        "reference": BENCHMARKS["sst2"].reference_value,
+        "parameters": params,
+        "train_rows": 2000,
+        "test_rows": 872,
+        "epochs": 2,
+        "max_length": 64,
+        "train_seconds": 10.0,
+        "tokens_seen": 1000,
+        "estimated_flops": flops,
+        "budget_note": "",
+    }
+
+
+def test_plots_join_the_k_sweep_in_order_and_name_untrained_cells(tmp_path):
+    pytest.importorskip("plotly")
+    from bench.accuracy_plots import dataset_figure
+
+    rows = [
+        _cell("minilm", 0.88, 1e13, 22e6),
+        _cell("smollm2-zeroshot", 0.77, 0, 134e6),
+        _cell("smollm2-bidir-l12", 0.79, 2e13, 70e6),
+        _cell("smollm2-bidir-l4", 0.70, 1e13, 40e6),
+        _cell("smollm2-bidir-l8", 0.75, 1.5e13, 55e6),
+        _cell("smollm2-bidir-l12-mntp", 0.81, 3e13, 70e6),
+    ]
+    by_flops = dataset_figure("sst2", rows, "estimated_flops")
+    traces = {t.name: t for t in by_flops.data}
+    assert list(traces["K sweep"].y) == pytest.approx([70.0, 75.0, 79.0])  # K = 4, 8, 12
+    assert list(traces["K sweep + MNTP"].y) == pytest.approx([81.0])
+    assert "smollm2-zeroshot" not in [f for t in by_flops.data for f in (t.text or ())]
+    assert "not shown (no estimated training FLOPs): smollm2-zeroshot" in by_flops.layout.title.text
+    by_params = dataset_figure("sst2", rows, "parameters")
+    causal = next(t for t in by_params.data if t.name == "causal lm")
+    assert list(causal.text) == ["smollm2-zeroshot"] and list(causal.y) == pytest.approx([77.0])
+
+    write_table(rows, tmp_path, "python -m bench.accuracy --budget cpu", BUDGETS["cpu"])
+    page = (tmp_path / "accuracy.html").read_text()
+    # Two plots, plotly.js embedded once: the page opens from disk with no network.
+    assert page.count("Plotly.newPlot") == 2 and page.count("plotly.js v") == 1
+    assert "sst2: accuracy vs parameters" in page
