@@ -110,8 +110,10 @@ GPU_EPOCHS = {
 }
 
 # Epochs for full training sets on 2 CPU cores (budget cpu-full): one to six passes, so that
-# MiniLM covers every row of the six target datasets in about three hours. SST-2 takes two:
-# one pass over its 65k rows reached 89.8%, short of the 90% the issue asks for.
+# MiniLM covers every row of the six target datasets in about three hours. SST-2 and CLINC150
+# got more after a first run: one pass over SST-2's 65k rows reached 89.8% (target 90%), and
+# four over CLINC150 93.3% in-scope with rejection (target 94%); CLINC150 now has the gpu
+# budget's six.
 CPU_FULL_EPOCHS = {
     "sst2": 2,
     "banking77": 6,
@@ -119,7 +121,7 @@ CPU_FULL_EPOCHS = {
     "trec": 3,
     "ag_news": 2,
     "goemotions": 2,
-    "clinc150": 4,
+    "clinc150": 6,
     "imdb": 1,
 }
 
