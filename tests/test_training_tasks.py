@@ -282,6 +282,8 @@ def test_mntp_adapts_the_whole_decoder_before_it_is_cut(tiny_dirs, tmp_path, mon
     mntp = json.loads((run / "metrics.json").read_text())["train"]["mntp"]
     assert mntp["steps"] == 6 and mntp["tokens_seen"] > 0
     assert layers_seen == [3] * 6
+    budget = json.loads((run / "metrics.json").read_text())["train"]
+    assert mntp["parameters"] > budget["parameters"]  # MNTP's FLOPs count the whole decoder
     from training.run_dir import load_run
 
     model = load_run(run)[0]

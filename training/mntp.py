@@ -80,6 +80,7 @@ def adapt_mntp(
 
     lm = AutoModelForCausalLM.from_pretrained(source).to(device)
     lm.config.use_cache = False
+    parameters = sum(p.numel() for p in lm.parameters())  # the whole decoder runs, not K layers
     lm = add_lora(lm, r=lora_r, alpha=2 * lora_r, dropout=0.05, targets=None)
     params = [p for p in lm.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=learning_rate)
@@ -109,6 +110,7 @@ def adapt_mntp(
     cut_layers(lm.get_decoder(), layers)
     cost = {
         "steps": steps,
+        "parameters": parameters,
         "tokens_seen": tokens,
         "seconds": round(time.perf_counter() - start, 1),
         "first_loss": losses[0] if losses else None,

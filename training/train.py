@@ -648,7 +648,9 @@ def _fit(
     if config.lora_r:
         budget["lora"] = {"r": config.lora_r, "alpha": config.lora_alpha}
     if "mntp" in budget:
-        budget["estimated_flops"] += float(4 * total * budget["mntp"]["tokens_seen"])
+        # LoRA (4N per token) on the whole decoder, which MNTP adapts before the cut to K layers.
+        mntp = budget["mntp"]
+        budget["estimated_flops"] += float(4 * mntp["parameters"] * mntp["tokens_seen"])
     log.info(
         "%s: trained in %.0f s, loss %.4f", config.name, budget["seconds"], result.training_loss
     )
