@@ -284,6 +284,8 @@ def test_mntp_adapts_the_whole_decoder_before_it_is_cut(tiny_dirs, tmp_path, mon
     assert layers_seen == [3] * 6
     budget = json.loads((run / "metrics.json").read_text())["train"]
     assert mntp["parameters"] > budget["parameters"]  # MNTP's FLOPs count the whole decoder
+    # Fine-tuning after MNTP is full fine-tuning: the merged adapters leave nothing frozen.
+    assert budget["trainable_parameters"] == budget["parameters"]
     from training.run_dir import load_run
 
     model = load_run(run)[0]

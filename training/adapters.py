@@ -59,9 +59,15 @@ def add_lora(
 
 
 def merge_lora(backbone: nn.Module) -> nn.Module:
-    """The plain backbone with the adapters folded into its weights (no-op without LoRA)."""
+    """The plain backbone with the adapters folded into its weights (no-op without LoRA),
+    every weight trainable again as in a freshly loaded model.
+
+    peft leaves the base weights frozen after merging. MNTP merges its adapters and then
+    fine-tunes the result in full. Left frozen, only the 1,154 weights of the head trained
+    (SST-2 60.7%, against 79.0% without MNTP)."""
     from peft import PeftModel
 
     if isinstance(backbone, PeftModel):
-        return backbone.merge_and_unload()
+        backbone = backbone.merge_and_unload()
+        backbone.requires_grad_(True)
     return backbone
