@@ -7,7 +7,7 @@ Two plots per dataset, side by side in one self-contained `accuracy.html`:
 
 The extracted-encoder K sweep (`smollm2-bidir-l{K}`, with and without `-mntp`) is joined by a
 line in order of K, so the reader sees what each extra decoder layer buys. A dotted line marks
-the published reference. Colours are the report's: one per model family.
+the published reference. Colours are the HTML report's: one per model family.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-# The HTML report's Okabe-Ito colours, so a family looks the same in every page we write.
-FAMILY_COLOURS = {"encoder": "#0072B2", "extracted_encoder": "#E69F00", "causal_lm": "#009E73"}
 SWEEP = re.compile(r"^smollm2-bidir-l(\d+)(-mntp)?$")
 
 
@@ -54,6 +52,10 @@ def dataset_figure(dataset: str, rows: list[dict[str, Any]], x: str):
     parameters), both axes as in the table."""
     import plotly.graph_objects as go
 
+    # The HTML report's colours (imported here: reports.html needs plotly), so a family looks
+    # the same in every page we write.
+    from reports.html import FAMILY_COLOURS
+
     cells = [r for r in rows if r["dataset"] == dataset and "error" not in r]
     shown = [r for r in cells if r.get(x, 0) > 0]
     left_out = [r["family"] for r in cells if r.get(x, 0) <= 0]
@@ -87,7 +89,10 @@ def dataset_figure(dataset: str, rows: list[dict[str, Any]], x: str):
                 x=[r[x] for r in line],
                 y=[_value(r) for r in line],
                 mode="lines",
-                line={"dash": "dash" if "MNTP" in name else "solid", "color": "#E69F00"},
+                line={
+                    "dash": "dash" if "MNTP" in name else "solid",
+                    "color": FAMILY_COLOURS["extracted_encoder"],
+                },
                 name=name,
                 hoverinfo="skip",
             )
