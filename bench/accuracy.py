@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.accuracy_plots import write_plots
-from smallcls.config import TrainConfig, to_dict
-from smallcls.data import BENCHMARKS
+from core.config import TrainConfig, to_dict
+from core.data import BENCHMARKS
 
 log = logging.getLogger("bench.accuracy")
 
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from smallcls.config import parse_overrides
+    from core.config import parse_overrides
 
     if args.budget == "auto":
         import torch

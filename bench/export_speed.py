@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
 
+    from core.manifest import VARIANTS, Manifest
     from service.runtime import OnnxClassifier
-    from smallcls.manifest import VARIANTS, Manifest
     from training.run_dir import load_run
     from training.train import dataset_for
 

@@ -52,10 +52,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.hostile import fuzz_schema, hostile_inputs, process_tree_rss  # noqa: E402
+from core.manifest import Manifest  # noqa: E402
 from loadtests.run import LoadSummary, run_loadtest  # noqa: E402
 from loadtests.sweep import machine_label, run_sweep  # noqa: E402
 from service.launch import ServerProcess  # noqa: E402
-from smallcls.manifest import Manifest  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "demo_output" / "models" / "minilm-int8"  # written by `make demo`
 TEXTS = ROOT / "data" / "sst2" / "test.jsonl"

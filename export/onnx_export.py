@@ -28,13 +28,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from core import registry
+from core.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, sha256_of
+from core.metrics import classification_metrics, label_agreement
 from export import gate
 from export import variants as variants_mod
 from export.variants import PRECISION, cuda_available, parse_variants
 from service.runtime import OnnxClassifier, make_session
-from smallcls import registry
-from smallcls.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, sha256_of
-from smallcls.metrics import classification_metrics, label_agreement
 from training.families import Classifier
 from training.run_dir import load_run
 from training.train import dataset_for, predict_logits
@@ -179,7 +179,7 @@ def export_model(
     if dataset.label_names != labels:
         raise ValueError(f"the dataset's labels {dataset.label_names} != the run's {labels}")
     texts, label_ids = dataset.test.texts, dataset.label_ids(dataset.test)
-    # Multi-label test labels are not loaded by smallcls.data yet: the gate then checks
+    # Multi-label test labels are not loaded by core.data yet: the gate then checks
     # agreement (exact label sets) and finiteness, not accuracy.
     y_true = np.asarray(label_ids) if problem_type == "single_label" else None
     parity_texts = texts[:parity_rows]

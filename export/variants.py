@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from smallcls.manifest import VARIANTS
+from core.manifest import VARIANTS
 
 log = logging.getLogger(__name__)
 

@@ -268,8 +268,8 @@ def load_test_models(
     takes each model's name and max length from its manifest. Otherwise talks to `host`, and
     finds the server's process (for CPU figures) from the port when `server_pid` is None.
     """
+    from core.manifest import Manifest
     from loadtests.run import find_server_pid, wait_ready
-    from smallcls.manifest import Manifest
 
     if model_dirs and host is None:
         from service.launch import ServerProcess

@@ -21,12 +21,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from loadtests.run import SUMMARY_NAME, LoadSummary, LoadTestError
-from loadtests.sweep import DEFAULT_SLO_P95_MS, SWEEP_NAME, SweepSummary, best_at_slo, meets_slo
-from loadtests.texts import read_texts
-from reports.cost import DEFAULT_PRICES, Cost, PriceTable, costs_for, load_prices
-from reports.select import Recommendation, pareto_front, recommend
-from smallcls.manifest import (
+from core.manifest import (
     MANIFEST_NAME,
     MODEL_NAME,
     TOKENIZER_NAME,
@@ -35,6 +30,11 @@ from smallcls.manifest import (
     Precision,
     fill_template,
 )
+from loadtests.run import SUMMARY_NAME, LoadSummary, LoadTestError
+from loadtests.sweep import DEFAULT_SLO_P95_MS, SWEEP_NAME, SweepSummary, best_at_slo, meets_slo
+from loadtests.texts import read_texts
+from reports.cost import DEFAULT_PRICES, Cost, PriceTable, costs_for, load_prices
+from reports.select import Recommendation, pareto_front, recommend
 
 REPORT_MD = "report.md"
 REPORT_CSV = "report.csv"

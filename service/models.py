@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.manifest import MODEL_NAME, Manifest, ManifestError, verify_files
 from service.batching import Batcher, BatchObserver
 from service.runtime import OnnxClassifier
 from service.settings import Settings
-from smallcls.manifest import MODEL_NAME, Manifest, ManifestError, verify_files
 
 logger = logging.getLogger(__name__)
 

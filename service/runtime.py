@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from smallcls.manifest import (
+from core.manifest import (
     MODEL_NAME,
     TOKENIZER_NAME,
     Manifest,

@@ -11,8 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from smallcls.config import ConfigError, DemoConfig, TrainConfig, load_config, parse_overrides
-from smallcls.manifest import VARIANTS
+from core.config import ConfigError, DemoConfig, TrainConfig, load_config, parse_overrides
+from core.manifest import VARIANTS
 
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
@@ -53,7 +53,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from smallcls import registry
+    from core import registry
 
     if args.action == "list":
         rows = [m.row() for m in registry.list_models(args.ref)]

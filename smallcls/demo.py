@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from smallcls.config import DemoConfig, TrainConfig, to_dict
+from core.config import DemoConfig, TrainConfig, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,11 @@ def run_demo(
 ) -> Path:
     """Run every stage; returns the report directory."""
     # Heavy imports here, not at module import: `smallcls --help` stays instant.
+    from core.manifest import Manifest
     from export.onnx_export import export_run
     from loadtests.sweep import run_sweep
     from reports.report import build_report
     from service.launch import ServerProcess
-    from smallcls.manifest import Manifest
     from training.train import train
 
     out = Path(config.output_dir)

@@ -10,7 +10,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from smallcls.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, sha256_of
+from core.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, sha256_of
 
 PAD, UNK = "[PAD]", "[UNK]"
 # Enough words for sentiment-ish test texts; anything else maps to [UNK].

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.accuracy import BUDGETS, FAMILIES, cell_config, headline, write_table
-from smallcls.data import BENCHMARKS
+from core.data import BENCHMARKS
 
 
 @pytest.mark.parametrize("budget", sorted(BUDGETS))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from smallcls.config import (
+from core.config import (
     ConfigError,
     DemoConfig,
     TrainConfig,
@@ -14,7 +14,7 @@ from smallcls.config import (
     load_config,
     parse_overrides,
 )
-from smallcls.data import DatasetError, carve_validation, load_dataset, read_split
+from core.data import DatasetError, carve_validation, load_dataset, read_split
 from tests.tiny_models import SST2_TEST
 
 

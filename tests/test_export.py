@@ -10,10 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from core.config import TrainConfig  # noqa: E402
+from core.manifest import VARIANTS, Manifest, ManifestError, verify_files  # noqa: E402
 from export.onnx_export import export_run  # noqa: E402
 from service.runtime import OnnxClassifier  # noqa: E402
-from smallcls.config import TrainConfig  # noqa: E402
-from smallcls.manifest import VARIANTS, Manifest, ManifestError, verify_files  # noqa: E402
 from tests.tiny_models import SST2_TEST, SST2_TRAIN, sst2_slice  # noqa: E402
 from training.run_dir import RunDirError, load_run  # noqa: E402
 from training.train import predict_logits, train  # noqa: E402

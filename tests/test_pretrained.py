@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from smallcls import pretrained
-from smallcls.data import DatasetError, load_hub_dataset
+from core import pretrained
+from core.data import DatasetError, load_hub_dataset
 
 
 def test_minilm_resolves_to_the_wheel_directory():

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from core.manifest import Manifest, ManifestError
 from loadtests.run import LoadSummary
 from loadtests.sweep import SweepSummary
 from reports.report import CSV_COLUMNS, ReportError, build_report
-from smallcls.manifest import Manifest, ManifestError
 
 
 def _model_dir(

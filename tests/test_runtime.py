@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from fakes import make_tiny_model_dir
 
+from core.manifest import MANIFEST_NAME, MODEL_NAME, ManifestError
 from service.runtime import OnnxClassifier
-from smallcls.manifest import MANIFEST_NAME, MODEL_NAME, ManifestError
 
 LABELS = ("negative", "neutral", "positive")
 

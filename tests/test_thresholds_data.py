@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from smallcls.data import (
+from core.data import (
     BENCHMARKS,
     DatasetError,
     benchmark_paths,
@@ -16,7 +16,7 @@ from smallcls.data import (
     load_dataset,
     read_split,
 )
-from smallcls.metrics import multilabel_metrics, oos_metrics
+from core.metrics import multilabel_metrics, oos_metrics
 from training.thresholds import (
     apply_label_thresholds,
     reject_below,

@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+from core.config import TrainConfig
 from smallcls.cli import main
-from smallcls.config import TrainConfig
 from tests.tiny_models import SST2_TEST, SST2_TRAIN, sst2_slice
 from training import run_dir as run_dir_module
 from training import train as train_module

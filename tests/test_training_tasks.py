@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from smallcls.config import TrainConfig
+from core.config import TrainConfig
 from tests.tiny_models import REPO, SST2_TEST, SST2_TRAIN, sst2_slice
 from training.train import train
 
@@ -147,7 +147,7 @@ KILLER = textwrap.dedent(
     """
     import json, os, signal, sys
     from transformers import TrainerCallback
-    from smallcls.config import TrainConfig
+    from core.config import TrainConfig
     from training.train import train
 
     class KillAfterSave(TrainerCallback):
@@ -208,8 +208,8 @@ def test_changed_config_does_not_resume(tiny_dirs, tmp_path):
 
 
 def test_lora_adapters_merge_and_the_run_exports(tiny_dirs, tmp_path):
+    from core.manifest import Manifest
     from export.onnx_export import export_run
-    from smallcls.manifest import Manifest
 
     config = _tiny(
         tiny_dirs,

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from smallcls import pretrained
-from smallcls.config import TrainConfig, to_dict
-from smallcls.data import Dataset, Split
-from smallcls.metrics import classification_metrics
+from core import pretrained
+from core.config import TrainConfig, to_dict
+from core.data import Dataset, Split
+from core.metrics import classification_metrics
 from training.families import ModelSpec, build_classifier
 from training.run_dir import COMPLETE, environment, save_model_dir, write_json
 from training.tokenize import label_token_ids, load_tokenizer, prepare_texts

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from smallcls.config import TrainConfig, from_mapping
+from core.config import TrainConfig, from_mapping
 from training.families import Classifier, ModelSpec, build_classifier
 
 COMPLETE = "COMPLETE"

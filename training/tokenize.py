@@ -83,7 +83,7 @@ def prepare_texts(
     truncation: str,
 ) -> list[str]:
     """The strings that get tokenized: head_tail-shortened if asked, then put in the prompt."""
-    from smallcls.manifest import fill_template
+    from core.manifest import fill_template
 
     if truncation == "head_tail":
         overhead = tokenizer.num_special_tokens_to_add()

@@ -26,9 +26,9 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from smallcls import pretrained
-from smallcls.config import TrainConfig, to_dict
-from smallcls.data import (
+from core import pretrained
+from core.config import TrainConfig, to_dict
+from core.data import (
     Dataset,
     Split,
     benchmark,
@@ -36,7 +36,7 @@ from smallcls.data import (
     load_dataset,
     load_hub_dataset,
 )
-from smallcls.metrics import classification_metrics, multilabel_metrics, oos_metrics
+from core.metrics import classification_metrics, multilabel_metrics, oos_metrics
 from training.adapters import add_lora, merge_lora
 from training.families import Classifier, ModelSpec, build_classifier, prepare_backbone
 from training.run_dir import (
@@ -664,7 +664,7 @@ def _gold(dataset: Dataset, split: Split) -> list:
 
 
 def _unlabeled_texts(path: str) -> list[str]:
-    from smallcls.data import DatasetError, _rows
+    from core.data import DatasetError, _rows
 
     texts = []
     for lineno, row in _rows(Path(path)):

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from smallcls.manifest import VARIANTS
+from core.manifest import VARIANTS
 
 T = TypeVar("T")
 
@@ -133,7 +133,7 @@ class TrainConfig:
         if self.unlabeled_path and not self.teacher_run:
             raise ConfigError("unlabeled_path needs a teacher_run to label the texts")
         if self.dataset is not None:
-            from smallcls.data import BENCHMARKS
+            from core.data import BENCHMARKS
 
             if self.dataset not in BENCHMARKS:
                 raise ConfigError(

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from smallcls.manifest import MANIFEST_NAME, Manifest, ManifestError, verify_files
+from core.manifest import MANIFEST_NAME, Manifest, ManifestError, verify_files
 
 
 @dataclasses.dataclass(frozen=True)
