@@ -29,9 +29,13 @@ class TrainConfig:
     family: str  # encoder | extracted_encoder | causal_lm
     head: str = "mean_pool"  # mean_pool | last_token | label_words
     base_model: str = "minilm-l6"  # a known name (see pretrained.py), a local dir or a hub id
+    # .jsonl/.json/.csv/.tsv (or .gz of each); see core/data.py for the formats and carving.
     train_path: str = "data/sst2/train.jsonl"
-    test_path: str = "data/sst2/test.jsonl"
+    test_path: str | None = "data/sst2/test.jsonl"  # None: a stratified test_fraction of train
     validation_path: str | None = None  # carved from train when None
+    test_fraction: float = 0.2  # share of train carved as the test split when test_path is None
+    text_column: str = "text"  # the columns (CSV/TSV header names or JSON keys) of those files
+    label_column: str = "label"  # "labels" or a JSON list: multi-label (core/data.py)
     # A Hugging Face dataset name instead of the files (needs a network and `.[hub]`).
     hub_dataset: str | None = None
     train_rows: int | None = None  # seeded subsample of train (None = all)
@@ -53,7 +57,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     max_val_rows: int = 500
     eval_batch_size: int = 64
-    # A benchmark dataset by name (smallcls/data.py BENCHMARKS: sst2, banking77, emotion, trec,
+    # A benchmark dataset by name (core/benchmarks.py BENCHMARKS: sst2, banking77, emotion, trec,
     # ag_news, goemotions, clinc150, imdb), read from datasets_dir (default ../shared/datasets);
     # it replaces train_path/test_path/validation_path.
     dataset: str | None = None
@@ -96,8 +100,10 @@ class TrainConfig:
             raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if self.train_rows is not None and self.train_rows < 2:
             raise ConfigError(f"train_rows must be >= 2 or null, got {self.train_rows}")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        for field in ("val_fraction", "test_fraction"):
+            if not 0 < getattr(self, field) < 1:
+                raise ConfigError(f"{field} must be in (0, 1), got {getattr(self, field)}")
+        self._check_data_files()
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if "{text}" not in self.prompt_template:
@@ -141,6 +147,21 @@ class TrainConfig:
                 )
         if not self.name or "/" in self.name:
             raise ConfigError(f"name must be non-empty without '/', got {self.name!r}")
+
+    def _check_data_files(self) -> None:
+        for field in ("text_column", "label_column"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{field} must be a non-empty column name, got {value!r}")
+        custom = (self.text_column, self.label_column) != ("text", "label")
+        if custom and self.dataset:
+            # Benchmark files always use text/label; a column name for them would be ignored.
+            raise ConfigError(
+                "text_column/label_column name columns of train_path's files; benchmark "
+                f"dataset {self.dataset!r} uses 'text' and 'label': drop them or use train_path"
+            )
+        if not self.train_path and not (self.dataset or self.hub_dataset):
+            raise ConfigError("train_path must name a file (or set dataset or hub_dataset)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

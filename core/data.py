@@ -1,30 +1,48 @@
-"""Labelled text datasets from JSON Lines or CSV files (or a Hugging Face dataset name).
+"""Labelled text datasets from JSON Lines, CSV or TSV files (or a Hugging Face dataset name).
 
-Rows are `{"text": ..., "label": name}` (or `"labels": [names]` for multi-label). Label names
-are kept end to end: a model's logit i always means `labels[i]`, in the order recorded here.
-A split is single-label or multi-label as a whole; mixing the two in one file is an error.
+Formats, by suffix (each may also be gzipped, `.gz`): `.jsonl`/`.json` one JSON object per
+line; `.csv` with a header line and RFC 4180 quoting; `.tsv` with a header line, cells taken
+literally (no quoting, as GLUE's and GoEmotions' files are: quotes are text, a tab ends a cell).
 
-`BENCHMARKS` names the eight benchmark datasets in `../shared/datasets` (read by path, never
-copied into the repo), with their task type, out-of-scope label, truncation strategy for long
-inputs and the published reference results quoted by that folder's README.
+Columns: the text is in `text_column` ("text"), the label in `label_column` ("label"). Rows
+without "label" fall back to "labels" (multi-label). A column is multi-label when it holds a
+JSON list, or when it is named "labels" (in CSV/TSV its cell lists names separated by commas);
+any other cell is one label name, commas included ("Sci/Tech, World" stays one label). So a
+CSV with comma-separated names must call that column "labels".
+
+Label names are kept end to end: a model's logit i always means `labels[i]`, in the order
+recorded here. A split is single-label or multi-label as a whole; mixing them is an error.
+
+Carving: without a test file, a seeded stratified `test_fraction` of train becomes the test
+split; without a validation file, a stratified `val_fraction` of what remains (at most
+`max_val_rows`) becomes validation (see `carve_split`).
+
+`BENCHMARKS` (core/benchmarks.py, re-exported here) names the benchmark datasets in
+`../shared/datasets`, read by path, never copied into the repo.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import gzip
 import json
-import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# Re-exported, so `from core.data import BENCHMARKS, benchmark, benchmark_paths` keeps working.
+from core.benchmarks import BENCHMARKS as BENCHMARKS
+from core.benchmarks import Benchmark as Benchmark
+from core.benchmarks import benchmark as benchmark
+from core.benchmarks import benchmark_paths
+from core.benchmarks import default_datasets_dir as default_datasets_dir
+from core.tables import DatasetError as DatasetError
+from core.tables import label_cell, rows, text_cell
 
-class DatasetError(ValueError):
-    """Input data that cannot be used; the message names the file, line and field."""
+if TYPE_CHECKING:
+    from core.config import TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +75,31 @@ class Split:
         return Split([self.texts[i] for i in idx], [self.labels[i] for i in idx])
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataSource:
+    """Where a dataset's splits really came from: every run, manifest, load test and report
+    row names these files, never a config default."""
+
+    name: str  # a benchmark name, or the training file's folder for a user's files
+    train_path: str
+    test_path: str | None = None  # None: carved from train_path
+    validation_path: str | None = None  # None: carved from train_path
+    text_column: str = "text"
+    label_column: str = "label"
+    test_rows: int | None = None  # validation and test subsampled to this many rows
+    hub_dataset: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataSource:
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(data) - known):
+            raise DatasetError(f"unknown dataset keys {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     name: str
@@ -64,6 +107,7 @@ class Dataset:
     train: Split
     validation: Split
     test: Split
+    source: DataSource | None = None
 
     @property
     def problem_type(self) -> str:
@@ -86,79 +130,136 @@ class Dataset:
         return out
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8", newline="")
-
-
-def _rows(path: Path) -> Iterator[tuple[int, dict]]:
-    fmt = path.name.removesuffix(".gz").rsplit(".", 1)[-1]
-    with _open_text(path) as handle:
-        if fmt in ("jsonl", "json"):
-            for lineno, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(row, dict):
-                    raise DatasetError(f"{path}:{lineno}: expected a JSON object per line")
-                yield lineno, row
-        elif fmt in ("csv", "tsv"):
-            reader = csv.DictReader(handle, delimiter="\t" if fmt == "tsv" else ",")
-            for lineno, row in enumerate(reader, 2):
-                yield lineno, row
-        else:
-            raise DatasetError(f"{path}: unsupported format {fmt!r}; use .jsonl, .csv or .tsv")
-
-
-def read_split(path: Path | str) -> Split:
+def read_split(
+    path: Path | str, *, text_column: str = "text", label_column: str = "label"
+) -> Split:
+    """A labelled split from a .jsonl/.json/.csv/.tsv file (or its .gz)."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+        raise DatasetError(f"{path}: file not found; check the path (relative to {Path.cwd()})")
     texts: list[str] = []
     labels: list = []
-    multi: bool | None = None  # decided by the first row; every row must agree
-    for lineno, row in _rows(path):
-        text = row.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise DatasetError(f"{path}:{lineno}: field 'text' must be a non-empty string")
-        if "label" in row:
-            row_multi, value = False, str(row["label"])
-        elif "labels" in row:
-            names = row["labels"]
-            if isinstance(names, str):  # CSV/TSV: names separated by commas
-                names = [n.strip() for n in names.split(",") if n.strip()]
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise DatasetError(f"{path}:{lineno}: field 'labels' must be a list of names")
-            row_multi, value = True, tuple(names)
-        else:
-            raise DatasetError(f"{path}:{lineno}: missing field 'label' (or 'labels')")
-        if multi is None:
-            multi = row_multi
-        elif multi != row_multi:
+    for lineno, row in rows(path, require=text_column):
+        text = text_cell(path, lineno, row, text_column)
+        if not text.strip():
+            raise DatasetError(
+                f"{path}:{lineno}: empty text in column {text_column!r}; fill it in or drop the row"
+            )
+        label = label_cell(path, lineno, row, label_column)
+        # Every row must agree with the first on single- vs multi-label.
+        if labels and isinstance(label, tuple) != isinstance(labels[0], tuple):
             raise DatasetError(
                 f"{path}:{lineno}: mixes single-label ('label') and multi-label ('labels') rows"
             )
         texts.append(text)
-        labels.append(value)
-    if not texts:
-        raise DatasetError(f"{path}: no rows")
+        labels.append(label)
     return Split(texts, labels)
+
+
+def read_text_column(path: Path | str, text_column: str = "text") -> list[str]:
+    """The non-blank texts of a file, labels not needed (texts to send, not to train on, so a
+    blank one is skipped rather than refused)."""
+    path = Path(path)
+    texts = []
+    for lineno, row in rows(path, require=text_column):
+        text = text_cell(path, lineno, row, text_column)
+        if text.strip():
+            texts.append(text)
+    return texts
+
+
+def write_split(path: Path | str, split: Split) -> Path:
+    """A split as JSON Lines with the standard columns ({"text","label"} or {"text","labels"}),
+    so that read_split(path) gives it back."""
+    path = Path(path)
+    key = "labels" if split.multi_label else "label"
+    with open(path, "w", encoding="utf-8") as handle:
+        for text, label in zip(split.texts, split.labels, strict=True):
+            value = list(label) if split.multi_label else label
+            handle.write(json.dumps({"text": text, key: value}, ensure_ascii=False) + "\n")
+    return path
+
+
+# --- Carving splits -------------------------------------------------------------------------
+
+
+def _pick(split: Split, idx: Sequence[int]) -> Split:
+    return Split([split.texts[i] for i in idx], [split.labels[i] for i in idx])
+
+
+def _names(label: str | tuple[str, ...]) -> tuple[str, ...]:
+    return label if isinstance(label, tuple) else (label,)
+
+
+def _strata(split: Split) -> dict[Any, list[int]]:
+    """Row indices per label, or (multi-label) per label set: the groups a carve samples."""
+    groups: dict[Any, list[int]] = {}
+    for i, label in enumerate(split.labels):
+        key = tuple(sorted(label)) if isinstance(label, tuple) else label
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+def _quotas(sizes: dict[Any, int], n: int, keep_one: bool, rng: random.Random) -> dict[Any, int]:
+    """Rows to take from each stratum: n shared in proportion to the strata's sizes, by largest
+    remainder (ties drawn at random). With keep_one, a stratum keeps at least one row."""
+    total = sum(sizes.values())
+    keys = sorted(sizes)
+    tiebreak = {key: rng.random() for key in keys}
+    exact = {key: n * sizes[key] / total for key in keys}
+    room = {key: sizes[key] - 1 if keep_one else sizes[key] for key in keys}
+    quota = {key: min(int(exact[key]), room[key]) for key in keys}
+    short = n - sum(quota.values())
+    for key in sorted(keys, key=lambda k: (int(exact[k]) - exact[k], tiebreak[k])):
+        if short <= 0:
+            break
+        if quota[key] < room[key]:
+            quota[key] += 1
+            short -= 1
+    return quota
+
+
+def carve_split(
+    split: Split, fraction: float, max_rows: int | None, seed: int
+) -> tuple[Split, Split]:
+    """(rest, carved): a seeded, stratified `fraction` of the rows (at most max_rows) held out.
+
+    Single-label: each label gives its share of the carved rows (largest remainder) and always
+    keeps one row in rest, so a rare label stays in training and is never lost. Multi-label:
+    strata are label sets (so common combinations keep their share, rare ones fall where the
+    draw puts them), then any carved row carrying a label that rest would lack goes back to
+    rest. Rows keep their file order in both parts."""
+    if not 0 < fraction < 1:
+        raise DatasetError(f"a carved fraction must be in (0, 1), got {fraction}")
+    if len(split) < 2:
+        return split, _pick(split, [])
+    n = max(1, int(len(split) * fraction))
+    n = n if max_rows is None else min(n, max_rows)
+    rng = random.Random(seed)
+    strata = _strata(split)
+    sizes = {key: len(rows) for key, rows in strata.items()}
+    quota = _quotas(sizes, n, not split.multi_label, rng)
+    carved: set[int] = set()
+    for key in sorted(strata):
+        rows = list(strata[key])
+        rng.shuffle(rows)
+        carved.update(rows[: quota[key]])
+    rest_names = {
+        name for i in range(len(split)) if i not in carved for name in _names(split.labels[i])
+    }
+    carved = {i for i in carved if set(_names(split.labels[i])) <= rest_names}
+    rest = [i for i in range(len(split)) if i not in carved]
+    return _pick(split, rest), _pick(split, sorted(carved))
 
 
 def carve_validation(
     train: Split, fraction: float, max_rows: int, seed: int
 ) -> tuple[Split, Split]:
-    """Hold out a seeded validation split from train when the dataset ships none."""
-    n_val = min(max_rows, max(1, int(len(train) * fraction)))
-    order = list(range(len(train)))
-    random.Random(seed).shuffle(order)
-    val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
-    pick = lambda idx: Split([train.texts[i] for i in idx], [train.labels[i] for i in idx])  # noqa: E731
-    return pick(train_idx), pick(val_idx)
+    """Hold out a seeded, stratified validation split from train (see carve_split)."""
+    return carve_split(train, fraction, max_rows, seed)
+
+
+# --- Loading a dataset ----------------------------------------------------------------------
 
 
 def label_order(splits: Sequence[Split]) -> list[str]:
@@ -166,35 +267,106 @@ def label_order(splits: Sequence[Split]) -> list[str]:
     return sorted(set().union(*(split.label_names() for split in splits)))
 
 
+def _check_train(train: Split, path: Path | str) -> None:
+    names = sorted(train.label_names())
+    if len(names) < 2:
+        got = f"only the label {names[0]!r}" if names else "no labels at all"
+        raise DatasetError(
+            f"{path}: the training data has {got}; a classifier needs rows of at least two "
+            "labels: add rows of another label"
+        )
+
+
+def _check_against_train(split: Split, part: str, path: Path | str, train: Split) -> None:
+    if split.multi_label != train.multi_label:
+        kinds = ("multi-label", "single-label")
+        got, want = kinds if split.multi_label else kinds[::-1]
+        raise DatasetError(f"{path}: {part} rows are {got} but training rows are {want}")
+    if unseen := sorted(split.label_names() - train.label_names()):
+        raise DatasetError(
+            f"{path}: {part} labels {unseen} never occur in the training data; add training "
+            f"rows for them or drop those {part} rows"
+        )
+
+
+def check_splits(
+    train: Split,
+    validation: Split | None,
+    test: Split,
+    *,
+    train_path: Path | str,
+    validation_path: Path | str | None = None,
+    test_path: Path | str | None = None,
+) -> None:
+    """The checks a dataset passes before any training: two labels or more in train, the same
+    task type everywhere, and no validation or test label that training never saw. A split
+    without a path of its own was carved from train_path."""
+    _check_train(train, train_path)
+    _check_against_train(test, "test", test_path or train_path, train)
+    if validation is not None:
+        _check_against_train(validation, "validation", validation_path or train_path, train)
+
+
+def _carve(
+    train: Split, part: str, fraction: float, max_rows: int | None, seed: int, path: Path | str
+) -> tuple[Split, Split]:
+    rest, carved = carve_split(train, fraction, max_rows, seed)
+    if not len(carved):
+        raise DatasetError(
+            f"{path}: cannot carve a {part} split from {len(train)} training rows: no label has "
+            f"two rows or more; add rows or give a {part}_path"
+        )
+    return rest, carved
+
+
 def load_dataset(
     train_path: Path | str,
-    test_path: Path | str,
+    test_path: Path | str | None = None,
     *,
     validation_path: Path | str | None = None,
     val_fraction: float = 0.1,
     max_val_rows: int = 500,
+    test_fraction: float = 0.2,
     seed: int = 0,
     name: str = "",
+    text_column: str = "text",
+    label_column: str = "label",
 ) -> Dataset:
-    train = read_split(train_path)
-    test = read_split(test_path)
-    if validation_path:
-        validation = read_split(validation_path)
+    """Train, validation and test from files; a missing test or validation file is carved from
+    train (test first, then validation from the rest). Every check runs before any training."""
+    columns = {"text_column": text_column, "label_column": label_column}
+    train = read_split(train_path, **columns)
+    _check_train(train, train_path)
+    if test_path:
+        test = read_split(test_path, **columns)
     else:
-        train, validation = carve_validation(train, val_fraction, max_val_rows, seed)
-    if len({train.multi_label, validation.multi_label, test.multi_label}) > 1:
-        raise DatasetError("train, validation and test mix single- and multi-label rows")
+        train, test = _carve(train, "test", test_fraction, None, seed, train_path)
+    if validation_path:
+        validation = read_split(validation_path, **columns)
+    else:
+        train, validation = _carve(
+            train, "validation", val_fraction, max_val_rows, seed, train_path
+        )
+    _check_against_train(test, "test", test_path or train_path, train)
+    _check_against_train(validation, "validation", validation_path or train_path, train)
+    resolved = lambda p: str(Path(p).resolve()) if p else None  # noqa: E731
+    source = DataSource(
+        name=name or Path(train_path).resolve().parent.name,
+        train_path=str(Path(train_path).resolve()),
+        test_path=resolved(test_path),
+        validation_path=resolved(validation_path),
+        **columns,
+    )
     labels = label_order([train, validation, test])
-    missing = sorted(test.label_names() - train.label_names())
-    if missing:
-        raise DatasetError(f"test labels {missing} never occur in the training data")
-    return Dataset(name or Path(train_path).parent.name, labels, train, validation, test)
+    return Dataset(source.name, labels, train, validation, test, source)
 
 
 def load_hub_dataset(
     name: str, *, text_field: str = "text", label_field: str = "label", seed: int = 0
 ) -> Dataset:  # pragma: no cover - needs a network
-    """A Hugging Face dataset by name, for users with a network (`pip install smallcls[hub]`)."""
+    """A Hugging Face dataset by name, for users with a network (`pip install smallcls[hub]`).
+    Its splits live in the hub's cache, not in files: the source names no test or validation
+    file, so a run saves the splits it used."""
     try:
         import datasets as hf_datasets
     except ImportError as exc:
@@ -214,134 +386,53 @@ def load_hub_dataset(
         validation = split("validation")
     else:
         train, validation = carve_validation(train, 0.1, 500, seed)
-    return Dataset(name, label_order([train, validation, test]), train, validation, test)
+    source = DataSource(
+        name=name,
+        train_path=f"hf://datasets/{name}",
+        text_column=text_field,
+        label_column=label_field,
+        hub_dataset=name,
+    )
+    labels = label_order([train, validation, test])
+    return Dataset(name, labels, train, validation, test, source)
 
 
-# --- The benchmark datasets ---------------------------------------------------------------
-
-Truncation = str  # "head" | "tail" | "head_tail"
-TRUNCATIONS = ("head", "tail", "head_tail")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Benchmark:
-    """One dataset folder under `../shared/datasets` and what is known about it."""
-
-    name: str
-    train: str  # file names inside the folder
-    test: str
-    validation: str | None = None
-    problem_type: str = "single_label"  # or multi_label
-    oos_label: str | None = None  # out-of-scope label, rejected by a confidence threshold
-    # Long inputs: IMDB reviews run to 1,000+ tokens; head+tail keeps the opening and the
-    # verdict at the end (Sun et al. 2019, "How to fine-tune BERT", best on IMDB).
-    truncation: Truncation = "head"
-    max_length: int = 64  # tokens that hold nearly all rows (IMDB: the model's limit)
-    metric: str = "accuracy"  # the headline metric the published reference uses
-    reference: str = ""  # published results, from ../shared/datasets/README.md
-    reference_value: float | None = None  # the fine-tuned BERT-base figure, for the table
-    note: str = ""
-
-
-BENCHMARKS: dict[str, Benchmark] = {
-    b.name: b
-    for b in [
-        Benchmark(
-            name="sst2",
-            train="train.jsonl",
-            test="test.jsonl",
-            reference="BERT-base ≈ 93% (GLUE test); RoBERTa-large ≈ 96.4% (dev)",
-            reference_value=0.93,
-            note="test = GLUE dev (872 rows)",
-        ),
-        Benchmark(
-            name="banking77",
-            train="train.jsonl",
-            test="test.jsonl",
-            reference="Casanueva et al. 2020: fine-tuned BERT ≈ 93.7%, USE+ConveRT ≈ 93.4%",
-            reference_value=0.937,
-        ),
-        Benchmark(
-            name="emotion",
-            train="train.jsonl",
-            test="test.jsonl",
-            validation="validation.jsonl",
-            reference="DistilBERT ≈ 93%, BERT-base ≈ 94% (model cards)",
-            reference_value=0.94,
-        ),
-        Benchmark(
-            name="trec",
-            train="train.jsonl",
-            test="test.jsonl",
-            reference="SVM+features 95.0%; CNN 93.6%; BERT ≈ 96–97%",
-            reference_value=0.965,
-        ),
-        Benchmark(
-            name="ag_news",
-            train="train_subsample.jsonl",
-            test="test.jsonl",
-            max_length=128,
-            reference="BERT-base ≈ 94.8% on the full 120k train set (not comparable: 5k here)",
-            reference_value=0.948,
-            note="train = 5,000-row subsample of 120,000",
-        ),
-        Benchmark(
-            name="goemotions",
-            train="train.jsonl",
-            test="test.jsonl",
-            validation="validation.jsonl",
-            problem_type="multi_label",
-            metric="macro_f1",
-            reference="Demszky et al. 2020: BERT-base macro-F1 ≈ 0.46 (28 labels)",
-            reference_value=0.46,
-        ),
-        Benchmark(
-            name="clinc150",
-            train="train.jsonl",
-            test="test.jsonl",
-            validation="validation.jsonl",
-            oos_label="oos",
-            metric="in_scope_accuracy",
-            reference="Larson et al. 2019: BERT ≈ 96–97% in-scope, OOS recall ≈ 40–50%",
-            reference_value=0.965,
-        ),
-        Benchmark(
-            name="imdb",
-            train="train.jsonl.gz",
-            test="test.jsonl.gz",
-            truncation="head_tail",
-            max_length=512,
-            reference="Maas et al. 2011 ≈ 88.9%; BERT-base ≈ 94.6%",
-            reference_value=0.946,
-        ),
-    ]
-}
-
-
-def default_datasets_dir() -> Path:
-    """`../shared/datasets` next to the repository, unless SMALLCLS_DATASETS says otherwise."""
-    env = os.environ.get("SMALLCLS_DATASETS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
-
-def benchmark(name: str) -> Benchmark:
-    if name not in BENCHMARKS:
-        raise DatasetError(f"unknown dataset {name!r}; known: {sorted(BENCHMARKS)}")
-    return BENCHMARKS[name]
-
-
-def benchmark_paths(name: str, root: Path | str | None = None) -> dict[str, Path | None]:
-    """{"train", "test", "validation"} file paths of a benchmark dataset (validation may be
-    None: then it is carved from train)."""
-    info = benchmark(name)
-    folder = Path(root) if root else default_datasets_dir()
-    folder = folder / info.name
-    if not folder.is_dir():
-        raise DatasetError(
-            f"dataset folder {folder} not found; set datasets_dir or SMALLCLS_DATASETS"
+def dataset_for(config: TrainConfig) -> Dataset:
+    """The config's dataset: a benchmark, the user's files, or a hub dataset name. Its
+    `source` names the files really read (absolute paths; None where a split was carved)."""
+    if config.hub_dataset:
+        columns = {"text_field": config.text_column, "label_field": config.label_column}
+        dataset = load_hub_dataset(config.hub_dataset, seed=config.seed, **columns)
+    else:
+        paths: dict[str, Any] = {
+            "train": config.train_path,
+            "test": config.test_path,
+            "validation": config.validation_path,
+        }
+        options: dict[str, Any] = {
+            "text_column": config.text_column,
+            "test_fraction": config.test_fraction,
+            "label_column": config.label_column,
+        }
+        if config.dataset:  # benchmark files: standard columns, shipped test splits
+            paths, options = benchmark_paths(config.dataset, config.datasets_dir), {}
+        dataset = load_dataset(
+            paths["train"],
+            paths["test"],
+            validation_path=paths["validation"],
+            val_fraction=config.val_fraction,
+            max_val_rows=config.max_val_rows,
+            seed=config.seed,
+            name=config.dataset or "",
+            **options,
         )
-    return {
-        "train": folder / info.train,
-        "test": folder / info.test,
-        "validation": folder / info.validation if info.validation else None,
-    }
+    if not config.test_rows:
+        return dataset
+    # CPU budgets only: validation and test both capped, and the source records it.
+    source = dataset.source and dataclasses.replace(dataset.source, test_rows=config.test_rows)
+    return dataclasses.replace(
+        dataset,
+        validation=dataset.validation.subsample(config.test_rows, config.seed),
+        test=dataset.test.subsample(config.test_rows, config.seed),
+        source=source,
+    )

@@ -20,33 +20,23 @@ import json
 from pathlib import Path
 from typing import Literal, get_args
 
+from core.data import read_text_column
+
 Bucket = Literal["all", "short", "typical", "near_max"]
 BUCKETS: tuple[str, ...] = get_args(Bucket)
 # Below the service's default 2,000-character limit per text, so near-max texts are never 413s.
 MAX_CHARS = 1500
 
 
-def read_texts(path: Path) -> list[str]:
-    """Non-empty "text" fields of a JSON Lines file; errors name the file and line."""
+def read_texts(path: Path, text_column: str = "text") -> list[str]:
+    """The non-blank texts of a .jsonl/.csv/.tsv file (or .gz), read by core/data.py's row
+    reader, so a load test accepts whatever training accepts; errors name the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: pass a JSON Lines file of texts")
-    texts: list[str] = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON: {exc}") from exc
-            text = row.get("text") if isinstance(row, dict) else None
-            if not isinstance(text, str):
-                raise ValueError(f'{path}:{lineno}: expected an object with a string "text"')
-            if text.strip():
-                texts.append(text)
+        raise FileNotFoundError(f"{path} not found: pass a JSON Lines, CSV or TSV file of texts")
+    texts = read_text_column(path, text_column)
     if not texts:
-        raise ValueError(f"{path}: no texts found")
+        raise ValueError(f"{path}: no texts found in column {text_column!r}")
     return texts
 
 

@@ -14,8 +14,20 @@ from core.config import (
     load_config,
     parse_overrides,
 )
-from core.data import DatasetError, carve_validation, load_dataset, read_split
-from tests.tiny_models import SST2_TEST
+from core.data import (
+    DatasetError,
+    Split,
+    benchmark_paths,
+    carve_split,
+    carve_validation,
+    dataset_for,
+    default_datasets_dir,
+    load_dataset,
+    read_split,
+    write_split,
+)
+from loadtests.texts import read_texts
+from tests.tiny_models import SST2_TEST, sst2_slice
 
 
 def _write(path, rows):
@@ -34,9 +46,15 @@ def test_jsonl_and_csv_give_the_same_split(tmp_path):
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ({"label": "x"}, "a.jsonl:2: field 'text'"),
-        ({"text": "  ", "label": "x"}, "a.jsonl:2: field 'text'"),
-        ({"text": "hi"}, "a.jsonl:2: missing field 'label'"),
+        ({"label": "x"}, r"a.jsonl:2: no column 'text' \(columns: 'label'\)"),
+        ({"text": "  ", "label": "x"}, "a.jsonl:2: empty text in column 'text'"),
+        ({"text": 3, "label": "x"}, "a.jsonl:2: column 'text' must hold text, got 3"),
+        ({"text": "hi"}, r"a.jsonl:2: no column 'label' \(columns: 'text'\)"),
+        (
+            {"text": "hi", "label": None},
+            "a.jsonl:2: column 'label' must hold a label name, got null",
+        ),
+        ({"text": "hi", "label": " "}, "a.jsonl:2: column 'label' must hold a label name"),
         ({"text": "hi", "labels": ["x"]}, "multi-label"),
     ],
 )
@@ -146,3 +164,256 @@ def test_benchmark_train_configs_in_repo_are_valid(name):
 def test_issue3_config_checks_name_the_field(override, message):
     with pytest.raises(ConfigError, match=message):
         from_mapping(TrainConfig, {"name": "m", "family": "encoder", **override})
+
+
+# --- The user's own files: formats, columns, carving, errors, sources -----------------------
+
+
+def _write_table(path, header, rows):
+    """A CSV (quoted where needed) or a TSV (cells literal, as the reader takes them)."""
+    import csv
+
+    if path.suffix == ".tsv":
+        lines = ["\t".join(map(str, cells)) + "\n" for cells in [header, *rows]]
+        path.write_text("".join(lines), encoding="utf-8")
+        return path
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows([header, *rows])
+    return path
+
+
+def _labelled(counts):
+    """Rows with unique texts: {label: number of rows}."""
+    return [(f"{label} text {i}", label) for label, n in counts.items() for i in range(n)]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".csv.gz"])
+def test_every_format_reads_custom_column_names(tmp_path, suffix):
+    rows = [('she said "hi", twice', "greet"), ("bye now", "leave"), ("hello", "greet")]
+    path = tmp_path / f"train{suffix}"
+    if suffix == ".jsonl":
+        _write(path, [{"utterance": t, "intent": y, "id": i} for i, (t, y) in enumerate(rows)])
+    else:
+        plain = _write_table(tmp_path / f"plain{suffix.removesuffix('.gz')}",
+                             ["id", "utterance", "intent"],
+                             [(i, t, y) for i, (t, y) in enumerate(rows)])  # fmt: skip
+        if suffix.endswith(".gz"):
+            import gzip
+
+            path.write_bytes(gzip.compress(plain.read_bytes()))
+        else:
+            path = plain
+    split = read_split(path, text_column="utterance", label_column="intent")
+    assert split == Split([t for t, _ in rows], [y for _, y in rows])
+
+
+def test_multi_label_columns_in_csv_and_jsonl(tmp_path):
+    csv_path = _write_table(
+        tmp_path / "a.csv", ["text", "labels"], [("yay", "joy, love"), ("meh", "")]
+    )
+    assert read_split(csv_path).labels == [("joy", "love"), ()]
+    # An explicit column holding JSON lists is multi-label; holding strings, single-label.
+    jsonl = _write(tmp_path / "a.jsonl", [{"t": "yay", "tags": ["joy", "love"], "one": "a,b"}])
+    assert read_split(jsonl, text_column="t", label_column="tags").labels == [("joy", "love")]
+    assert read_split(jsonl, text_column="t", label_column="one").labels == ["a,b"]
+
+
+def test_write_split_round_trips(tmp_path):
+    single = Split(["a", "b ü"], ["x", "y"])
+    multi = Split(["a", "b"], [("x", "y"), ()])
+    assert read_split(write_split(tmp_path / "s.jsonl", single)) == single
+    assert read_split(write_split(tmp_path / "m.jsonl", multi)) == multi
+
+
+def test_carving_is_stratified_and_keeps_rare_labels():
+    counts = {"a": 200, "b": 120, "c": 40, "d": 3, "e": 1}
+    rows = _labelled(counts)
+    split = Split([t for t, _ in rows], [y for _, y in rows])
+    rest, carved = carve_split(split, 0.2, None, seed=0)
+    assert len(carved) == int(len(split) * 0.2)
+    for label, n in counts.items():
+        # Each label's share of the carved rows within one row of exact (largest remainder),
+        # and at least one row of it left in rest.
+        assert abs(carved.labels.count(label) - len(carved) * n / len(split)) < 1
+        assert rest.labels.count(label) >= 1
+    assert "e" not in carved.labels
+    assert sorted(rest.texts + carved.texts) == sorted(split.texts)
+
+
+def test_carving_is_seeded():
+    rows = _labelled({"a": 60, "b": 40})
+    split = Split([t for t, _ in rows], [y for _, y in rows])
+    assert carve_split(split, 0.25, None, seed=3) == carve_split(split, 0.25, None, seed=3)
+    assert carve_split(split, 0.25, None, seed=3) != carve_split(split, 0.25, None, seed=4)
+    _, capped = carve_split(split, 0.5, 10, seed=0)
+    assert len(capped) == 10 and capped.labels.count("a") == 6
+
+
+def test_multi_label_carving_never_loses_a_label():
+    labels = [("x",)] * 30 + [("x", "y")] * 20 + [()] * 10 + [("rare",)]
+    split = Split([f"t{i}" for i in range(len(labels))], labels)
+    for seed in range(20):
+        rest, carved = carve_split(split, 0.3, None, seed)
+        assert carved.label_names() <= rest.label_names() and "rare" in rest.label_names()
+        assert sorted(rest.texts + carved.texts) == sorted(split.texts)
+
+
+def test_train_file_alone_is_split_three_ways_without_loss(tmp_path):
+    rows = _labelled({"pos": 90, "neg": 60, "odd": 1})
+    (tmp_path / "mine").mkdir()
+    train = _write_table(tmp_path / "mine" / "all.csv", ["review", "stars"], rows)
+    ds = load_dataset(train, None, text_column="review", label_column="stars", seed=1)
+    parts = [ds.train, ds.validation, ds.test]
+    pairs = sorted(p for s in parts for p in zip(s.texts, s.labels, strict=True))
+    assert pairs == sorted(rows)  # no row lost, none duplicated
+    assert len(ds.test) == 30 and len(ds.validation) == 12  # 20% of 151, then 10% of 121
+    assert ds.test.labels.count("pos") == 18 and ds.test.labels.count("neg") == 12
+    assert ds.label_names == ["neg", "odd", "pos"] and "odd" in ds.train.labels
+    assert ds.name == "mine" and ds.source.test_path is None
+
+
+def test_carving_a_real_slice_keeps_every_row(tmp_path):
+    (tmp_path / "sst2").mkdir()
+    train = sst2_slice(SST2_TEST, tmp_path / "sst2" / "train.jsonl", 300)
+    whole = read_split(train)
+    ds = load_dataset(train, test_fraction=0.3, seed=5)
+    texts = ds.train.texts + ds.validation.texts + ds.test.texts
+    assert sorted(texts) == sorted(whole.texts)
+    share = whole.labels.count("positive") / len(whole)
+    assert abs(ds.test.labels.count("positive") / len(ds.test) - share) < 0.02
+
+
+def _case_files(tmp_path, case):
+    """(train, test) paths of one bad-input case."""
+    good = _write(
+        tmp_path / "good.jsonl", [{"text": f"t{i}", "label": "ab"[i % 2]} for i in range(8)]
+    )
+    if case == "one_class":
+        return _write(
+            tmp_path / "one.jsonl", [{"text": f"t{i}", "label": "a"} for i in range(5)]
+        ), None
+    if case == "unseen_test":
+        return good, _write(
+            tmp_path / "test.jsonl", [{"text": "x", "label": "c"}, {"text": "y", "label": "d"}]
+        )
+    if case == "unknown_column":
+        return _write_table(tmp_path / "a.csv", ["sentence", "label"], [("x", "a")]), good
+    if case == "empty_cell":
+        return _write_table(tmp_path / "a.tsv", ["text", "label"], [("x", "a"), ("", "b")]), good
+    if case == "suffix":
+        (tmp_path / "a.xlsx").write_text("text,label\n")
+        return tmp_path / "a.xlsx", good
+    if case == "empty_file":
+        (tmp_path / "a.jsonl").write_text("")
+        return tmp_path / "a.jsonl", good
+    if case == "empty_csv":
+        (tmp_path / "a.csv").write_text("")
+        return tmp_path / "a.csv", good
+    if case == "header_only":
+        (tmp_path / "a.csv").write_text("text,label\n")
+        return tmp_path / "a.csv", good
+    if case == "no_header":
+        (tmp_path / "a.csv").write_text("good film,pos\nbad film,neg\n")
+        return tmp_path / "a.csv", good
+    if case == "short_row":
+        (tmp_path / "a.csv").write_text("text,label\nfine,pos\ngood, cheap,pos\n")
+        return tmp_path / "a.csv", good
+    if case == "not_object":
+        (tmp_path / "a.jsonl").write_text('{"text": "a", "label": "x"}\n["b", "y"]\n')
+        return tmp_path / "a.jsonl", good
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("one_class", r"one\.jsonl: the training data has only the label 'a'; .*add rows"),
+        ("unseen_test", r"test\.jsonl: test labels \['c', 'd'\] never occur in the training "
+                        "data; add training rows"),
+        ("unknown_column", r"a\.csv:1: the header has no column 'text' "
+                           r"\(it has: 'sentence', 'label'\)"),
+        ("empty_cell", r"a\.tsv:3: empty text in column 'text'; fill it in or drop the row"),
+        ("suffix", r"a\.xlsx: cannot read file type '\.xlsx'; use \.jsonl, \.json, \.csv or \.tsv"),
+        ("empty_file", r"a\.jsonl: no rows \(the file is empty\)"),
+        ("empty_csv", r"a\.csv: the file is empty; a CSV needs a header line"),
+        ("header_only", r"a\.csv: a header but no rows"),
+        ("no_header", r"a\.csv:1: the header has no column 'text' \(it has: 'good film', "
+                      r"'pos'\); the first line must name the columns"),
+        ("short_row", r"a\.csv:3: 3 cells but the header names 2 columns; quote cells"),
+        ("not_object", r"a\.jsonl:2: expected a JSON object per line, got list"),
+    ],
+)  # fmt: skip
+def test_bad_input_says_what_is_wrong_and_what_to_do(tmp_path, case, message):
+    train, test = _case_files(tmp_path, case)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(train, test)
+
+
+def test_unseen_validation_labels_and_uncarvable_data_are_named(tmp_path):
+    train = _write(
+        tmp_path / "train.jsonl", [{"text": f"t{i}", "label": "ab"[i % 2]} for i in range(10)]
+    )
+    val = _write(tmp_path / "val.jsonl", [{"text": "v", "label": "zzz"}])
+    with pytest.raises(DatasetError, match=r"val\.jsonl: validation labels \['zzz'\] never occur"):
+        load_dataset(train, train, validation_path=val)
+    tiny = _write(
+        tmp_path / "tiny.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
+    )
+    with pytest.raises(
+        DatasetError, match=r"tiny\.jsonl: cannot carve a test split .* give a test_path"
+    ):
+        load_dataset(tiny)
+
+
+def test_dataset_for_names_the_real_files(tmp_path):
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    train = _write_table(folder / "train.tsv", ["body", "verdict"], _labelled({"p": 30, "n": 20}))
+    config = TrainConfig(
+        name="m", family="encoder", train_path=str(train), test_path=None,
+        text_column="body", label_column="verdict", test_rows=5,
+    )  # fmt: skip
+    ds = dataset_for(config)
+    assert ds.source.to_dict() == {
+        "name": "reviews", "train_path": str(train.resolve()), "test_path": None,
+        "validation_path": None, "text_column": "body", "label_column": "verdict",
+        "test_rows": 5, "hub_dataset": None,
+    }  # fmt: skip
+    assert len(ds.test) == 5 and len(ds.validation) == 4
+
+
+@pytest.mark.skipif(not default_datasets_dir().is_dir(), reason="../shared/datasets absent")
+def test_dataset_for_a_benchmark_names_its_files():
+    ds = dataset_for(TrainConfig(name="m", family="encoder", dataset="trec", test_rows=50))
+    paths = benchmark_paths("trec")
+    assert ds.source.name == "trec" and ds.name == "trec"
+    assert ds.source.train_path == str(paths["train"].resolve())
+    assert ds.source.test_path == str(paths["test"].resolve())
+    assert ds.source.validation_path is None and ds.source.test_rows == 50
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_read_texts_reads_csv_and_tsv(tmp_path, suffix):
+    path = _write_table(
+        tmp_path / f"t{suffix}", ["label", "text"], [("a", "one, two"), ("b", "three")]
+    )
+    assert read_texts(path) == ["one, two", "three"]
+    assert read_texts(path, text_column="label") == ["a", "b"]
+    with pytest.raises(ValueError, match=rf"t\{suffix}:1: the header has no column 'body'"):
+        read_texts(path, text_column="body")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"test_fraction": 1.0}, r"test_fraction must be in \(0, 1\)"),
+        ({"text_column": " "}, "text_column must be a non-empty column name"),
+        ({"label_column": ""}, "label_column must be a non-empty column name"),
+        ({"dataset": "trec", "text_column": "body"}, "benchmark dataset 'trec' uses 'text'"),
+        ({"train_path": ""}, "train_path must name a file"),
+    ],
+)
+def test_data_file_config_checks_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        from_mapping(TrainConfig, {"name": "m", "family": "encoder", **override})
+    assert from_mapping(TrainConfig, {"name": "m", "family": "encoder", "test_path": None})
