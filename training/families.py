@@ -4,25 +4,46 @@ Every classifier takes `input_ids` and `attention_mask` (B, T), right-padded, an
 `logits` (B, num_labels). Pooling and head live inside the module, so the exported ONNX graph
 does everything after tokenization and the server never needs to know the family.
 
-- encoder: a bidirectional encoder (MiniLM/BERT), mean-pooled, linear head.
+- encoder: a bidirectional encoder (MiniLM/BERT/DeBERTa/ModernBERT...), mean-pooled, linear head.
 - extracted_encoder: a decoder-only LM made bidirectional (padding still masked) and
   optionally cut to its first K layers, or the encoder half of a T5; mean-pooled, linear head.
 - causal_lm: a decoder-only LM kept causal, with either a linear head on the last non-pad
   token ("last_token") or the next-token logits of each label's word ("label_words").
+
+Which attention mask a backbone gets is decided from its own config (`attention_kind`), not
+from a list of names: any Hugging Face masked-LM encoder takes the plain 2-D 0/1 mask, any
+decoder-only causal LM our 4-D additive mask. What cannot work is refused when the classifier
+is built, naming the model type, never at the first training step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
 
 Family = Literal["encoder", "extracted_encoder", "causal_lm"]
 Head = Literal["mean_pool", "last_token", "label_words"]
+# encoder: bidirectional, plain 2-D 0/1 mask; decoder: decoder-only LM, our 4-D additive mask
+# (causal, or bidirectional for extracted encoders); t5_encoder: the encoder half of T5/mT5.
+AttentionKind = Literal["encoder", "decoder", "t5_encoder"]
+
+WHAT_WORKS = (
+    "what works: a bidirectional encoder with a masked-LM head in transformers (bert, roberta, "
+    "deberta-v2, electra, albert, mpnet, modernbert, ...), a decoder-only causal LM (llama, "
+    "qwen2, smollm3, ...), or t5/mt5 (its encoder half)"
+)
+# Sub-configs that mark a composite (multimodal) model: its text model is what could work.
+_COMPOSITE_KEYS = ("text_config", "vision_config", "audio_config")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,8 +90,63 @@ def is_t5_config(config: PretrainedConfig) -> bool:
     return config.model_type in ("t5", "mt5")
 
 
+def _refuse(model_type: str, why: str) -> ValueError:
+    return ValueError(f"model type {model_type!r} is not supported: {why}; {WHAT_WORKS}")
+
+
+def _architecture_says(config: PretrainedConfig, suffix: str) -> bool:
+    """A checkpoint's own `architectures` (e.g. ["NewBertForMaskedLM"]), for model types
+    transformers' auto mappings do not list."""
+    return any(name.endswith(suffix) for name in getattr(config, "architectures", None) or ())
+
+
+def attention_kind(config: PretrainedConfig) -> AttentionKind:
+    """How a backbone attends, hence which mask it takes; ValueError for what cannot work.
+
+    The rule, checked against transformers 4.57: T5/mT5 are encoder-decoders whose encoder
+    half we keep; any other encoder-decoder (BART, Whisper, ...) is refused, as its encoder
+    class differs per model. A model type with a masked-LM head is a bidirectional encoder
+    (22 types have both heads, e.g. bert, roberta, electra: their base model is the encoder,
+    so masked-LM wins). A causal-LM-only type is a decoder. Anything else (vision, audio,
+    composite multimodal configs) is refused.
+    """
+    model_type = config.model_type
+    if is_t5_config(config):
+        return "t5_encoder"
+    if getattr(config, "is_encoder_decoder", False):
+        raise _refuse(model_type, "an encoder-decoder other than t5/mt5")
+    sub_configs = getattr(config, "sub_configs", None) or {}
+    if any(key in sub_configs for key in _COMPOSITE_KEYS):
+        raise _refuse(model_type, "a composite (multimodal) config; use its text model's config")
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES or _architecture_says(config, "ForMaskedLM"):
+        if getattr(config, "is_decoder", False):
+            # BERT-style models with is_decoder=True build a causal mask from the 2-D one.
+            raise _refuse(model_type, "config.is_decoder=True makes this encoder causal")
+        return "encoder"
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or _architecture_says(config, "ForCausalLM"):
+        return "decoder"
+    raise _refuse(model_type, "neither a masked-LM encoder nor a causal LM in transformers")
+
+
 def is_decoder_config(config: PretrainedConfig) -> bool:
-    return config.model_type not in ("bert", "t5", "mt5", "roberta", "distilbert", "xlm-roberta")
+    """A decoder-only LM (4-D mask); raises ValueError for a model type that cannot work."""
+    return attention_kind(config) == "decoder"
+
+
+def backbone_states(
+    backbone: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    kind: AttentionKind,
+    causal: bool,
+) -> torch.Tensor:
+    """(B, T, C) last hidden states. Only `input_ids` and `attention_mask` are passed: some
+    encoders reject other kwargs, and those that want token_type_ids default them to zeros."""
+    mask = attention_mask  # (B, T): encoders build their own (bidirectional) mask from it
+    if kind == "decoder":
+        mask = decoder_mask(attention_mask, backbone.dtype, causal=causal)  # (B, 1, T, T)
+    return backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state
 
 
 def decoder_mask(attention_mask: torch.Tensor, dtype: torch.dtype, *, causal: bool) -> torch.Tensor:
@@ -116,8 +192,11 @@ class Classifier(nn.Module):
         self.spec = spec
         self.backbone = backbone
         hidden = backbone.config.hidden_size  # T5 configs alias it to d_model
-        self.decoder = is_decoder_config(backbone.config)
-        self.bidirectional = spec.family == "extracted_encoder" and self.decoder
+        self.kind = attention_kind(backbone.config)
+        check_family(self.kind, spec, backbone.config.model_type)
+        self.decoder = self.kind == "decoder"
+        # Encoders and T5 are bidirectional by construction; a decoder only when extracted.
+        self.bidirectional = not self.decoder or spec.family == "extracted_encoder"
         self.dropout = nn.Dropout(spec.dropout)
         if spec.head == "label_words":
             # No new head: the label words' rows of the LM's output embedding score them,
@@ -134,13 +213,17 @@ class Classifier(nn.Module):
         self.register_buffer("class_weights", None, persistent=False)  # (L,) or None
         self.distill_temperature = 1.0
         self.distill_alpha = 0.0
+        # Last, and RNG-free (eval mode): seeded initialisation is the same as without it.
+        check_backbone(backbone, self.kind, bidirectional=self.bidirectional)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_mask
-        if self.decoder:
-            mask = decoder_mask(attention_mask, self.backbone.dtype, causal=not self.bidirectional)
-        out = self.backbone(input_ids=input_ids, attention_mask=mask)
-        return out.last_hidden_state  # (B, T, C)
+        return backbone_states(
+            self.backbone,
+            input_ids,
+            attention_mask,
+            kind=self.kind,
+            causal=not self.bidirectional,
+        )  # (B, T, C)
 
     def forward(
         self,
@@ -199,6 +282,56 @@ class Classifier(nn.Module):
         return alpha * soft + (1 - alpha) * hard
 
 
+def check_family(kind: AttentionKind, spec: ModelSpec, model_type: str) -> None:
+    """causal_lm means a decoder kept causal: an encoder cannot be one (its 2-D mask lets
+    every token see the whole text, and it has no next-token head for label words)."""
+    if spec.family == "causal_lm" and kind != "decoder":
+        raise ValueError(
+            f"family 'causal_lm' needs a decoder-only LM, but model type {model_type!r} is a "
+            f"bidirectional encoder ({kind}); use family 'encoder' or 'extracted_encoder'"
+        )
+
+
+def _accepts(backbone: PreTrainedModel, names: tuple[str, ...]) -> list[str]:
+    """The names in `names` that the backbone's forward does not take."""
+    params = inspect.signature(backbone.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    return [name for name in names if name not in params]
+
+
+def check_backbone(backbone: PreTrainedModel, kind: AttentionKind, *, bidirectional: bool) -> None:
+    """One tiny forward at build time, so a backbone that cannot take our inputs fails here
+    (naming its model type) rather than at the first training step, and one that silently
+    ignores the mask we rely on for bidirectionality is caught at all.
+
+    Two rows differing only in their last token: if the model is meant to be bidirectional,
+    the first token's state must differ between them.
+    """
+    model_type = backbone.config.model_type
+    missing = _accepts(backbone, ("input_ids", "attention_mask"))
+    if missing:  # e.g. FNet (no attention mask: it cannot mask padding), wav2vec2, perceiver
+        raise _refuse(model_type, f"its forward takes no {', '.join(missing)}")
+    device = next(backbone.parameters()).device
+    first = backbone.config.vocab_size // 2  # ordinary tokens, clear of special ids
+    rows = [[first, first + 1, first + 2], [first, first + 1, first + 3]]
+    ids = torch.tensor(rows, device=device)  # (2, 3)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            hidden = backbone_states(
+                backbone, ids, torch.ones_like(ids), kind=kind, causal=not bidirectional
+            )  # (2, 3, C)
+    except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        mask = "a 4-D additive" if kind == "decoder" else "a 2-D 0/1"
+        raise _refuse(model_type, f"its backbone fails on {mask} attention mask ({exc})") from exc
+    finally:
+        backbone.train(was_training)
+    if bidirectional and torch.equal(hidden[0, 0], hidden[1, 0]):
+        raise _refuse(model_type, "it ignored our attention mask: no token sees a later one")
+
+
 def cut_layers(backbone: PreTrainedModel, layers: int | None) -> None:
     """Keep the first `layers` decoder blocks (the rest are dropped, not just skipped)."""
     if layers is None:
@@ -225,6 +358,7 @@ def load_backbone(source: str, spec: ModelSpec) -> tuple[PreTrainedModel, torch.
     """Pretrained backbone weights from a local directory or a hub id, and the output
     embedding when the head scores label words (it may be untied from the input one)."""
     config = AutoConfig.from_pretrained(source)
+    check_family(attention_kind(config), spec, config.model_type)  # before loading weights
     if is_t5_config(config):
         from transformers import T5EncoderModel
 
@@ -240,7 +374,7 @@ def load_backbone(source: str, spec: ModelSpec) -> tuple[PreTrainedModel, torch.
 
 def prepare_backbone(backbone: PreTrainedModel, spec: ModelSpec) -> PreTrainedModel:
     backbone.config.use_cache = False  # classifiers never decode; a cache breaks export
-    if spec.family == "extracted_encoder" and is_decoder_config(backbone.config):
+    if spec.family == "extracted_encoder" and attention_kind(backbone.config) == "decoder":
         cut_layers(backbone, spec.layers)
     elif spec.layers is not None:
         raise ValueError("layers applies only to extracted encoders from decoder LMs")
@@ -251,6 +385,7 @@ def build_classifier(source: str | PretrainedConfig, spec: ModelSpec) -> Classif
     """From pretrained weights (a path or hub id) or, given a config, randomly initialised."""
     output_embeddings = None
     if isinstance(source, PretrainedConfig):
+        check_family(attention_kind(source), spec, source.model_type)  # before building it
         backbone = backbone_from_config(source)
     else:
         backbone, output_embeddings = load_backbone(source, spec)
