@@ -13,11 +13,11 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from reports.report import (
+from reports.rows import (
     FAMILY_LABELS,
     NA,
+    ReportContext,
     ReportRow,
-    _Context,
     method_notes,
     row_key,
     source_lines,
@@ -43,7 +43,7 @@ code { font-size: 12px; } li { margin: 0.2em 0; }
 """
 
 
-def render_html(ctx: _Context) -> str:
+def render_html(ctx: ReportContext) -> str:
     # Both axes span an order of magnitude or more across model sizes: log scales.
     plots = [
         _pareto_figure(ctx, "usd_per_million", "$ per million classifications (log scale)",
@@ -81,7 +81,7 @@ def render_html(ctx: _Context) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _pareto_figure(ctx: _Context, x: str, x_title: str, *, log: bool = False,
+def _pareto_figure(ctx: ReportContext, x: str, x_title: str, *, log: bool = False,
                    include_js: bool) -> str:  # fmt: skip
     metric_label = "Accuracy" if ctx.metric == "accuracy" else "Macro-F1"
     fig = go.Figure()
@@ -205,7 +205,7 @@ def _fmt(value: float | None, spec: str) -> str:
     return NA if value is None else format(value, spec)
 
 
-def _quant_table(ctx: _Context) -> str:
+def _quant_table(ctx: ReportContext) -> str:
     quant = ctx.quantization()
     if not quant:
         return "<p>No fp32/quantized pairs among the models.</p>"
@@ -233,7 +233,7 @@ def _quant_table(ctx: _Context) -> str:
     return _table(headers, rows)
 
 
-def _cost_table(ctx: _Context) -> str:
+def _cost_table(ctx: ReportContext) -> str:
     headers = ["Model", "Instance", "$ per million", "Basis", "How"]
     rows = [
         [r.name, c.instance, _fmt(c.usd_per_million, ".4f"), c.basis, c.note]
