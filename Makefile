@@ -21,8 +21,9 @@ $(STAMP): requirements.lock requirements-models.txt pyproject.toml
 
 install: $(STAMP)
 
+# The demo is `smallcls compare` on SST-2: the same command runs on your own data.
 demo: $(STAMP)
-	$(BIN)/smallcls demo
+	$(BIN)/smallcls compare data/sst2/train.jsonl data/sst2/test.jsonl --out demo_output
 
 test: $(STAMP)
 	$(BIN)/pytest -q
@@ -32,4 +33,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf demo_output runs models report loadtests_out
+	rm -rf demo_output compare_output runs models report loadtests_out

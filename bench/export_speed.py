@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
 
+    from core.data import dataset_for
     from core.manifest import VARIANTS, Manifest
     from service.runtime import OnnxClassifier
     from training.run_dir import load_run
-    from training.train import dataset_for
 
     torch.set_num_threads(args.threads)
     model, tokenizer, config, _ = load_run(args.run_dir)

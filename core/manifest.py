@@ -2,7 +2,8 @@
 
 A model directory holds `model.onnx`, `tokenizer.json` and `manifest.json`. The manifest says
 everything the server needs to turn texts into labels without knowing which family made the
-graph, plus the evidence that this very file is good (accuracy, parity, sha256).
+graph (the run's preprocessing and decision rule, copied unchanged), plus the evidence that
+this very file is good (accuracy, parity, sha256) and the dataset files it was measured on.
 """
 
 from __future__ import annotations
@@ -10,22 +11,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+
+from core.decision import DecisionError, DecisionRule
+from core.preprocessing import Preprocessing, PreprocessingError, fill_template
+
+__all__ = ["Manifest", "ManifestError", "fill_template", "sha256_of", "verify_files"]
 
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.onnx"
 TOKENIZER_NAME = "tokenizer.json"
-SCHEMA_VERSION = 1
+# 2: the preprocessing and decision contract replaced max_length, truncation_side,
+# prompt_template, pad token, problem_type and thresholds; the dataset files are named.
+SCHEMA_VERSION = 2
 
 Family = Literal["encoder", "extracted_encoder", "causal_lm"]
 Precision = Literal["fp32", "int8", "fp16"]
 # What `smallcls export --variants` can build, in build order (fp32 is every other's parent).
 VARIANTS = ("fp32", "fp32-opt", "int8", "int8-static", "fp16")
-# Multi-class models pick one label (softmax); multi-label models pick every label whose
-# sigmoid clears its threshold. Mixing them up silently gives wrong answers, so it is explicit.
-ProblemType = Literal["single_label", "multi_label"]
 
 
 class ManifestError(ValueError):
@@ -39,23 +43,19 @@ class Manifest:
     head: str  # e.g. "mean_pool", "last_token", "label_words"
     base_model: str  # where the pretrained weights came from
     labels: list[str]  # index i of the graph's logits is labels[i]
-    max_length: int  # tokens, after the prompt template is applied
     precision: Precision
-    pad_token_id: int
-    pad_token: str
-    truncation_side: Literal["left", "right"] = "right"
-    problem_type: ProblemType = "single_label"
-    # multi_label only: one sigmoid threshold per label, tuned on validation at training time.
-    thresholds: list[float] | None = None
-    # "{text}" for plain classifiers; label-word models wrap the text in their prompt.
-    prompt_template: str = "{text}"
+    # The run's contract, copied unchanged: texts -> ids, and logits -> answers.
+    preprocessing: Preprocessing
+    decision: DecisionRule
+    # The dataset files the run was trained and evaluated on (core.data.DataSource).
+    dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
     source_run: str = ""
     parameters: int = 0
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # file name -> sha256
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # accuracy of this file
     parity: dict[str, Any] = dataclasses.field(default_factory=dict)  # vs torch / vs fp32
     quantization: dict[str, Any] = dataclasses.field(default_factory=dict)  # how int8 was made
-    # The export variant (fp32, fp32-opt, int8, int8-static, fp16); "" in older manifests.
+    # The export variant (fp32, fp32-opt, int8, int8-static, fp16).
     variant: str = ""
     optimization: dict[str, Any] = dataclasses.field(default_factory=dict)  # fusions, fp16
     file_sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # file name -> bytes
@@ -73,25 +73,31 @@ class Manifest:
             )
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
             raise ManifestError(f"manifest.labels must be >= 2 distinct names, got {self.labels!r}")
-        if self.max_length < 2:
-            raise ManifestError(f"manifest.max_length must be >= 2, got {self.max_length}")
-        if "{text}" not in self.prompt_template:
-            raise ManifestError("manifest.prompt_template must contain '{text}'")
-        if self.problem_type not in ("single_label", "multi_label"):
-            raise ManifestError(
-                f"manifest.problem_type must be 'single_label' or 'multi_label', "
-                f"got {self.problem_type!r}"
-            )
-        if self.thresholds is not None:
-            if self.problem_type != "multi_label":
-                raise ManifestError("manifest.thresholds is only meaningful for multi_label")
-            if len(self.thresholds) != len(self.labels) or not all(
-                0.0 < t < 1.0 for t in self.thresholds
-            ):
-                raise ManifestError(
-                    f"manifest.thresholds must hold one value in (0, 1) per label "
-                    f"({len(self.labels)}), got {self.thresholds!r}"
-                )
+        if self.decision.labels != self.labels:
+            raise ManifestError("manifest.decision.labels differ from manifest.labels")
+
+    # The contract's fields most readers need, under their old names.
+    @property
+    def max_length(self) -> int:
+        return self.preprocessing.max_length
+
+    @property
+    def prompt_template(self) -> str:
+        return self.preprocessing.prompt_template
+
+    @property
+    def problem_type(self) -> str:
+        return self.decision.problem_type
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        return self.decision.thresholds
+
+    @property
+    def test_path(self) -> Path | None:
+        """The test file the run was evaluated on (a carved split is saved as a file too)."""
+        path = self.dataset.get("test_path")
+        return Path(path) if path else None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False) + "\n"
@@ -103,6 +109,16 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        version = data.get("schema_version", 1)
+        if not isinstance(version, int) or version != SCHEMA_VERSION:
+            todo = (
+                "upgrade smallcls"
+                if isinstance(version, int) and version > SCHEMA_VERSION
+                else "re-export the run with `smallcls export`"
+            )
+            raise ManifestError(
+                f"manifest schema version {version!r}, this smallcls reads {SCHEMA_VERSION}: {todo}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -110,9 +126,19 @@ class Manifest:
                 f"unknown manifest keys {unknown}; was it written by a newer smallcls?"
             )
         try:
-            return cls(**data)
+            return cls(
+                **{
+                    **data,
+                    "preprocessing": Preprocessing.from_dict(data["preprocessing"]),
+                    "decision": DecisionRule.from_dict(data["decision"]),
+                }
+            )
+        except KeyError as exc:
+            raise ManifestError(f"incomplete manifest: no {exc}; re-export the run") from None
         except TypeError as exc:  # a required key is missing
             raise ManifestError(f"incomplete manifest: {exc}") from exc
+        except (PreprocessingError, DecisionError) as exc:
+            raise ManifestError(f"manifest: {exc}") from exc
 
     @classmethod
     def read(cls, model_dir: Path) -> Manifest:
@@ -124,13 +150,6 @@ class Manifest:
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
-
-
-def fill_template(template: str, texts: Sequence[str]) -> list[str]:
-    """Put each text into a prompt template. Training, export and the server all call this:
-    if they filled prompts differently, the served model would see other tokens than it
-    was trained and checked on."""
-    return [template.replace("{text}", text) for text in texts]
 
 
 def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
+from core.decision import DecisionRule, Decisions
+
 
 def classification_metrics(
     y_true: Sequence[int], y_pred: Sequence[int], label_names: Sequence[str]
@@ -70,3 +72,43 @@ def oos_metrics(y_true: Sequence[int], y_pred: Sequence[int], oos_index: int) ->
         "in_scope_rows": int(in_scope.sum()),
         "oos_rows": int(oos.sum()),
     }
+
+
+def decision_metrics(
+    rule: DecisionRule, decisions: Decisions, y_true: np.ndarray | Sequence[int]
+) -> dict[str, Any]:
+    """The metrics of one split's decisions under `rule`: what training reports, the export
+    gate compares and a served model's answers are checked against. `y_true`: (N,) label ids,
+    or (N, L) 0/1 for multi-label. Out-of-scope rules report the metrics with rejection (the
+    answers a client gets) and, under `oos_argmax`, what plain argmax would have given."""
+    if rule.multi_label:
+        return {"problem_type": "multi_label"} | multilabel_metrics(
+            np.asarray(y_true), decisions.chosen.astype(int), rule.labels
+        )
+    y = np.asarray(y_true)
+    metrics = classification_metrics(y.tolist(), decisions.label_ids.tolist(), rule.labels)
+    metrics["problem_type"] = "single_label"
+    if rule.rejects:
+        oos_index = rule.labels.index(rule.oos_label)  # type: ignore[arg-type]
+        argmax = decisions.probabilities.argmax(axis=-1)
+        metrics["oos"] = oos_metrics(y, decisions.label_ids, oos_index)
+        metrics["oos"]["rejection_threshold"] = rule.rejection_threshold
+        metrics["oos_argmax"] = oos_metrics(y, argmax, oos_index)
+    return metrics
+
+
+def decisions_from_answers(rule: DecisionRule, answers: Sequence[dict[str, Any]]) -> Decisions:
+    """Answers as the API gives them ({"label", "labels", "rejected", "scores"?}) turned back
+    into decisions, so served answers are scored by the same `decision_metrics`."""
+    index = {name: i for i, name in enumerate(rule.labels)}
+    chosen = np.zeros((len(answers), len(rule.labels)), dtype=bool)
+    for row, answer in enumerate(answers):
+        chosen[row, [index[name] for name in answer["labels"]]] = True
+    label_ids = np.asarray([index[a["label"]] for a in answers], dtype=np.int64)
+    rejected = np.asarray([bool(a.get("rejected", False)) for a in answers], dtype=bool)
+    probs = np.asarray(
+        [[a["scores"][name] for name in rule.labels] for a in answers]
+        if answers and "scores" in answers[0]
+        else np.zeros(chosen.shape)
+    )
+    return Decisions(probs, label_ids, chosen, rejected)

@@ -71,8 +71,15 @@ def register(model_dir: Path | str) -> StoredModel:
 
 
 def manifest_metadata(manifest: Manifest) -> dict[str, Any]:
-    # BentoML metadata must be JSON-like and has no null; drop the None fields.
-    return {k: v for k, v in dataclasses.asdict(manifest).items() if v is not None}
+    # BentoML metadata must be JSON-like and has no null; drop the None fields, nested too.
+    def drop_none(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: drop_none(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [drop_none(v) for v in value]
+        return value
+
+    return drop_none(dataclasses.asdict(manifest))
 
 
 def _stored(model: Any) -> StoredModel:

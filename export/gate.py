@@ -2,8 +2,9 @@
 
 Quantized models that silently lose accuracy (int8 down 5-15 points, or collapsed to one
 label) and fp16 graphs that emit NaN are the common failures of export. Each variant's logits
-on the full test split are compared with its fp32 parent's: too large an accuracy drop, too
-little label agreement, or any non-finite value refuses it.
+on the full test split are decided by the run's own decision rule and compared with its fp32
+parent's: too large a drop in the task's metrics (accuracy; micro/macro-F1 and exact match for
+multi-label), too little agreement of the answers, or any non-finite value refuses it.
 """
 
 from __future__ import annotations
@@ -14,36 +15,36 @@ from typing import Any
 
 import numpy as np
 
+from core.decision import DecisionRule, Decisions
+from core.metrics import decision_metrics
+
 MAX_ACCURACY_DROP = 0.01  # one point of accuracy below the fp32 parent
-MIN_AGREEMENT = 0.99  # share of test rows whose decision equals the fp32 parent's
+MIN_AGREEMENT = 0.99  # share of test rows whose answer (label set) equals the fp32 parent's
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+# The metrics each task type is gated on: the headline first (reported as "accuracy" in
+# GateResult), each allowed to drop at most max_accuracy_drop below the fp32 parent's.
+GATED_METRICS = {
+    "single_label": ("accuracy",),  # with out-of-scope rejection applied, if the rule has it
+    "multi_label": ("macro_f1", "micro_f1", "exact_match"),
+}
 
 
-def decisions(
-    logits: np.ndarray, problem_type: str, thresholds: Sequence[float] | None
-) -> np.ndarray:
-    """Single label: (N,) argmax ids. Multi label: (N, L) booleans, sigmoid >= threshold."""
-    if problem_type == "multi_label":
-        cut = np.asarray(thresholds if thresholds is not None else [0.5] * logits.shape[1])
-        return sigmoid(logits) >= cut
-    return logits.argmax(axis=-1)
-
-
-def _rowwise_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # Multi-label rows agree only when the whole label set matches (exact match).
-    return (a == b).all(axis=-1) if a.ndim == 2 else a == b
+def _metrics(rule: DecisionRule, decisions: Decisions, truth: np.ndarray) -> dict[str, float]:
+    full = decision_metrics(rule, decisions, truth)
+    return {name: float(full[name]) for name in GATED_METRICS[rule.problem_type]}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GateResult:
     passed: bool
     reasons: list[str]  # empty when passed; one short sentence per failed check
+    metric: str  # the headline metric below: accuracy, or macro_f1 for multi-label
     accuracy: float | None
     parent_accuracy: float | None
     accuracy_drop: float | None  # parent - variant, in [0, 1]; negative when the variant gains
+    # Every gated metric: {"variant", "parent", "drop"}.
+    metrics: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     agreement: float  # vs the fp32 parent (exact label-set match for multi-label)
     max_abs_logit_diff: float
     finite: bool
@@ -69,55 +70,64 @@ def check(
     parent_logits: np.ndarray,
     y_true: np.ndarray | Sequence[int] | None,
     *,
-    problem_type: str = "single_label",
-    thresholds: Sequence[float] | None = None,
+    rule: DecisionRule,
     max_accuracy_drop: float = MAX_ACCURACY_DROP,
     min_agreement: float = MIN_AGREEMENT,
 ) -> GateResult:
-    """Compare a variant's (N, L) logits with its fp32 parent's on the same N test rows.
+    """Compare a variant's (N, L) logits with its fp32 parent's on the same N test rows,
+    both decided by the run's own rule (thresholds and rejection included).
 
-    `y_true`: (N,) label ids, or (N, L) 0/1 for multi-label (accuracy = exact match); None
-    skips the accuracy check (agreement and finiteness are still checked).
+    `y_true`: (N,) label ids, or (N, L) 0/1 for multi-label; None skips the metric checks
+    (agreement and finiteness are still checked).
     """
     if logits.shape != parent_logits.shape:
         raise ValueError(f"logits {logits.shape} and parent logits {parent_logits.shape} differ")
     valid = np.isfinite(logits).all(axis=-1)  # (N,)
     finite = bool(valid.all())
     # A row with NaN/inf counts as wrong and as disagreeing, whatever its argmax says.
-    ours = decisions(np.nan_to_num(logits, nan=0.0), problem_type, thresholds)
-    parent = decisions(parent_logits, problem_type, thresholds)
-    same = _rowwise_equal(ours, parent) & valid
+    ours = rule.decide(np.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0))
+    parent = rule.decide(parent_logits)
+    same = (ours.chosen == parent.chosen).all(axis=-1) & valid
     agreement = float(same.mean()) if len(same) else 1.0
     diff = np.abs(logits.astype(np.float64) - parent_logits.astype(np.float64))
     max_diff = float(np.nanmax(diff)) if finite and diff.size else float("inf")
 
-    accuracy = parent_accuracy = drop = None
-    if y_true is not None and len(logits):
-        truth = np.asarray(y_true)
-        if problem_type == "multi_label":
-            truth = truth.astype(bool)
-        accuracy = float((_rowwise_equal(ours, truth) & valid).mean())
-        parent_accuracy = float(_rowwise_equal(parent, truth).mean())
-        drop = parent_accuracy - accuracy
-
     reasons = []
     if not finite:
         reasons.append(f"NaN/inf logits on {int((~valid).sum())} of {len(logits)} test rows")
-    if drop is not None and drop > max_accuracy_drop:
-        reasons.append(
-            f"accuracy {accuracy:.2%} is {drop * 100:.1f} points below fp32's "
-            f"{parent_accuracy:.2%} (limit {max_accuracy_drop * 100:.1f})"
-        )
+    compared: dict[str, dict[str, float]] = {}
+    if y_true is not None and len(logits):
+        truth = np.asarray(y_true)
+        if not finite:  # invalid rows must count as wrong: give them a label set nobody has
+            ours = dataclasses.replace(
+                ours,
+                chosen=np.where(valid[:, None], ours.chosen, ~truth.astype(bool))
+                if rule.multi_label
+                else ours.chosen,
+                label_ids=np.where(valid, ours.label_ids, -1),
+            )
+        mine, theirs = _metrics(rule, ours, truth), _metrics(rule, parent, truth)
+        for name in mine:
+            drop = theirs[name] - mine[name]
+            compared[name] = {"variant": mine[name], "parent": theirs[name], "drop": drop}
+            if drop > max_accuracy_drop:
+                reasons.append(
+                    f"{name} {mine[name]:.2%} is {drop * 100:.1f} points below fp32's "
+                    f"{theirs[name]:.2%} (limit {max_accuracy_drop * 100:.1f})"
+                )
     if agreement < min_agreement:
         reasons.append(
             f"agrees with fp32 on {agreement:.2%} of test rows (needs {min_agreement:.0%})"
         )
+    headline = compared.get(GATED_METRICS[rule.problem_type][0])
     return GateResult(
         passed=not reasons,
         reasons=reasons,
-        accuracy=accuracy,
-        parent_accuracy=parent_accuracy,
-        accuracy_drop=drop,
+        metric=GATED_METRICS[rule.problem_type][0],
+        accuracy=headline["variant"] if headline else None,
+        parent_accuracy=headline["parent"] if headline else None,
+        accuracy_drop=headline["drop"] if headline else None,
+        metrics=compared,
         agreement=agreement,
         max_abs_logit_diff=max_diff,
         finite=finite,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 import random
 import shutil
@@ -29,15 +28,20 @@ import onnxruntime as ort
 import torch
 
 from core import registry
+from core.config import TrainConfig
+from core.data import Dataset, dataset_for
+from core.decision import DecisionRule
 from core.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, sha256_of
-from core.metrics import classification_metrics, label_agreement
+from core.metrics import decision_metrics, label_agreement
+from core.preprocessing import TextEncoder
+from core.run_record import RunRecord, read_predictions
 from export import gate
 from export import variants as variants_mod
 from export.variants import PRECISION, cuda_available, parse_variants
 from service.runtime import OnnxClassifier, make_session
 from training.families import Classifier
 from training.run_dir import load_run
-from training.train import dataset_for, predict_logits
+from training.train import gold, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +98,6 @@ class ExportResult:
     registered: list[str]  # BentoML tags, when asked to register
 
 
-def read_thresholds(run_dir: Path) -> tuple[str, list[float] | None]:
-    """`<run>/model/thresholds.json` = {"problem_type": "multi_label", "thresholds": [...]},
-    written by multi-label training; absent for single-label runs."""
-    path = run_dir / "model" / "thresholds.json"
-    if not path.is_file():
-        return "single_label", None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return data.get("problem_type", "multi_label"), data.get("thresholds")
-
-
 def calibration_sample(texts: list[str], rows: int, seed: int) -> list[str]:
     """A seeded sample of training texts: static int8 must see what the model will serve,
     never the test split it is judged on."""
@@ -158,6 +152,130 @@ def _where_to_check(variant: str, model_dir: Path) -> tuple[str | None, dict[str
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """What every variant of one run is built from and checked against."""
+
+    model: Classifier
+    tokenizer: Any
+    config: TrainConfig
+    record: RunRecord
+    dataset: Dataset
+    y_true: np.ndarray  # (N,) label ids or (N, L) 0/1, for the test split
+    run_answers: list[dict[str, Any]]  # the run's own answer per test row
+    torch_logits: np.ndarray  # (parity_rows, L)
+
+
+def _read_source(run_dir: Path, parity_rows: int) -> _Source:
+    """The trained model, its contract and its test split, checked to be the run's own."""
+    if (run_dir / "tasks.json").is_file():
+        raise ValueError(
+            f"{run_dir} is a multi-task run: a served model answers one task, so export one "
+            "run per task (train each task alone) to serve it"
+        )
+    model, tokenizer, config, labels = load_run(run_dir)
+    record = RunRecord.read(run_dir)
+    if record.labels != labels:
+        raise ValueError(f"{run_dir}: contract labels {record.labels} != model labels {labels}")
+    dataset = dataset_for(config)
+    answers = read_predictions(run_dir)
+    if dataset.label_names != labels or len(answers) != len(dataset.test):
+        raise ValueError(
+            f"{run_dir}: the dataset now gives labels {dataset.label_names[:5]}... and "
+            f"{len(dataset.test)} test rows, the run had {labels[:5]}... and {len(answers)}: "
+            "the data files changed since training; train again"
+        )
+    encoder = TextEncoder(tokenizer.backend_tokenizer, record.preprocessing)
+    torch_logits = predict_logits(
+        model, encoder, dataset.test.texts[:parity_rows], batch_size=config.eval_batch_size
+    )
+    y_true = gold(dataset, dataset.test)
+    return _Source(model, tokenizer, config, record, dataset, y_true, answers, torch_logits)
+
+
+def _build(variant: str, src: _Source, fp32_dir: Path, partial: Path, rows: int) -> dict:
+    """Write `partial/model.onnx` for one variant; returns how it was made."""
+    source, target = fp32_dir / MODEL_NAME, partial / MODEL_NAME
+    if variant == "fp32":
+        export_onnx(src.model, src.tokenizer, target, src.config.max_length)
+        return {}
+    if variant == "fp32-opt":
+        model_type = src.model.backbone.config.model_type
+        return variants_mod.optimize_fp32(source, target, model_type=model_type)
+    if variant == "int8":
+        return variants_mod.quantize_int8_dynamic(source, target)
+    if variant == "int8-static":
+        encoder = OnnxClassifier(fp32_dir, threads=torch.get_num_threads())
+        texts = calibration_sample(src.dataset.train.texts, rows, src.config.seed)
+        return variants_mod.quantize_int8_static(
+            source, target, calibration_texts=texts, encode=encoder.encode
+        )
+    return variants_mod.convert_fp16(source, target)
+
+
+def _agreement_with_run(rule: DecisionRule, logits: np.ndarray, answers: list[dict]) -> float:
+    """Share of test rows whose answer (label set) equals the run's own evaluated answer."""
+    served = rule.answers(rule.decide(logits))
+    same = [a["labels"] == b["labels"] for a, b in zip(served, answers, strict=True)]
+    return float(np.mean(same)) if same else 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    metrics: dict[str, Any]  # of this file, through the serving code, on the test split
+    parity: dict[str, Any]
+    gate: dict[str, Any]  # the manifest's record of the verdict
+    verified_on: dict[str, Any]
+    result: gate.GateResult | None = None  # None: nothing here could run it
+    logits: np.ndarray | None = None
+
+
+def _check(
+    variant: str,
+    src: _Source,
+    partial: Path,
+    fp32_logits: np.ndarray | None,
+    gate_kw: dict[str, Any],
+    force: bool,
+) -> _Checked:
+    """Score the variant through the serving code on the whole test split and gate it."""
+    rule = src.record.decision
+    device, verified_on = _where_to_check(variant, partial)
+    parity: dict[str, Any] = {"rows": len(src.torch_logits)}
+    if device is None:
+        # Nothing here can run it: kept with its manifest saying so, never "passed".
+        reasons = ["not checked: no device here can run it"]
+        return _Checked(
+            {}, parity, {"passed": False, "forced": force, "reasons": reasons}, verified_on
+        )
+    logits, seconds = _score(partial, src.dataset.test.texts, device=device)
+    metrics = decision_metrics(rule, rule.decide(logits), src.y_true) | {"seconds": seconds}
+    head = logits[: len(src.torch_logits)]
+    parity["max_abs_logit_diff_vs_torch"] = float(np.abs(head - src.torch_logits).max())
+    parity["label_agreement_vs_torch"] = label_agreement(head, src.torch_logits)
+    parity["answer_agreement_vs_run"] = _agreement_with_run(rule, logits, src.run_answers)
+    if fp32_logits is None:  # fp32 itself is judged against torch on the parity rows
+        result = gate.check(head, src.torch_logits, src.y_true[: len(head)], **gate_kw)
+    else:
+        result = gate.check(logits, fp32_logits, src.y_true, **gate_kw)
+        parity["max_abs_logit_diff_vs_fp32"] = result.max_abs_logit_diff
+        parity["label_agreement_vs_fp32"] = result.agreement
+    record = {**result.as_dict(), "forced": force and not result.passed, "checked_on": device}
+    return _Checked(metrics, parity, record, verified_on, result, logits)
+
+
+def _place(partial: Path, target: Path, out_dir: Path, keep: bool) -> Path:
+    """Move a checked build to its name (accepted) or under refused/ (never registered);
+    a stale copy under the other name goes, so nothing old lingers beside it."""
+    aside = out_dir / "refused" / target.name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
+    destination = target if keep else aside
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial.rename(destination)
+    return destination
+
+
 def export_model(
     run_dir: Path | str,
     out_dir: Path | str,
@@ -173,85 +291,39 @@ def export_model(
     """Write `<out_dir>/<run name>-<variant>/` for each variant that passes the gate."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     wanted = parse_variants(tuple(variants))
-    model, tokenizer, config, labels = load_run(run_dir)
-    problem_type, thresholds = read_thresholds(run_dir)
-    dataset = dataset_for(config)
-    if dataset.label_names != labels:
-        raise ValueError(f"the dataset's labels {dataset.label_names} != the run's {labels}")
-    texts, label_ids = dataset.test.texts, dataset.label_ids(dataset.test)
-    # Multi-label test labels are not loaded by core.data yet: the gate then checks
-    # agreement (exact label sets) and finiteness, not accuracy.
-    y_true = np.asarray(label_ids) if problem_type == "single_label" else None
-    parity_texts = texts[:parity_rows]
-    torch_logits = predict_logits(
-        model,
-        tokenizer,
-        parity_texts,
-        max_length=config.max_length,
-        batch_size=config.eval_batch_size,
-        template=config.prompt_template,
-    )
+    src = _read_source(run_dir, parity_rows)
+    record = src.record
     base = dict(
-        family=config.family,
-        head=config.head,
-        base_model=config.base_model,
-        labels=labels,
-        max_length=config.max_length,
-        pad_token_id=tokenizer.pad_token_id,
-        pad_token=tokenizer.pad_token,
-        truncation_side=tokenizer.truncation_side,
-        prompt_template=config.prompt_template,
-        problem_type=problem_type,
-        thresholds=thresholds,
+        family=record.family,
+        head=record.head,
+        base_model=record.base_model,
+        labels=record.labels,
+        preprocessing=record.preprocessing,
+        decision=record.decision,
+        dataset=record.dataset.to_dict(),
         source_run=str(run_dir.resolve()),
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=sum(p.numel() for p in src.model.parameters()),
     )
-    model_type = model.backbone.config.model_type
     gate_kw = dict(
-        problem_type=problem_type,
-        thresholds=thresholds,
-        max_accuracy_drop=max_accuracy_drop,
-        min_agreement=min_agreement,
+        rule=record.decision, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement
     )
-
     accepted: list[Path] = []
     refused: list[Path] = []
     messages: list[str] = []
-    fp32_dir = out_dir / f"{config.name}-fp32"
+    fp32_dir = out_dir / f"{src.config.name}-fp32"
     fp32_logits: np.ndarray | None = None
-    # Every variant derives from fp32, so fp32 is built whenever anything is asked for.
     partial: Path | None = None
     try:
+        # Every variant derives from fp32, so fp32 is built whenever anything is asked for.
         for variant in ("fp32", *(v for v in wanted if v != "fp32")):
-            target = out_dir / f"{config.name}-{variant}"
+            target = out_dir / f"{src.config.name}-{variant}"
             partial = target.with_name(target.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
             log.info("%s: building", target.name)
             start = time.perf_counter()
-            tokenizer.backend_tokenizer.save(str(partial / TOKENIZER_NAME))
-            built: dict[str, Any] = {}
-            src = fp32_dir / MODEL_NAME
-            dst = partial / MODEL_NAME
-            if variant == "fp32":
-                export_onnx(model, tokenizer, dst, config.max_length)
-            elif variant == "fp32-opt":
-                built = variants_mod.optimize_fp32(src, dst, model_type=model_type)
-            elif variant == "int8":
-                built = variants_mod.quantize_int8_dynamic(src, dst)
-            elif variant == "int8-static":
-                encoder = OnnxClassifier(fp32_dir, threads=torch.get_num_threads())
-                built = variants_mod.quantize_int8_static(
-                    src,
-                    dst,
-                    calibration_texts=calibration_sample(
-                        dataset.train.texts, calibration_rows, config.seed
-                    ),
-                    encode=encoder.encode,
-                )
-            elif variant == "fp16":
-                built = variants_mod.convert_fp16(src, dst)
-            export_seconds = round(time.perf_counter() - start, 1)
+            src.tokenizer.backend_tokenizer.save(str(partial / TOKENIZER_NAME))
+            built = _build(variant, src, fp32_dir, partial, calibration_rows)
             names = (MODEL_NAME, TOKENIZER_NAME)
             manifest = Manifest(
                 name=target.name,
@@ -264,90 +336,39 @@ def export_model(
                 **base,
             )
             manifest.write(partial)
-
-            device, verified_on = _where_to_check(variant, partial)
-            metrics: dict[str, Any] = {"export_seconds": export_seconds}
-            parity: dict[str, Any] = {"rows": len(parity_texts)}
-            if device is None:
-                # Nothing here can run it: kept with its manifest saying so, never "passed".
-                result = None
-                gate_record: dict[str, Any] = {
-                    "passed": False,
-                    "forced": force,
-                    "reasons": ["not checked: no device here can run it"],
-                }
-            else:
-                logits, seconds = _score(partial, texts, device=device)
-                if y_true is not None:
-                    metrics.update(
-                        classification_metrics(label_ids, logits.argmax(-1).tolist(), labels)
-                    )
-                metrics["seconds"] = seconds
-                parity_logits = logits[:parity_rows]
-                parity["max_abs_logit_diff_vs_torch"] = float(
-                    np.abs(parity_logits - torch_logits).max()
-                )
-                parity["label_agreement_vs_torch"] = label_agreement(parity_logits, torch_logits)
-                if variant == "fp32":
-                    # The parent is judged against torch on the parity rows.
-                    result = gate.check(
-                        parity_logits,
-                        torch_logits,
-                        None if y_true is None else y_true[:parity_rows],
-                        **gate_kw,
-                    )
-                    fp32_logits = logits
-                else:
-                    assert fp32_logits is not None
-                    result = gate.check(logits, fp32_logits, y_true, **gate_kw)
-                    parity["max_abs_logit_diff_vs_fp32"] = result.max_abs_logit_diff
-                    parity["label_agreement_vs_fp32"] = result.agreement
-                gate_record = {**result.as_dict(), "forced": force and not result.passed}
-                gate_record["checked_on"] = device
+            export_seconds = round(time.perf_counter() - start, 1)
+            checked = _check(variant, src, partial, fp32_logits, gate_kw, force)
+            result = checked.result
             manifest = dataclasses.replace(
                 manifest,
-                metrics=metrics,
-                parity=parity,
-                gate=gate_record,
-                verified_on=verified_on,
+                metrics={"export_seconds": export_seconds, **checked.metrics},
+                parity=checked.parity,
+                gate=checked.gate,
+                verified_on=checked.verified_on,
                 created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             )
             manifest.write(partial)
-
-            if gate_record["passed"] or force:
-                shutil.rmtree(target, ignore_errors=True)
-                shutil.rmtree(out_dir / "refused" / target.name, ignore_errors=True)  # stale
-                partial.rename(target)
-                accepted.append(target)
-                log.info(
-                    "%s: accuracy %s, agreement vs parent %.4f, max |Δlogit| %.2e, %.1f MB%s",
-                    target.name,
-                    f"{metrics['accuracy']:.4f}" if "accuracy" in metrics else "n/a",
-                    result.agreement if result else float("nan"),
-                    result.max_abs_logit_diff if result else float("nan"),
-                    manifest.file_sizes[MODEL_NAME] / 1e6,
-                    " (FORCED past the gate)" if gate_record["forced"] else "",
+            keep = checked.gate["passed"] or force
+            placed = _place(partial, target, out_dir, keep)
+            if variant == "fp32":
+                fp32_logits = checked.logits
+            if keep:
+                accepted.append(placed)
+                _log_accepted(manifest, result)
+                continue
+            refused.append(placed)
+            message = (
+                result.message(target.name)
+                if result
+                else f"{target.name} refused: {checked.gate['reasons'][0]}; kept in {placed}"
+            )
+            messages.append(message)
+            log.warning("%s", message)
+            if variant == "fp32":
+                raise ValueError(
+                    f"{message} (the fp32 graph does not match torch; no variant can be "
+                    "derived from it)"
                 )
-            else:
-                aside = out_dir / "refused" / target.name
-                shutil.rmtree(aside, ignore_errors=True)
-                aside.parent.mkdir(parents=True, exist_ok=True)
-                partial.rename(aside)
-                shutil.rmtree(target, ignore_errors=True)  # an older accepted copy must not linger
-                refused.append(aside)
-                message = (
-                    result.message(target.name)
-                    if result
-                    else f"{target.name} refused: {gate_record['reasons'][0]}; kept in {aside}"
-                )
-                messages.append(message)
-                log.warning("%s", message)
-                if variant == "fp32":
-                    raise ValueError(
-                        f"{message} (the fp32 graph does not match torch; no variant can be "
-                        "derived from it)"
-                    )
-
     except BaseException:
         # A failed or interrupted build leaves no half-written directory behind.
         if partial is not None:
@@ -359,6 +380,23 @@ def export_model(
         accepted.remove(fp32_dir)
     registered = [registry.register(d).tag for d in accepted] if register else []
     return ExportResult(accepted, refused, messages, registered)
+
+
+def _log_accepted(manifest: Manifest, result: gate.GateResult | None) -> None:
+    metric = result.metric if result else "accuracy"
+    value = manifest.metrics.get(metric)
+    log.info(
+        "%s: %s %s, agreement vs parent %.4f, vs the run's answers %s, max |Δlogit| %.2e, "
+        "%.1f MB%s",
+        manifest.name,
+        metric,
+        f"{value:.4f}" if value is not None else "n/a",
+        result.agreement if result else float("nan"),
+        manifest.parity.get("answer_agreement_vs_run", "n/a"),
+        result.max_abs_logit_diff if result else float("nan"),
+        manifest.file_sizes[MODEL_NAME] / 1e6,
+        " (FORCED past the gate)" if manifest.gate.get("forced") else "",
+    )
 
 
 def export_run(

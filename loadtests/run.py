@@ -177,6 +177,7 @@ def run_loadtest(
     model: str,
     texts_path: Path,
     out_dir: Path,
+    text_column: str = "text",
     users: int = 8,
     spawn_rate: float = 8,
     run_time_s: int = 20,
@@ -217,14 +218,17 @@ def run_loadtest(
         raise ValueError(f"workers must be >= 0, got {workers}")
     texts_path = Path(texts_path).resolve()
     if not texts_path.is_file():
-        raise FileNotFoundError(f"{texts_path} not found: pass a JSON Lines file of texts")
+        raise FileNotFoundError(
+            f"{texts_path} not found: pass a CSV, TSV or JSON Lines file of texts"
+        )
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     # A stats file left by an earlier run would hide a locust that failed to start.
     for stale in out_dir.glob(f"{CSV_PREFIX}_*.csv"):
         stale.unlink()
     (out_dir / SUMMARY_NAME).unlink(missing_ok=True)
-    sent = select_texts(read_texts(texts_path), length, max_length=max_length)
+    texts = read_texts(texts_path, text_column=text_column)
+    sent = select_texts(texts, length, max_length=max_length)
     sent_path = write_texts(sent, out_dir / TEXTS_NAME)
 
     locustfiles = str(LOCUSTFILE) + (f",{SHAPES_FILE}" if shape else "")

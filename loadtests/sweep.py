@@ -133,6 +133,7 @@ def run_sweep(
     model: str,
     texts_path: Path,
     out_dir: Path,
+    text_column: str = "text",
     steps: Sequence[int] = DEFAULT_STEPS,
     step_seconds: int = 10,
     slo_p95_ms: float = DEFAULT_SLO_P95_MS,
@@ -168,6 +169,7 @@ def run_sweep(
             host=host,
             model=model,
             texts_path=texts_path,
+            text_column=text_column,
             out_dir=step_dir,
             users=users,
             spawn_rate=users,  # all at once: a step is short, ramping would eat into it
@@ -237,8 +239,10 @@ class LoadTestPlan:
     """What `smallcls loadtest` runs for each model: a sweep (`steps`), a load shape, or one
     run of `users` users for `seconds`."""
 
-    texts_path: Path
+    # None: each model directory's own test file, as its manifest names it.
+    texts_path: Path | None
     out_dir: Path
+    text_column: str | None = None  # None: "text", or the manifest's column
     users: int = 8
     seconds: int = 20  # one run's length, each sweep step's, or the bound of a shape
     steps: list[int] | None = None
@@ -279,16 +283,16 @@ def load_test_models(
         with ServerProcess(model_dirs, threads=serve_threads, log_path=log) as server:
             assert server.process is not None
             echo(f"[serve] ready at {server.url}")
-            named = [Manifest.read(Path(d)) for d in model_dirs]
-            return _each(plan, server.url, [(m.name, m.max_length) for m in named],
-                         server.process.pid, echo, nest=True)  # fmt: skip
+            named = [_target(plan, Manifest.read(Path(d))) for d in model_dirs]
+            return _each(plan, server.url, named, server.process.pid, echo, nest=True)
     if host is None:
         host = DEFAULT_HOST
     wait_ready(host)
-    pairs = [(name, plan.max_length) for name in models]
-    for model_dir in model_dirs:
-        manifest = Manifest.read(Path(model_dir))
-        pairs.append((manifest.name, manifest.max_length))
+    if models and plan.texts_path is None:
+        raise ValueError("--texts is needed for models named by --model (no manifest here)")
+    column = plan.text_column or "text"
+    pairs = [_Target(name, plan.max_length, plan.texts_path, column) for name in models]  # type: ignore[arg-type]
+    pairs += [_target(plan, Manifest.read(Path(d))) for d in model_dirs]
     if not pairs:
         raise ValueError("name at least one model (--model NAME or model directories)")
     pid = server_pid if server_pid is not None else find_server_pid(host)
@@ -297,23 +301,43 @@ def load_test_models(
     return _each(plan, host, pairs, pid, echo, nest=len(pairs) > 1 or plan.steps is not None)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    name: str
+    max_length: int
+    texts_path: Path
+    text_column: str
+
+
+def _target(plan: LoadTestPlan, manifest: Any) -> _Target:
+    """A model directory's load test sends its own test texts unless told otherwise: the
+    texts its accuracy was measured on."""
+    texts, column = plan.texts_path, plan.text_column
+    if texts is None:
+        texts = manifest.test_path
+        column = column or manifest.dataset.get("text_column") or "text"
+        if texts is None:
+            raise ValueError(f"{manifest.name}'s manifest names no test file: pass --texts")
+    return _Target(manifest.name, manifest.max_length, Path(texts), column or "text")
+
+
 def _each(
     plan: LoadTestPlan,
     host: str,
-    models: list[tuple[str, int]],
+    models: list[_Target],
     server_pid: int | None,
     echo: Callable[[str], None],
     *,
     nest: bool,
 ) -> list[Path]:
     outs = []
-    for i, (name, max_length) in enumerate(models, 1):
-        out = Path(plan.out_dir) / name if nest else Path(plan.out_dir)
-        echo(f"[loadtest {i}/{len(models)}] {name} -> {out}")
+    for i, target in enumerate(models, 1):
+        out = Path(plan.out_dir) / target.name if nest else Path(plan.out_dir)
+        echo(f"[loadtest {i}/{len(models)}] {target.name} -> {out} (texts {target.texts_path})")
         common: dict[str, Any] = dict(
-            host=host, model=name, texts_path=plan.texts_path, out_dir=out, batch=plan.batch,
-            length=plan.length, max_length=max_length, workers=plan.workers,
-            server_pid=server_pid,
+            host=host, model=target.name, texts_path=target.texts_path,
+            text_column=target.text_column, out_dir=out, batch=plan.batch, length=plan.length,
+            max_length=target.max_length, workers=plan.workers, server_pid=server_pid,
         )  # fmt: skip
         if plan.steps:
             sweep = run_sweep(

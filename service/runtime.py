@@ -1,7 +1,8 @@
 """Run one exported model directory with onnxruntime: texts in, predictions out.
 
 The same code scores the test split at export time and serves requests, so the accuracy in a
-manifest is the accuracy of the serving path (tokenizer settings included), not of torch.
+manifest is the accuracy of the serving path (tokenizer settings included), not of torch; and
+that code is `core`'s preprocessing and decision rule, which training evaluated with too.
 """
 
 from __future__ import annotations
@@ -12,53 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
-from core.manifest import (
-    MODEL_NAME,
-    TOKENIZER_NAME,
-    Manifest,
-    fill_template,
-    verify_files,
-)
+from core.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, verify_files
+from core.preprocessing import TextEncoder
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    label: str  # the most probable label
+    label: str  # the answer: the most probable label, or the out-of-scope label if rejected
     scores: dict[str, float]  # probability per label name (softmax, or sigmoid if multi-label)
     # Every label predicted: [label] for single-label models; for multi-label models each
     # label whose probability clears its threshold (possibly none).
     labels: tuple[str, ...] = ()
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    # Split by sign so exp never overflows for large |logit|.
-    out = np.empty_like(logits)
-    pos = logits >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-logits[pos]))
-    exp = np.exp(logits[~pos])
-    out[~pos] = exp / (1.0 + exp)
-    return out
-
-
-def probabilities(logits: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """(B, L) probabilities: softmax for single-label models, one sigmoid per label for
-    multi-label models (labels are independent there)."""
-    logits = logits.astype(np.float64)
-    return sigmoid(logits) if manifest.problem_type == "multi_label" else softmax(logits)
-
-
-def default_thresholds(manifest: Manifest) -> list[float]:
-    if manifest.thresholds is not None:
-        return list(manifest.thresholds)
-    return [0.5] * len(manifest.labels)
+    rejected: bool = False  # below the out-of-scope rejection threshold
 
 
 def make_session(model_path: Path, threads: int, *, spinning: bool = False) -> ort.InferenceSession:
@@ -77,7 +44,9 @@ def make_session(model_path: Path, threads: int, *, spinning: bool = False) -> o
 
 
 class OnnxClassifier:
-    """A model directory loaded for inference. Thread-safe for `predict` (ORT sessions are)."""
+    """A model directory loaded for inference: the manifest's preprocessing turns texts into
+    ids and its decision rule turns logits into answers, the same `core` code that training
+    evaluated with. Thread-safe for `predict` (ORT sessions and the encoder only read)."""
 
     def __init__(
         self,
@@ -93,16 +62,10 @@ class OnnxClassifier:
             verify_files(self.model_dir, self.manifest)
         self.session = make_session(self.model_dir / MODEL_NAME, threads, spinning=spinning)
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.tokenizer = self._load_tokenizer()
-        # Unpadded and untruncated copies: lengths for `truncate: false` and for bucketing.
-        self._counter = Tokenizer.from_file(str(self.model_dir / TOKENIZER_NAME))
-        self._counter.no_truncation()
-        self._counter.no_padding()
-        self._unpadded = Tokenizer.from_file(str(self.model_dir / TOKENIZER_NAME))
-        self._unpadded.enable_truncation(
-            self.manifest.max_length, direction=self.manifest.truncation_side
+        self.encoder = TextEncoder.from_file(
+            self.model_dir / TOKENIZER_NAME, self.manifest.preprocessing
         )
-        self._unpadded.no_padding()
+        self.decision = self.manifest.decision
 
     @property
     def name(self) -> str:
@@ -112,25 +75,16 @@ class OnnxClassifier:
     def labels(self) -> list[str]:
         return self.manifest.labels
 
-    def _load_tokenizer(self) -> Tokenizer:
-        tokenizer = Tokenizer.from_file(str(self.model_dir / TOKENIZER_NAME))
-        m = self.manifest
-        tokenizer.enable_truncation(m.max_length, direction=m.truncation_side)
-        # Right padding: every head finds its tokens through attention_mask, which the
-        # graphs were traced with.
-        tokenizer.enable_padding(direction="right", pad_id=m.pad_token_id, pad_token=m.pad_token)
-        return tokenizer
-
-    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        prompts = fill_template(self.manifest.prompt_template, texts)
-        encodings = self.tokenizer.encode_batch(prompts)
-        input_ids = np.asarray([e.ids for e in encodings], dtype=np.int64)  # (B, T)
-        attention_mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+    def _feeds(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        feeds = self.encoder.pad(ids)
         # Feed exactly what the graph declares (some BERT exports want token_type_ids).
         if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
         return {k: v for k, v in feeds.items() if k in self.input_names}
+
+    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The graph's input arrays for `texts`, right-padded to the longest."""
+        return self._feeds(self.encoder.encode(texts).ids)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """(B, num_labels) float32 logits."""
@@ -140,27 +94,27 @@ class OnnxClassifier:
         return logits
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        probs = probabilities(self.logits(texts), self.manifest)
+        decisions = self.decision.decide(self.logits(texts))
         labels = self.labels
-        multi = self.manifest.problem_type == "multi_label"
-        thresholds = np.asarray(default_thresholds(self.manifest))
         return [
             Prediction(
-                label=labels[int(row.argmax())],
+                label=labels[int(best)],
                 scores={name: float(p) for name, p in zip(labels, row, strict=True)},
-                labels=(
-                    tuple(labels[i] for i in np.flatnonzero(row >= thresholds))
-                    if multi
-                    else (labels[int(row.argmax())],)
-                ),
+                labels=tuple(labels[i] for i in np.flatnonzero(chosen)),
+                rejected=bool(rejected),
             )
-            for row in probs
+            for best, row, chosen, rejected in zip(
+                decisions.label_ids,
+                decisions.probabilities,
+                decisions.chosen,
+                decisions.rejected,
+                strict=True,
+            )
         ]
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text after the prompt template, before truncation."""
-        prompts = fill_template(self.manifest.prompt_template, texts)
-        return [len(e.ids) for e in self._counter.encode_batch(prompts)]
+        return self.encoder.count_tokens(texts)
 
     def logits_bucketed(self, texts: Sequence[str], slack: float = 1.3) -> np.ndarray:
         """(B, num_labels) logits for a server batch; see `score_batch`."""
@@ -174,13 +128,10 @@ class OnnxClassifier:
         `slack` x their real tokens: one long text in a batch of short ones would otherwise
         make every row as long as it (attention cost grows with the square of that length).
         Similar lengths make one ORT call."""
-        truncated = np.zeros(len(texts), dtype=bool)
         if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32), truncated
-        prompts = fill_template(self.manifest.prompt_template, texts)
-        encodings = self._unpadded.encode_batch(prompts)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
-        truncated[:] = [bool(e.overflowing) for e in encodings]
+            return np.zeros((0, len(self.labels)), dtype=np.float32), np.zeros(0, dtype=bool)
+        encoded = self.encoder.encode(texts)
+        lengths = np.fromiter((len(ids) for ids in encoded.ids), dtype=np.int64, count=len(texts))
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         start = 0
@@ -193,23 +144,9 @@ class OnnxClassifier:
                 total += longest
                 end += 1
             idx = order[start:end]
-            out[idx] = self._run_group([encodings[i].ids for i in idx])
+            (out[idx],) = self.session.run(["logits"], self._feeds([encoded.ids[i] for i in idx]))
             start = end
-        return out, truncated
-
-    def _run_group(self, ids: list[list[int]]) -> np.ndarray:
-        width = max(len(row) for row in ids)
-        input_ids = np.full((len(ids), width), self.manifest.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((len(ids), width), dtype=np.int64)  # (B, T)
-        for i, row in enumerate(ids):
-            input_ids[i, : len(row)] = row
-            attention_mask[i, : len(row)] = 1
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
-        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
-        (logits,) = self.session.run(["logits"], feeds)
-        return logits
+        return out, encoded.truncated
 
     def logits_batched(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Logits for many texts, batched so memory stays flat; batches are formed from texts

@@ -32,7 +32,6 @@ from service import gateway
 from service.batching import Overloaded, Retired
 from service.metrics import get_metrics
 from service.models import LoadedModel, by_path, check_entries, load_all
-from service.runtime import default_thresholds, probabilities
 from service.settings import (
     ENV_MODELS,
     ENV_MODELS_FILE,
@@ -86,10 +85,17 @@ def show_info_logs() -> None:
 
 
 class Prediction(BaseModel):
-    label: str = Field(description="The most probable label.")
+    label: str = Field(
+        description="The answer: the most probable label, or the model's out-of-scope label "
+        "when the model rejects the text."
+    )
     labels: list[str] = Field(
         description="Every predicted label: [label] for single-label models; for multi-label "
         "models each label whose probability clears its threshold (may be empty)."
+    )
+    rejected: bool = Field(
+        description="Out-of-scope models: the top probability was below the rejection "
+        "threshold, so the answer is the out-of-scope label. Always false for other models."
     )
     scores: dict[str, float] = Field(
         description="Probability by label name (softmax; sigmoid per label for multi-label "
@@ -132,8 +138,9 @@ class ClassifyRequest(bentoml.IODescriptor):
     )
     threshold: float | dict[str, float] | None = Field(
         default=None,
-        description="Multi-label models only: one threshold in (0, 1) for every label, or "
-        "one per label name, instead of the manifest's.",
+        description="Multi-label models: one threshold in (0, 1) for every label, or one per "
+        "label name, instead of the manifest's. Out-of-scope models: the rejection threshold "
+        "in [0, 1) instead of the manifest's.",
     )
     return_logits: bool = Field(default=False, description="Add raw logits per label.")
     truncate: bool = Field(
@@ -275,25 +282,38 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_threshold(value: Any, model: LoadedModel) -> np.ndarray | None:
-    """Per-label thresholds from the request, or None for the manifest's."""
-    manifest = model.classifier.manifest
+def _check_threshold(value: Any, model: LoadedModel) -> dict[str, Any]:
+    """This request's thresholds for `DecisionRule.decide`: per-label sigmoid thresholds of a
+    multi-label model, or the rejection threshold of an out-of-scope model; {} for the
+    manifest's own."""
+    rule = model.classifier.decision
     if value is None:
-        return None
-    if manifest.problem_type != "multi_label":
-        raise ClientError(
-            400,
-            f"threshold applies to multi-label models; {model.name!r} is single-label",
-            "threshold",
-        )
-    thresholds = default_thresholds(manifest)
-    if _is_number(value):
-        values = {label: value for label in manifest.labels}
-    elif isinstance(value, dict):
-        if unknown := sorted(set(value) - set(manifest.labels)):
+        return {}
+    if rule.rejects:
+        if not _is_number(value) or not 0.0 <= value < 1.0:
             raise ClientError(
                 400,
-                f"unknown label {shorten(unknown[0])!r}: labels are {manifest.labels}",
+                f"threshold of {model.name!r} is its out-of-scope rejection threshold: a number "
+                f"in [0, 1) (texts whose top probability is below it get {rule.oos_label!r}), "
+                f"got {shorten(repr(value))}",
+                "threshold",
+            )
+        return {"rejection_threshold": float(value)}
+    if not rule.multi_label:
+        raise ClientError(
+            400,
+            f"threshold applies to multi-label and out-of-scope models; {model.name!r} is "
+            "single-label without rejection",
+            "threshold",
+        )
+    thresholds = rule.default_thresholds()
+    if _is_number(value):
+        values = {label: value for label in rule.labels}
+    elif isinstance(value, dict):
+        if unknown := sorted(set(value) - set(rule.labels)):
+            raise ClientError(
+                400,
+                f"unknown label {shorten(unknown[0])!r}: labels are {rule.labels}",
                 f"threshold.{shorten(unknown[0])}",
             )
         values = value
@@ -303,8 +323,8 @@ def _check_threshold(value: Any, model: LoadedModel) -> np.ndarray | None:
         field = "threshold" if _is_number(value) else f"threshold.{label}"
         if not _is_number(t) or not 0.0 < t < 1.0:
             raise ClientError(400, f"{field} must be a number in (0, 1), got {t!r}", field)
-        thresholds[manifest.labels.index(label)] = float(t)
-    return np.asarray(thresholds)
+        thresholds[rule.labels.index(label)] = float(t)
+    return {"thresholds": thresholds}
 
 
 @bentoml.service(
@@ -581,28 +601,26 @@ class Classifier:
 def render(
     loaded: LoadedModel, logits: np.ndarray, truncated: np.ndarray, options: dict[str, Any]
 ) -> dict[str, Any]:
-    manifest = loaded.classifier.manifest
-    labels = manifest.labels
-    probs = probabilities(logits, manifest)  # (B, L)
-    multi = manifest.problem_type == "multi_label"
-    thresholds = options["thresholds"]
-    if multi and thresholds is None:
-        thresholds = np.asarray(default_thresholds(manifest))
+    """The response body: the manifest's decision rule (the one training evaluated with)
+    applied to the batch's logits, with this request's threshold if it gave one."""
+    rule = loaded.classifier.decision
+    labels = rule.labels
+    decisions = rule.decide(logits, **options["thresholds"])
     top_k = options["top_k"]
     predictions = []
-    for row, row_logits, cut in zip(probs, logits, truncated, strict=True):
-        best = int(row.argmax())
+    for i, (row, row_logits, cut) in enumerate(
+        zip(decisions.probabilities, logits, truncated, strict=True)
+    ):
         order = np.argsort(-row, kind="stable")[:top_k] if top_k else range(len(labels))
         prediction: dict[str, Any] = {
-            "label": labels[best],
-            "labels": (
-                [labels[i] for i in np.flatnonzero(row >= thresholds)] if multi else [labels[best]]
-            ),
-            "scores": {labels[i]: float(row[i]) for i in order},
+            "label": labels[int(decisions.label_ids[i])],
+            "labels": [labels[j] for j in np.flatnonzero(decisions.chosen[i])],
+            "rejected": bool(decisions.rejected[i]),
+            "scores": {labels[j]: float(row[j]) for j in order},
             "truncated": bool(cut),
         }
         if options["return_logits"]:
-            prediction["logits"] = {labels[i]: float(row_logits[i]) for i in order}
+            prediction["logits"] = {labels[j]: float(row_logits[j]) for j in order}
         predictions.append(prediction)
     return {"model": loaded.name, "version": loaded.version, "predictions": predictions}
 

@@ -21,10 +21,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from training.train import train
 
     overrides = parse_overrides(args.set)
-    for key in ("name", "family", "head", "base_model", "train_path", "test_path", "dataset"):
+    keys = ("name", "family", "head", "base_model", "train_path", "test_path", "dataset")
+    for key in (*keys, "text_column", "label_column"):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
+    if args.train_path and args.test_path is None:
+        # New training data without a test file: carve the test split from it, rather than
+        # evaluate on the config's test file, which belongs to other data.
+        overrides.setdefault("test_path", None)
     config = load_config(TrainConfig, args.config, overrides)
     run_dir = train(config, args.runs_dir, show_progress=not args.quiet)
     print(f"run: {run_dir}")
@@ -98,6 +103,7 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         raise ValueError("--sweep and --shape are alternatives: pass one")
     plan = LoadTestPlan(
         texts_path=args.texts,
+        text_column=args.text_column,
         out_dir=args.out,
         users=args.users,
         seconds=args.seconds,
@@ -156,6 +162,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from smallcls.compare import CompareInputs, run_compare
+
+    inputs = CompareInputs(
+        train=args.train,
+        test=args.test,
+        validation=args.validation,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        name=args.name,
+    )
+    model_overrides = parse_overrides(args.model_set)
+    run_compare(
+        inputs,
+        args.out,
+        preset=args.config,
+        families=args.families,
+        overrides=parse_overrides(args.set),
+        model_overrides=model_overrides,
+        show_progress=not args.quiet,
+        fresh=args.fresh,
+    )
+    return 0
+
+
+def _families(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _user_counts(text: str) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
@@ -194,8 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="base_model",
         help="minilm-l6, smollm2-135m, a local directory or a hub id",
     )
-    p.add_argument("--train", dest="train_path", help="training data (.jsonl/.csv)")
-    p.add_argument("--test", dest="test_path", help="test data (.jsonl/.csv)")
+    p.add_argument("--train", dest="train_path", help="training data (.csv, .tsv, .jsonl; .gz too)")
+    p.add_argument(
+        "--test",
+        dest="test_path",
+        help="test data (default with --train: a stratified test_fraction carved from it)",
+    )
+    p.add_argument("--text-column", dest="text_column", help="the text's column (default text)")
+    p.add_argument("--label-column", dest="label_column", help="the label's column (default label)")
     p.add_argument(
         "--dataset",
         help="a benchmark in ../shared/datasets instead of --train/--test: sst2, banking77, "
@@ -266,8 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--texts",
         type=Path,
-        default=Path("data/sst2/test.jsonl"),
-        help="JSON Lines with a 'text' field (the test split)",
+        default=None,
+        help="CSV, TSV or JSON Lines of texts (default: each model directory's own test file, "
+        "as its manifest names it)",
+    )
+    p.add_argument(
+        "--text-column",
+        dest="text_column",
+        default=None,
+        help="the texts' column (default: text, or the manifest's)",
     )
     p.add_argument("--users", type=int, default=8, help="users of a single run")
     p.add_argument(
@@ -323,6 +373,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=["accuracy", "macro_f1"], default="accuracy")
     p.add_argument("--no-html", action="store_true", help="only Markdown and CSV")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "compare",
+        help="your own data, end to end: train, export, serve, load-test and report each family",
+        description=(
+            "Compare the model families on a CSV, TSV or JSON Lines file: the data is checked "
+            "and written as JSON Lines splits into OUT/data (a stratified, seeded test split "
+            "carved from TRAIN when TEST is not given), then each family is trained, exported, "
+            "served, load-tested and reported as `make demo` does on SST-2."
+        ),
+    )
+    p.add_argument("train", type=Path, help="training data (.csv, .tsv, .jsonl; .gz too)")
+    p.add_argument("test", type=Path, nargs="?", help="test data (default: carved from train)")
+    p.add_argument("--validation", type=Path, help="validation data (default: carved from train)")
+    p.add_argument("--text-column", dest="text_column", default="text", help="default: text")
+    p.add_argument("--label-column", dest="label_column", default="label", help="default: label")
+    p.add_argument(
+        "--test-fraction",
+        dest="test_fraction",
+        type=float,
+        default=0.2,
+        help="share of train carved as the test split when no TEST is given (default 0.2)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="carving and training seed (default 0)")
+    p.add_argument(
+        "--name", help="the dataset's name in runs and reports (default: from the file's name)"
+    )
+    p.add_argument(
+        "--families",
+        type=_families,
+        default=None,
+        metavar="F,F,...",
+        help="families (encoder, extracted_encoder, causal_lm) or preset names; default: all "
+        "of the preset's",
+    )
+    p.add_argument("--out", type=Path, default=Path("compare_output"))
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_DEMO_CONFIG,
+        help="preset: stages and family recipes (default: configs/demo.yaml)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a pipeline field, e.g. --set loadtest_seconds=30",
+    )
+    p.add_argument(
+        "--model-set",
+        dest="model_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training field of every family, e.g. --model-set train_rows=2000",
+    )
+    p.add_argument("--fresh", action="store_true", help="retrain even if a complete run exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="train, export, serve, load-test and report, end to end")
     p.add_argument("--config", type=Path, default=DEFAULT_DEMO_CONFIG)

@@ -10,7 +10,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from core.decision import DecisionRule
 from core.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, sha256_of
+from core.preprocessing import Preprocessing
 
 PAD, UNK = "[PAD]", "[UNK]"
 # Enough words for sentiment-ish test texts; anything else maps to [UNK].
@@ -82,6 +84,9 @@ def make_tiny_model_dir(
     seed: int = 0,
     problem_type: str = "single_label",
     thresholds: Sequence[float] | None = None,
+    oos_label: str | None = None,
+    rejection_threshold: float | None = None,
+    truncation: str = "head",
 ) -> Path:
     """Write model.onnx, tokenizer.json and manifest.json into `path` (created) and return it.
     Different seeds give different weights, so two dirs give distinguishable predictions."""
@@ -97,12 +102,20 @@ def make_tiny_model_dir(
         head="mean_pool",
         base_model="tests/fakes",
         labels=list(labels),
-        max_length=max_length,
         precision="fp32",
-        pad_token_id=0,
-        pad_token=PAD,
-        problem_type=problem_type,  # type: ignore[arg-type]  # validated by Manifest
-        thresholds=list(thresholds) if thresholds is not None else None,
+        preprocessing=Preprocessing(
+            max_length=max_length,
+            truncation=truncation,  # type: ignore[arg-type]  # validated by Preprocessing
+            pad_token_id=0,
+            pad_token=PAD,
+        ),
+        decision=DecisionRule(
+            labels=list(labels),
+            problem_type=problem_type,  # type: ignore[arg-type]  # validated by DecisionRule
+            thresholds=list(thresholds) if thresholds is not None else None,
+            oos_label=oos_label,
+            rejection_threshold=rejection_threshold,
+        ),
         source_run="tests/fakes.py",
         files={f: sha256_of(path / f) for f in (MODEL_NAME, TOKENIZER_NAME)},
     ).write(path)

@@ -12,6 +12,8 @@ torch = pytest.importorskip("torch")
 
 from core.config import TrainConfig  # noqa: E402
 from core.manifest import VARIANTS, Manifest, ManifestError, verify_files  # noqa: E402
+from core.preprocessing import TextEncoder  # noqa: E402
+from core.run_record import RunRecord  # noqa: E402
 from export.onnx_export import export_run  # noqa: E402
 from service.runtime import OnnxClassifier  # noqa: E402
 from tests.tiny_models import SST2_TEST, SST2_TRAIN, sst2_slice  # noqa: E402
@@ -83,13 +85,9 @@ def test_every_variant_matches_its_parent(exported, key):
     # serving runtime (tokenizers library), on the same texts.
     model, tokenizer, config, labels = load_run(run_dir)
     texts = [row["text"] for row in _read_jsonl(config.test_path)][:40]
+    pre = RunRecord.read(run_dir).preprocessing
     reference = predict_logits(
-        model,
-        tokenizer,
-        texts,
-        max_length=config.max_length,
-        batch_size=16,
-        template=config.prompt_template,
+        model, TextEncoder(tokenizer.backend_tokenizer, pre), texts, batch_size=16
     )
     logits = {v: OnnxClassifier(d).logits(texts) for v, d in dirs.items()}
     np.testing.assert_allclose(logits["fp32"], reference, atol=1e-4, rtol=1e-4)
@@ -229,7 +227,7 @@ def test_zero_shot_label_words_need_no_training(tiny_dirs, tmp_path):
     assert not (run_dir / "trainer_log.jsonl").exists()
     (fp32_dir,) = export_run(run_dir, tmp_path / "models", variants=("fp32",))
     manifest = Manifest.read(fp32_dir)
-    assert manifest.head == "label_words" and manifest.truncation_side == "left"
+    assert manifest.head == "label_words" and manifest.preprocessing.truncation == "tail"
     assert manifest.prompt_template == "{text} sentiment :"
     assert manifest.parity["max_abs_logit_diff_vs_torch"] < 1e-4
     assert not (tmp_path / "models" / "zs-int8").exists()

@@ -34,7 +34,7 @@ def _hidden(model, ids):
 )
 def test_padding_does_not_change_logits(tiny_dirs, style, spec):
     model = _model(tiny_dirs[style], **spec)
-    tok = load_tokenizer(str(tiny_dirs[style]), head=spec["head"])
+    tok = load_tokenizer(str(tiny_dirs[style]))
     texts = ["a gorgeous , witty , seductive movie .", "bad"]
     batch = tok(texts, padding=True, return_tensors="pt")
     alone = tok(texts[1:], return_tensors="pt")
@@ -77,7 +77,7 @@ def test_label_words_score_the_lm_next_token_logits(tiny_dirs):
     """Untrained, label-word logits equal the full LM's next-token logits of those words."""
     from transformers import AutoModelForCausalLM
 
-    tok = load_tokenizer(str(tiny_dirs["llama"]), head="label_words")
+    tok = load_tokenizer(str(tiny_dirs["llama"]))
     ids = label_token_ids(tok, ["negative", "positive"], {"negative": "bad", "positive": "good"})
     model = _model(tiny_dirs["llama"], family="causal_lm", head="label_words", label_token_ids=ids)
     lm = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]).eval()
@@ -91,7 +91,7 @@ def test_label_words_score_the_lm_next_token_logits(tiny_dirs):
 
 
 def test_label_words_must_differ(tiny_dirs):
-    tok = load_tokenizer(str(tiny_dirs["llama"]), head="label_words")
+    tok = load_tokenizer(str(tiny_dirs["llama"]))
     with pytest.raises(ValueError, match="share a first token"):
         label_token_ids(tok, ["a", "b"], {"a": "good", "b": "good"})
     with pytest.raises(ValueError, match="no word for labels"):

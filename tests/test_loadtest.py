@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,6 +50,8 @@ class StubHandler(BaseHTTPRequestHandler):
         ]
         if self.server.mode == "short":
             predictions = predictions[:-1]
+        if self.server.mode == "slow":  # a latency no SLO test can round down to 0 ms
+            time.sleep(0.005)
         self._send(200, {"model": body.get("model"), "predictions": predictions})
 
     def _send(self, status: int, payload: dict) -> None:

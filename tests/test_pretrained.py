@@ -11,8 +11,8 @@ import zipfile
 
 import pytest
 
-from core import pretrained
 from core.data import DatasetError, load_hub_dataset
+from training import pretrained
 
 
 def test_minilm_resolves_to_the_wheel_directory():

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from core.decision import DecisionRule
 from core.manifest import Manifest, ManifestError
+from core.preprocessing import Preprocessing
 from loadtests.run import LoadSummary
 from loadtests.sweep import SweepSummary
 from reports.report import CSV_COLUMNS, ReportError, build_report
@@ -35,10 +37,9 @@ def _model_dir(
         head="mean_pool",
         base_model=f"org/{name}-base",
         labels=["negative", "positive"],
-        max_length=64,
         precision=precision,  # type: ignore[arg-type]
-        pad_token_id=0,
-        pad_token="[PAD]",
+        preprocessing=Preprocessing(max_length=64),
+        decision=DecisionRule(labels=["negative", "positive"]),
         source_run=source_run,
         parameters=parameters,
         metrics={"accuracy": 0.9151, "macro_f1": 0.9149} if metrics is None else metrics,
@@ -303,10 +304,11 @@ def test_flops_estimate_uses_the_test_texts(tmp_path: Path) -> None:
     test.write_text('{"text": "good movie", "label": 1}\n{"text": "a bad film", "label": 0}\n')
     run = tmp_path / "runs" / "tiny"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"test_path": str(test)}))
     model = make_tiny_model_dir(tmp_path / "models" / "tiny-fp32", name="tiny-fp32")
     data = json.loads((model / "manifest.json").read_text())
     data["parameters"] = 1000
+    # The report labels and measures the row with the dataset the manifest names.
+    data["dataset"] = {"name": "mini", "train_path": "", "test_path": str(test)}
     (model / "manifest.json").write_text(json.dumps(data))
     result = build_report(model_dirs=[model], loadtest_dirs=[], out_dir=tmp_path / "rep",
                           run_dirs=[run], html=False)  # fmt: skip

@@ -47,6 +47,7 @@ ALPHA_LABELS = ("negative", "positive")
 BETA_LABELS = ("sports", "politics", "science")
 TAGS_LABELS = ("funny", "sad", "long")
 TAGS_THRESHOLDS = (0.3, 0.6, 0.9)
+INTENT_LABELS = ("balance", "oos", "transfer")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,14 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
             seed=2,
             problem_type="multi_label",
             thresholds=TAGS_THRESHOLDS,
+        ),
+        make_tiny_model_dir(
+            root / "intents",
+            name="intents",
+            labels=INTENT_LABELS,
+            seed=3,
+            oos_label="oos",
+            rejection_threshold=0.45,
         ),
     ]
 
@@ -174,6 +183,36 @@ def test_multi_label_uses_sigmoid_and_thresholds(
         assert "sad" in got["labels"]
         assert ("funny" in got["labels"]) == (row[0] >= 0.999)
         assert ("long" in got["labels"]) == (row[2] >= TAGS_THRESHOLDS[2])
+
+
+def test_out_of_scope_models_reject_below_their_threshold(
+    client: TestClient, model_dirs: list[Path]
+) -> None:
+    texts = ["good movie", "awful boring plot", "the actors", "a"]
+    logits = OnnxClassifier(model_dirs[3]).logits(texts).astype(float)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    # The manifest's threshold, then a per-call override that rejects nothing or everything.
+    for threshold in (None, 0.0, 0.999):
+        body: dict[str, Any] = {"texts": texts, "model": "intents"}
+        if threshold is not None:
+            body["threshold"] = threshold
+        resp = client.post("/classify", json=body)
+        assert resp.status_code == 200, resp.text
+        cut = 0.45 if threshold is None else threshold
+        for got, row in zip(resp.json()["predictions"], probs, strict=True):
+            rejected = bool(row.max() < cut)
+            assert got["rejected"] is rejected
+            want = "oos" if rejected else INTENT_LABELS[int(row.argmax())]
+            assert got["label"] == want and got["labels"] == [want]
+            assert list(got["scores"].values()) == pytest.approx(list(row), abs=1e-6)
+    assert any(
+        p["rejected"]
+        for p in client.post(
+            "/classify", json={"texts": texts, "model": "intents", "threshold": 0.999}
+        ).json()["predictions"]
+    )
+    bad = client.post("/classify", json={"texts": texts, "model": "intents", "threshold": 1.0})
+    assert bad.status_code == 400 and "rejection threshold" in bad.json()["error"]
 
 
 def test_truncation_by_default_or_refused(client: TestClient) -> None:
@@ -317,8 +356,10 @@ def test_models_route_lists_manifest_facts(client: TestClient, model_dirs: list[
     body = resp.json()
     assert body["default"] == "alpha"
     by_name = {m["name"]: m for m in body["models"]}
-    assert list(by_name) == ["alpha", "beta", "tags"]
+    assert list(by_name) == ["alpha", "beta", "tags", "intents"]
     assert by_name["tags"]["problem_type"] == "multi_label"
+    assert by_name["intents"]["oos_label"] == "oos"
+    assert by_name["intents"]["rejection_threshold"] == 0.45
     assert by_name["tags"]["thresholds"] == list(TAGS_THRESHOLDS)
     assert by_name["beta"]["labels"] == list(BETA_LABELS)
     assert (

@@ -67,12 +67,15 @@ def texts_path(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_sweep_stops_at_the_slo(good_host: str, texts_path: Path, tmp_path: Path) -> None:
-    # No real server answers in 0.001 ms: the first step misses and the sweep stops there.
+def test_sweep_stops_at_the_slo(texts_path: Path, tmp_path: Path) -> None:
+    # The stub takes 5 ms per request: the first step misses a 1 ms SLO and the sweep stops.
+    # (A fast stub can answer in under 0.5 ms, which Locust rounds to a p95 of 0 ms.)
+    host = _serve("slow")
     sweep = run_sweep(
-        host=good_host, model=MODEL, texts_path=texts_path, out_dir=tmp_path / "sw",
-        steps=[1, 2, 4], step_seconds=2, slo_p95_ms=0.001, length="short",
+        host=next(host), model=MODEL, texts_path=texts_path, out_dir=tmp_path / "sw",
+        steps=[1, 2, 4], step_seconds=2, slo_p95_ms=1.0, length="short",
     )  # fmt: skip
+    host.close()
     assert len(sweep.steps) == 1 and sweep.at_slo is None
     assert "> SLO" in sweep.stop_reason
     assert SweepSummary.read(tmp_path / "sw") == sweep

@@ -134,14 +134,15 @@ def test_head_tail_keeps_start_and_end():
 
     from transformers import AutoTokenizer
 
+    from core.preprocessing import Preprocessing, TextEncoder
     from tests.tiny_models import make_tiny
-    from training.tokenize import shorten_head_tail
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = AutoTokenizer.from_pretrained(make_tiny(Path(tmp) / "b", "bert"))
     text = " ".join(["the"] * 5 + ["good"] * 90 + ["bad"] * 5)
-    short = shorten_head_tail(tok, [text, "short text"], budget=20)
-    assert short[1] == "short text"
+    pre = Preprocessing(max_length=22, truncation="head_tail")  # 20 text tokens + 2 specials
+    short, cut = TextEncoder(tok.backend_tokenizer, pre).prompts([text, "short text"])
+    assert short[1] == "short text" and cut.tolist() == [True, False]
     kept = short[0].split()
     assert kept[:5] == ["the"] * 5 and kept[-5:] == ["bad"] * 5
     assert len(tok.encode(short[0], add_special_tokens=False)) <= 21

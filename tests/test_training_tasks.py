@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("torch")
 
 from core.config import TrainConfig
+from core.run_record import RunRecord
 from tests.tiny_models import REPO, SST2_TEST, SST2_TRAIN, sst2_slice
 from training.train import train
 
@@ -81,9 +82,9 @@ def test_multi_label_uses_sigmoid_bce_and_stores_tuned_thresholds(tiny_dirs, tmp
     assert test["micro_f1"] > 0.6, test  # the words decide the labels: learnable
     spec = json.loads((run / "model" / "spec.json").read_text())
     assert spec["problem_type"] == "multi_label"
-    decision = json.loads((run / "model" / "thresholds.json").read_text())
-    assert decision["problem_type"] == "multi_label"
-    assert len(decision["thresholds"]) == 3 and all(0 < t < 1 for t in decision["thresholds"])
+    decision = RunRecord.read(run).decision
+    assert decision.problem_type == "multi_label"
+    assert len(decision.thresholds) == 3 and all(0 < t < 1 for t in decision.thresholds)
     # The run's model loads back and its loss is BCE over independent sigmoids.
     import torch
 
@@ -121,9 +122,9 @@ def _clinc_like(tmp_path):
 def test_out_of_scope_rejection_threshold_is_tuned_and_stored(tiny_dirs, tmp_path):
     config = _tiny(tiny_dirs, dataset="clinc150", datasets_dir=str(_clinc_like(tmp_path)), epochs=3)
     run = train(config, tmp_path / "runs", show_progress=False)
-    decision = json.loads((run / "model" / "thresholds.json").read_text())
-    assert decision["problem_type"] == "single_label" and decision["oos_label"] == "oos"
-    assert 0 <= decision["rejection_threshold"] < 1
+    decision = RunRecord.read(run).decision
+    assert decision.problem_type == "single_label" and decision.oos_label == "oos"
+    assert 0 <= decision.rejection_threshold < 1
     test = json.loads((run / "metrics.json").read_text())["test"]
     for key in ("oos", "oos_argmax"):
         assert {"in_scope_accuracy", "oos_recall", "oos_precision"} <= set(test[key])
@@ -135,7 +136,8 @@ def test_plain_single_label_run_writes_no_thresholds_and_records_budget(tiny_dir
     run = train(
         _tiny(tiny_dirs, **_sst2(tmp_path), epochs=1), tmp_path / "runs", show_progress=False
     )
-    assert not (run / "model" / "thresholds.json").exists()
+    decision = RunRecord.read(run).decision
+    assert not decision.rejects and not decision.multi_label and decision.thresholds is None
     budget = json.loads((run / "metrics.json").read_text())["train"]
     for key in ("seconds", "examples_seen", "tokens_seen", "estimated_flops", "optimizer_steps"):
         assert budget[key] > 0, key
@@ -245,12 +247,10 @@ def test_few_shot_prompt_puts_k_examples_per_class_before_the_text(tiny_dirs, tm
         **_sst2(tmp_path, test_rows=32),
     )
     run = train(config, tmp_path / "runs", show_progress=False)
-    template = json.loads((run / "model" / "prompt.json").read_text())["prompt_template"]
+    # The prompt with its examples is the run's recorded preprocessing: export copies it.
+    template = RunRecord.read(run).preprocessing.prompt_template
     assert template.endswith("Review: {text}\nSentiment:")
     assert template.count("Sentiment: bad\n\n") == 2 and template.count("Sentiment: good\n\n") == 2
-    from training.run_dir import load_run
-
-    assert load_run(run)[2].prompt_template == template  # export sees the same prompt
     budget = json.loads((run / "metrics.json").read_text())["train"]
     assert budget["zero_shot"] and budget["few_shot_k"] == 2 and budget["examples_seen"] == 0
 

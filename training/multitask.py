@@ -19,13 +19,14 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from core import pretrained
 from core.config import TrainConfig, to_dict
-from core.data import Dataset, Split
+from core.data import Dataset, Split, dataset_for
 from core.metrics import classification_metrics
+from core.preprocessing import Preprocessing, TextEncoder
+from training import pretrained
 from training.families import ModelSpec, build_classifier
 from training.run_dir import COMPLETE, environment, save_model_dir, write_json
-from training.tokenize import label_token_ids, load_tokenizer, prepare_texts
+from training.tokenize import label_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,12 @@ class Task:
 
 
 def _prefill(tokenizer, split: Split, task: Task, config: TrainConfig) -> list[str]:
-    return prepare_texts(
-        tokenizer,
-        split.texts,
-        template=task.prompt_template,
-        max_length=config.max_length,
-        truncation="tail",
+    """The task's prompts around its texts; tokenized later with the plain "{text}" template,
+    truncated from the left so the prompt's question survives."""
+    preprocessing = Preprocessing(
+        max_length=config.max_length, truncation="tail", prompt_template=task.prompt_template
     )
+    return TextEncoder(tokenizer.backend_tokenizer, preprocessing).prompts(split.texts)[0]
 
 
 def train_multitask(
@@ -57,7 +57,6 @@ def train_multitask(
         _attach_log_file,
         _detach_log_file,
         _fit,
-        dataset_for,
         pick_device,
         predict_logits,
     )
@@ -86,7 +85,7 @@ def train_multitask(
         write_json(run_dir / "config.json", to_dict(config))
         write_json(run_dir / "tasks.json", [dataclasses.asdict(t) for t in tasks])
         source = pretrained.resolve(config.base_model)
-        tokenizer = load_tokenizer(source, head="label_words")
+        tokenizer = load_tokenizer(source)
         per_task: dict[str, tuple[Dataset, Split]] = {}
         texts: list[str] = []
         labels: list[str] = []
@@ -115,14 +114,24 @@ def train_multitask(
             "parameters": sum(p.numel() for p in model.parameters()),
             "tasks": {t.name: len(per_task[t.name][1]) for t in tasks},
         }
+        # Prompts are filled per task above; the joint encoder only truncates from the left.
+        encoder = TextEncoder(
+            tokenizer.backend_tokenizer,
+            Preprocessing(
+                max_length=config.max_length,
+                truncation="tail",
+                pad_token_id=tokenizer.pad_token_id,
+                pad_token=tokenizer.pad_token,
+            ),
+        )
         _fit(
             config,
             run_dir,
             model,
             tokenizer,
+            encoder,
             joint,
             union,
-            "{text}",
             budget,
             device,
             show_progress=show_progress,
@@ -136,11 +145,9 @@ def train_multitask(
             columns = [words.index(task.label_words[name]) for name in dataset.label_names]
             logits = predict_logits(
                 model,
-                tokenizer,
+                encoder,
                 _prefill(tokenizer, dataset.test, task, config),
-                max_length=config.max_length,
                 batch_size=config.eval_batch_size,
-                truncation="tail",
             )[:, columns]  # the task's own words only
             result = classification_metrics(
                 dataset.label_ids(dataset.test), logits.argmax(-1).tolist(), dataset.label_names

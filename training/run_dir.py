@@ -3,10 +3,12 @@
     <run>/config.json        resolved TrainConfig
     <run>/environment.json   versions, git sha, device, threads
     <run>/metrics.json       validation and test metrics, training budget
+    <run>/contract.json      the run record (core/run_record.py): dataset files, labels,
+                             preprocessing and the decision rule tuned on validation
+    <run>/test_predictions.jsonl  the run's answer for every test row under that rule
+    <run>/data/              the splits, when the test split was carved from the train file
     <run>/train.log          the log; <run>/trainer_log.jsonl the loss curve
-    <run>/model/             spec.json, labels.json, backbone config, weights, tokenizer;
-                             thresholds.json (multi-label thresholds or the out-of-scope
-                             rejection threshold, tuned on validation), prompt.json (few-shot)
+    <run>/model/             spec.json, labels.json, backbone config, weights, tokenizer
     <run>/checkpoints/       Trainer checkpoints while training (a killed run resumes here)
     <run>/COMPLETE           written last: a run without it was interrupted
 
@@ -16,7 +18,6 @@ finished.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import platform
@@ -155,10 +156,5 @@ def load_run(
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train_config = from_mapping(TrainConfig, json.loads((run_dir / "config.json").read_text()))
-    prompt_path = model_dir / "prompt.json"
-    if prompt_path.is_file():
-        # Few-shot runs: the prompt with its examples, exactly as training evaluated it.
-        template = json.loads(prompt_path.read_text())["prompt_template"]
-        train_config = dataclasses.replace(train_config, prompt_template=template)
     labels = json.loads((model_dir / "labels.json").read_text())
     return model, tokenizer, train_config, labels

@@ -6,6 +6,7 @@ than a hand-written loop.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -26,17 +27,21 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from core import pretrained
 from core.config import TrainConfig, to_dict
 from core.data import (
     Dataset,
+    DataSource,
     Split,
     benchmark,
-    benchmark_paths,
-    load_dataset,
-    load_hub_dataset,
+    dataset_for,
+    read_text_column,
+    write_split,
 )
-from core.metrics import classification_metrics, multilabel_metrics, oos_metrics
+from core.decision import DecisionRule, Decisions, sigmoid, softmax
+from core.metrics import decision_metrics
+from core.preprocessing import Preprocessing, TextEncoder
+from core.run_record import RunRecord, write_predictions
+from training import pretrained
 from training.adapters import add_lora, merge_lora
 from training.families import Classifier, ModelSpec, build_classifier, prepare_backbone
 from training.run_dir import (
@@ -49,15 +54,8 @@ from training.run_dir import (
     save_model_dir,
     write_json,
 )
-from training.thresholds import (
-    apply_label_thresholds,
-    reject_below,
-    sigmoid,
-    softmax,
-    tune_label_thresholds,
-    tune_rejection_threshold,
-)
-from training.tokenize import label_token_ids, load_tokenizer, prepare_texts, truncation_side
+from training.thresholds import tune_label_thresholds, tune_rejection_threshold
+from training.tokenize import label_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -122,106 +120,75 @@ def pick_device(requested: str) -> str:
 
 @torch.inference_mode()
 def predict_logits(
-    model: Classifier,
-    tokenizer,
-    texts: list[str],
-    *,
-    max_length: int,
-    batch_size: int,
-    template: str = "{text}",
-    truncation: str = "head",
+    model: Classifier, encoder: TextEncoder, texts: list[str], *, batch_size: int
 ) -> np.ndarray:
-    """(N, L) logits in input order; batches are length-sorted so padding stays small."""
+    """(N, L) logits in input order, from the ids the run's `TextEncoder` makes (the server's
+    code path); batches are length-sorted so padding stays small."""
     model.eval()
     device = next(model.parameters()).device
-    prompts = prepare_texts(
-        tokenizer, texts, template=template, max_length=max_length, truncation=truncation
-    )
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out = np.zeros((len(prompts), model.spec.num_labels), dtype=np.float32)
+    ids = encoder.encode(texts).ids
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = np.zeros((len(ids), model.spec.num_labels), dtype=np.float32)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = tokenizer(
-            [prompts[i] for i in idx],
-            truncation=True,
-            max_length=max_length,
-            padding=True,
-            return_tensors="pt",
-        ).to(device)
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])["logits"]
+        feeds = encoder.pad([ids[i] for i in idx])
+        logits = model(
+            input_ids=torch.from_numpy(feeds["input_ids"]).to(device),
+            attention_mask=torch.from_numpy(feeds["attention_mask"]).to(device),
+        )["logits"]
         out[idx] = logits.float().cpu().numpy()
     return out
 
 
-def split_logits(model: Classifier, tokenizer, part: Split, config: TrainConfig, template: str):
-    return predict_logits(
-        model,
-        tokenizer,
-        part.texts,
+def resolve_preprocessing(config: TrainConfig, tokenizer, template: str) -> Preprocessing:
+    """The run's preprocessing, resolved once: every later stage reads this record."""
+    return Preprocessing(
         max_length=config.max_length,
-        batch_size=config.eval_batch_size,
-        template=template,
-        truncation=resolved_truncation(config),
+        truncation=resolved_truncation(config),  # type: ignore[arg-type]
+        prompt_template=template,
+        pad_token_id=tokenizer.pad_token_id,
+        pad_token=tokenizer.pad_token,
     )
 
 
-def tune_decision(
-    dataset: Dataset, val_logits: np.ndarray, config: TrainConfig
-) -> dict[str, Any] | None:
-    """What `thresholds.json` holds: per-label thresholds (multi-label) or the out-of-scope
-    rejection threshold, both tuned on validation; None for plain single-label runs."""
+def tune_decision(dataset: Dataset, val_logits: np.ndarray, config: TrainConfig) -> DecisionRule:
+    """The run's decision rule: per-label thresholds (multi-label) or the out-of-scope
+    rejection threshold, both tuned on validation; plain argmax otherwise."""
+    labels = list(dataset.label_names)
     if dataset.problem_type == "multi_label":
         thresholds = tune_label_thresholds(
             sigmoid(val_logits), dataset.label_matrix(dataset.validation)
         )
-        return {"problem_type": "multi_label", "thresholds": thresholds}
+        return DecisionRule(labels=labels, problem_type="multi_label", thresholds=thresholds)
     oos = benchmark(config.dataset).oos_label if config.dataset else None
-    if oos and oos in dataset.label_names:
-        oos_index = dataset.label_names.index(oos)
+    if oos and oos in labels:
         y_val = np.asarray(dataset.label_ids(dataset.validation))
-        t = tune_rejection_threshold(softmax(val_logits), y_val, oos_index)
-        return {"problem_type": "single_label", "rejection_threshold": t, "oos_label": oos}
-    return None
+        t = tune_rejection_threshold(softmax(val_logits), y_val, labels.index(oos))
+        return DecisionRule(labels=labels, oos_label=oos, rejection_threshold=t)
+    return DecisionRule(labels=labels)
 
 
-def score(
-    dataset: Dataset, part: Split, logits: np.ndarray, decision: dict[str, Any] | None
-) -> dict[str, Any]:
-    """Metrics of one split's logits under the run's decision rule."""
-    if dataset.problem_type == "multi_label":
-        probs = sigmoid(logits)
-        thresholds = decision["thresholds"] if decision else [0.5] * probs.shape[1]
-        return {"problem_type": "multi_label"} | multilabel_metrics(
-            dataset.label_matrix(part),
-            apply_label_thresholds(probs, thresholds),
-            dataset.label_names,
-        )
-    y_true = dataset.label_ids(part)
-    pred = logits.argmax(-1)
-    metrics = classification_metrics(y_true, pred.tolist(), dataset.label_names)
-    if decision and "oos_label" in decision:
-        oos_index = dataset.label_names.index(decision["oos_label"])
-        # Both: the model trained with an oos class alone (argmax), and with rejection.
-        metrics["oos_argmax"] = oos_metrics(y_true, pred, oos_index)
-        rejected = reject_below(softmax(logits), decision["rejection_threshold"], oos_index)
-        metrics["oos"] = oos_metrics(y_true, rejected, oos_index)
-        metrics["oos"]["rejection_threshold"] = decision["rejection_threshold"]
-    return metrics
+def gold(dataset: Dataset, part: Split) -> np.ndarray:
+    """(N,) label ids, or (N, L) 0/1 for multi-label."""
+    if part.multi_label:
+        return dataset.label_matrix(part)
+    return np.asarray(dataset.label_ids(part))
 
 
 def evaluate(
     model: Classifier,
-    tokenizer,
+    encoder: TextEncoder,
+    rule: DecisionRule,
     dataset: Dataset,
     split: str,
     config: TrainConfig,
-    decision: dict[str, Any] | None = None,
-    template: str | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Decisions]:
+    """Metrics of one split under the run's decision rule, and the decisions themselves."""
     part = getattr(dataset, split)
     start = time.perf_counter()
-    logits = split_logits(model, tokenizer, part, config, template or config.prompt_template)
-    metrics = score(dataset, part, logits, decision)
+    logits = predict_logits(model, encoder, part.texts, batch_size=config.eval_batch_size)
+    decisions = rule.decide(logits)
+    metrics = decision_metrics(rule, decisions, gold(dataset, part))
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     log.info(
         "%s %s: %s (%d rows)",
@@ -232,40 +199,7 @@ def evaluate(
         ),
         metrics["rows"],
     )
-    return metrics
-
-
-def dataset_for(config: TrainConfig) -> Dataset:
-    """The config's dataset: local files, or a hub dataset name when one is given."""
-    if config.hub_dataset:
-        dataset = load_hub_dataset(config.hub_dataset, seed=config.seed)
-    else:
-        paths: dict[str, Any] = {
-            "train": config.train_path,
-            "test": config.test_path,
-            "validation": config.validation_path,
-        }
-        if config.dataset:
-            paths = benchmark_paths(config.dataset, config.datasets_dir)
-        dataset = load_dataset(
-            paths["train"],
-            paths["test"],
-            validation_path=paths["validation"],
-            val_fraction=config.val_fraction,
-            max_val_rows=config.max_val_rows,
-            seed=config.seed,
-            name=config.dataset or "",
-        )
-    if config.test_rows:
-        # CPU budgets only: validation and test both capped, and the run records it.
-        dataset = Dataset(
-            dataset.name,
-            dataset.label_names,
-            dataset.train,
-            dataset.validation.subsample(config.test_rows, config.seed),
-            dataset.test.subsample(config.test_rows, config.seed),
-        )
-    return dataset
+    return metrics, decisions
 
 
 _LOGGERS = ("smallcls", "training", "transformers.trainer")
@@ -392,57 +326,23 @@ def class_weights(dataset: Dataset, split: Split) -> torch.Tensor:
 def teacher_soft_labels(
     config: TrainConfig, texts: list[str], problem_type: str, labels: list[str]
 ) -> np.ndarray:
-    """The teacher run's probabilities at the distillation temperature, (N, L)."""
-    teacher, tokenizer, teacher_config, teacher_labels = load_run(config.teacher_run)
+    """The teacher run's probabilities at the distillation temperature, (N, L), from the
+    teacher's own recorded preprocessing."""
+    teacher, tokenizer, _, teacher_labels = load_run(config.teacher_run)
     if teacher_labels != labels:
         raise ValueError(f"teacher labels {teacher_labels} != this dataset's {labels}")
+    record = RunRecord.read(config.teacher_run)
+    encoder = TextEncoder(tokenizer.backend_tokenizer, record.preprocessing)
     teacher.to(pick_device(config.device))
-    logits = predict_logits(
-        teacher,
-        tokenizer,
-        texts,
-        max_length=teacher_config.max_length,
-        batch_size=config.eval_batch_size,
-        template=teacher_config.prompt_template,
-        truncation=resolved_truncation(teacher_config),
-    )
+    logits = predict_logits(teacher, encoder, texts, batch_size=config.eval_batch_size)
     t = config.distill_temperature
     return sigmoid(logits / t) if problem_type == "multi_label" else softmax(logits / t)
 
 
-def _train_into(
-    config: TrainConfig,
-    run_dir: Path,
-    show_progress: bool,
-    *,
-    resume: bool = False,
-    callbacks: list[TrainerCallback] | None = None,
-) -> None:
-    torch.set_num_threads(config.threads)
-    set_seed(config.seed)
-    device = pick_device(config.device)
-    write_json(run_dir / "config.json", to_dict(config))
-
-    dataset = dataset_for(config)
-    multi = dataset.problem_type == "multi_label"
-    train_split = dataset.train.subsample(config.train_rows, config.seed)
-    truncation = resolved_truncation(config)
-    log.info(
-        "%s: %s, %d train / %d validation / %d test rows, %d labels, truncation %s",
-        config.name,
-        dataset.problem_type,
-        len(train_split),
-        len(dataset.validation),
-        len(dataset.test),
-        len(dataset.label_names),
-        truncation,
-    )
-    if multi and config.head == "label_words":
-        raise ValueError("label_words scores one label per text: use a mean_pool/last_token head")
-
-    source = pretrained.resolve(config.base_model)
-    tokenizer = load_tokenizer(source, head=config.head)
-    tokenizer.truncation_side = truncation_side(truncation)
+def _build_model(
+    config: TrainConfig, source: str, tokenizer, dataset: Dataset, train_split: Split, device: str
+) -> tuple[Classifier, dict[str, Any]]:
+    """The classifier to fine-tune (after MNTP when asked) and the budget's first entries."""
     spec = ModelSpec(
         family=config.family,  # type: ignore[arg-type]
         head=config.head,  # type: ignore[arg-type]
@@ -455,7 +355,7 @@ def _train_into(
         ),
         problem_type=dataset.problem_type,  # type: ignore[arg-type]
     )
-    budget: dict[str, Any] = {"rows": len(train_split), "device": device, "truncation": truncation}
+    budget: dict[str, Any] = {"rows": len(train_split), "device": device}
     if config.mntp_steps:
         from training.mntp import adapt_mntp
 
@@ -478,18 +378,72 @@ def _train_into(
         model = build_classifier(source, spec)
     if model.backbone.config.pad_token_id is None:
         model.backbone.config.pad_token_id = tokenizer.pad_token_id
-    parameters = sum(p.numel() for p in model.parameters())
-    budget["parameters"] = parameters
+    budget["parameters"] = sum(p.numel() for p in model.parameters())
     log.info(
         "%s: %s/%s on %s, %.1fM parameters",
         config.name,
         config.family,
         config.head,
         pretrained.describe(config.base_model),
-        parameters / 1e6,
+        budget["parameters"] / 1e6,
     )
-    template = few_shot_template(config, train_split, dataset.label_names)
+    return model, budget
 
+
+def _data_source(dataset: Dataset, config: TrainConfig, run_dir: Path) -> DataSource:
+    """Where the run's splits are, as files. When the test split was carved from the training
+    file, all three splits are saved into the run (`data/*.jsonl`, standard columns), so export,
+    load tests and reports read the very rows that were trained on and evaluated."""
+    source = dataset.source or DataSource(
+        name=dataset.name, train_path="", hub_dataset=config.hub_dataset
+    )
+    if source.test_path is not None:  # a carved validation split is not needed downstream
+        return source
+    final_dir = run_dir.with_name(run_dir.name.removesuffix(".partial")).resolve()
+    (run_dir / "data").mkdir(exist_ok=True)
+    paths = {}
+    for split in ("train", "validation", "test"):
+        write_split(run_dir / "data" / f"{split}.jsonl", getattr(dataset, split))
+        paths[f"{split}_path"] = str(final_dir / "data" / f"{split}.jsonl")
+    return dataclasses.replace(source, text_column="text", label_column="label", **paths)
+
+
+def _train_into(
+    config: TrainConfig,
+    run_dir: Path,
+    show_progress: bool,
+    *,
+    resume: bool = False,
+    callbacks: list[TrainerCallback] | None = None,
+) -> None:
+    torch.set_num_threads(config.threads)
+    set_seed(config.seed)
+    device = pick_device(config.device)
+    write_json(run_dir / "config.json", to_dict(config))
+
+    dataset = dataset_for(config)
+    train_split = dataset.train.subsample(config.train_rows, config.seed)
+    log.info(
+        "%s: %s, %d train / %d validation / %d test rows, %d labels, truncation %s",
+        config.name,
+        dataset.problem_type,
+        len(train_split),
+        len(dataset.validation),
+        len(dataset.test),
+        len(dataset.label_names),
+        resolved_truncation(config),
+    )
+    if dataset.problem_type == "multi_label" and config.head == "label_words":
+        raise ValueError("label_words scores one label per text: use a mean_pool/last_token head")
+
+    source = pretrained.resolve(config.base_model)
+    tokenizer = load_tokenizer(source)
+    model, budget = _build_model(config, source, tokenizer, dataset, train_split, device)
+    preprocessing = resolve_preprocessing(
+        config, tokenizer, few_shot_template(config, train_split, dataset.label_names)
+    )
+    budget["truncation"] = preprocessing.truncation
+    encoder = TextEncoder(tokenizer.backend_tokenizer, preprocessing)
     if config.zero_shot:
         budget.update(
             seconds=0.0, examples_seen=0, tokens_seen=0, estimated_flops=0, zero_shot=True
@@ -501,35 +455,61 @@ def _train_into(
             run_dir,
             model,
             tokenizer,
+            encoder,
             dataset,
             train_split,
-            template,
             budget,
             device,
             show_progress=show_progress,
             resume=resume,
             callbacks=callbacks or [],
         )
-
     model.to(device)  # evaluate where it trained; fp32 weights, so CPU export matches
-    val_logits = split_logits(model, tokenizer, dataset.validation, config, template)
-    decision = tune_decision(dataset, val_logits, config)
+    _evaluate_and_save(config, run_dir, model, tokenizer, encoder, dataset, budget, device)
+
+
+def _evaluate_and_save(
+    config: TrainConfig,
+    run_dir: Path,
+    model: Classifier,
+    tokenizer,
+    encoder: TextEncoder,
+    dataset: Dataset,
+    budget: dict[str, Any],
+    device: str,
+) -> None:
+    """Tune the decision rule on validation, evaluate test under it, and write the run: its
+    metrics, its contract (`contract.json`) and its answer for every test row."""
+    val_logits = predict_logits(
+        model, encoder, dataset.validation.texts, batch_size=config.eval_batch_size
+    )
+    rule = tune_decision(dataset, val_logits, config)
     if config.test_rows:
         budget["subsampled"] = f"validation and test capped at {config.test_rows} rows"
+    test_metrics, test_decisions = evaluate(model, encoder, rule, dataset, "test", config)
     metrics = {
         "train": budget,
-        "validation": score(dataset, dataset.validation, val_logits, decision),
-        "test": evaluate(model, tokenizer, dataset, "test", config, decision, template),
+        "validation": decision_metrics(
+            rule, rule.decide(val_logits), gold(dataset, dataset.validation)
+        ),
+        "test": test_metrics,
     }
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "environment.json", {**environment(), "device": device})
+    write_predictions(run_dir, rule.answers(test_decisions))
+    RunRecord(
+        name=config.name,
+        family=config.family,
+        head=config.head,
+        base_model=config.base_model,
+        task=dataset.problem_type,  # type: ignore[arg-type]
+        labels=list(dataset.label_names),
+        preprocessing=encoder.preprocessing,
+        decision=rule,
+        dataset=_data_source(dataset, config, run_dir),
+    ).write(run_dir)
     model.to("cpu")
-    model_dir = run_dir / "model"
-    save_model_dir(model_dir, model, tokenizer, dataset.label_names)
-    if decision:
-        write_json(model_dir / "thresholds.json", decision)
-    if template != config.prompt_template:
-        write_json(model_dir / "prompt.json", {"prompt_template": template})
+    save_model_dir(run_dir / "model", model, tokenizer, dataset.label_names)
 
 
 def _fit(
@@ -537,9 +517,9 @@ def _fit(
     run_dir: Path,
     model: Classifier,
     tokenizer,
+    encoder: TextEncoder,
     dataset: Dataset,
     train_split: Split,
-    template: str,
     budget: dict[str, Any],
     device: str,
     *,
@@ -548,7 +528,7 @@ def _fit(
     callbacks: list[TrainerCallback],
 ) -> None:
     """Fine-tune in place with the HF Trainer (LoRA merged back after); fills `budget`."""
-    texts, labels = list(train_split.texts), _gold(dataset, train_split)
+    texts, labels = list(train_split.texts), gold(dataset, train_split).tolist()
     soft = None
     if config.teacher_run:
         if config.unlabeled_path:
@@ -579,14 +559,9 @@ def _fit(
         )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    prompts = prepare_texts(
-        tokenizer,
-        texts,
-        template=template,
-        max_length=config.max_length,
-        truncation=resolved_truncation(config),
-    )
-    encodings = tokenizer(prompts, truncation=True, max_length=config.max_length)
+    # The run's own TextEncoder, so training sees the ids evaluation and the server see.
+    ids = encoder.encode(texts).ids
+    encodings = {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
     train_data = EncodedTexts(encodings, labels, soft)
     use_cuda = device == "cuda"
     args = TrainingArguments(
@@ -657,19 +632,5 @@ def _fit(
     model.backbone = merge_lora(model.backbone)
 
 
-def _gold(dataset: Dataset, split: Split) -> list:
-    if split.multi_label:
-        return dataset.label_matrix(split).tolist()
-    return dataset.label_ids(split)
-
-
 def _unlabeled_texts(path: str) -> list[str]:
-    from core.data import DatasetError, _rows
-
-    texts = []
-    for lineno, row in _rows(Path(path)):
-        text = row.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise DatasetError(f"{path}:{lineno}: field 'text' must be a non-empty string")
-        texts.append(text)
-    return texts
+    return read_text_column(path)
