@@ -67,6 +67,9 @@ class TrainConfig:
     # token budget from the start, the rest from the end). None = the dataset's choice, or
     # head (label_words prompts keep their end: tail).
     truncation: str | None = None
+    # Out-of-scope rejection: the label given to texts the model is not confident about, with
+    # a threshold tuned on validation. None: the benchmark's (CLINC150's "oos"), else none.
+    oos_label: str | None = None
     class_weighting: str = "none"  # none | balanced (loss weights inversely to class counts)
     save_steps: int = 200  # checkpoint every N optimizer steps, so a killed run resumes
     # LoRA (peft) instead of full fine-tuning when lora_r > 0; adapters are merged before the

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from core.fields import from_fields
+
 ProblemType = Literal["single_label", "multi_label"]
 
 
@@ -150,12 +152,4 @@ class DecisionRule:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DecisionRule:
-        if not isinstance(data, dict):
-            raise DecisionError(f"decision must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        if unknown := sorted(set(data) - known):
-            raise DecisionError(f"unknown decision keys {unknown}; known: {sorted(known)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise DecisionError(f"incomplete decision: {exc}") from exc
+        return from_fields(cls, data, "decision", DecisionError)

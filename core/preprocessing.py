@@ -24,6 +24,8 @@ from typing import Any, Literal
 import numpy as np
 from tokenizers import Tokenizer
 
+from core.fields import from_fields
+
 Truncation = Literal["head", "tail", "head_tail"]
 TRUNCATIONS: tuple[str, ...] = ("head", "tail", "head_tail")
 
@@ -64,19 +66,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        return _from_dict(cls, data, "preprocessing")
-
-
-def _from_dict(cls: Any, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise PreprocessingError(f"{where} must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    if unknown := sorted(set(data) - known):
-        raise PreprocessingError(f"unknown {where} keys {unknown}; known: {sorted(known)}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise PreprocessingError(f"incomplete {where}: {exc}") from exc
+        return from_fields(cls, data, "preprocessing", PreprocessingError)
 
 
 def fill_template(template: str, texts: Sequence[str]) -> list[str]:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from tokenizers import Tokenizer
 
 from core import registry
 from core.config import TrainConfig
@@ -193,6 +194,15 @@ def _read_source(run_dir: Path, parity_rows: int) -> _Source:
     return _Source(model, tokenizer, config, record, dataset, y_true, answers, torch_logits)
 
 
+def _save_tokenizer(tokenizer: Any, path: Path) -> None:
+    """tokenizer.json without padding or truncation baked in (some hub files pad every text to
+    128): the manifest's preprocessing decides both, for us and for any other reader."""
+    plain = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    plain.no_padding()
+    plain.no_truncation()
+    plain.save(str(path))
+
+
 def _build(variant: str, src: _Source, fp32_dir: Path, partial: Path, rows: int) -> dict:
     """Write `partial/model.onnx` for one variant; returns how it was made."""
     source, target = fp32_dir / MODEL_NAME, partial / MODEL_NAME
@@ -322,7 +332,7 @@ def export_model(
             partial.mkdir(parents=True)
             log.info("%s: building", target.name)
             start = time.perf_counter()
-            src.tokenizer.backend_tokenizer.save(str(partial / TOKENIZER_NAME))
+            _save_tokenizer(src.tokenizer, partial / TOKENIZER_NAME)
             built = _build(variant, src, fp32_dir, partial, calibration_rows)
             names = (MODEL_NAME, TOKENIZER_NAME)
             manifest = Manifest(

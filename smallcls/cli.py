@@ -163,7 +163,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from smallcls.compare import CompareInputs, run_compare
+    from smallcls.compare import CompareInputs, compare_config
+    from smallcls.demo import run_demo
 
     inputs = CompareInputs(
         train=args.train,
@@ -175,17 +176,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         seed=args.seed,
         name=args.name,
     )
-    model_overrides = parse_overrides(args.model_set)
-    run_compare(
+    # The data is read and checked here, before anything trains (a DatasetError is one line).
+    config = compare_config(
         inputs,
         args.out,
         preset=args.config,
         families=args.families,
         overrides=parse_overrides(args.set),
-        model_overrides=model_overrides,
-        show_progress=not args.quiet,
-        fresh=args.fresh,
+        model_overrides=parse_overrides(args.model_set)
+        | ({"oos_label": args.oos_label} if args.oos_label else {}),
     )
+    run_demo(config, show_progress=not args.quiet, fresh=args.fresh)
     return 0
 
 
@@ -397,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of train carved as the test split when no TEST is given (default 0.2)",
     )
     p.add_argument("--seed", type=int, default=0, help="carving and training seed (default 0)")
+    p.add_argument(
+        "--oos-label",
+        dest="oos_label",
+        help="the label of out-of-scope rows: the models reject texts below a confidence "
+        "threshold tuned on validation and answer this label",
+    )
     p.add_argument(
         "--name", help="the dataset's name in runs and reports (default: from the file's name)"
     )

@@ -118,7 +118,8 @@ def compare_config(
     model_overrides: dict[str, Any] | None = None,
     echo: Callable[[str], None] = print,
 ) -> DemoConfig:
-    """The pipeline's config: the preset's stages and families, on the prepared files."""
+    """The pipeline's config: the preset's stages and families, on the prepared files (which
+    this writes); `smallcls.demo.run_demo` runs it."""
     demo = load_config(DemoConfig, preset, {**(overrides or {}), "output_dir": str(out_dir)})
     paths = prepare_data(inputs, out_dir)
     echo(
@@ -139,33 +140,3 @@ def compare_config(
         for m in select_models(demo.models, families)
     ]
     return dataclasses.replace(demo, models=models)
-
-
-def run_compare(
-    inputs: CompareInputs,
-    out_dir: Path,
-    *,
-    preset: Path,
-    families: Sequence[str] | None = None,
-    overrides: dict[str, Any] | None = None,
-    model_overrides: dict[str, Any] | None = None,
-    show_progress: bool = True,
-    fresh: bool = False,
-    echo: Callable[[str], None] = print,
-) -> Path:
-    """Train, export, serve, load-test and report; returns the report directory."""
-    from smallcls.demo import run_demo
-
-    try:
-        config = compare_config(
-            inputs,
-            out_dir,
-            preset=preset,
-            families=families,
-            overrides=overrides,
-            model_overrides=model_overrides,
-            echo=echo,
-        )
-    except DatasetError as exc:
-        raise ValueError(f"{exc}") from None
-    return run_demo(config, echo=echo, show_progress=show_progress, fresh=fresh)

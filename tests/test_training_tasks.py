@@ -132,6 +132,16 @@ def test_out_of_scope_rejection_threshold_is_tuned_and_stored(tiny_dirs, tmp_pat
     assert "macro_f1" in test
 
 
+def test_a_users_own_out_of_scope_label_is_rejected_like_clinc150s(tiny_dirs, tmp_path):
+    folder = _clinc_like(tmp_path) / "clinc150"
+    files = {f"{split}_path": str(folder / f"{split}.jsonl") for split in ("train", "test")}
+    config = _tiny(tiny_dirs, **files, oos_label="oos", epochs=3)
+    decision = RunRecord.read(train(config, tmp_path / "runs", show_progress=False)).decision
+    assert decision.oos_label == "oos" and 0 <= decision.rejection_threshold < 1
+    with pytest.raises(ValueError, match="oos_label 'none' must be a label"):
+        train(_tiny(tiny_dirs, **files, oos_label="none"), tmp_path / "runs", show_progress=False)
+
+
 def test_plain_single_label_run_writes_no_thresholds_and_records_budget(tiny_dirs, tmp_path):
     run = train(
         _tiny(tiny_dirs, **_sst2(tmp_path), epochs=1), tmp_path / "runs", show_progress=False

@@ -12,15 +12,6 @@ import numpy as np
 GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
 def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
     denom = 2 * tp + fp + fn
     return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)

@@ -160,7 +160,7 @@ def tune_decision(dataset: Dataset, val_logits: np.ndarray, config: TrainConfig)
             sigmoid(val_logits), dataset.label_matrix(dataset.validation)
         )
         return DecisionRule(labels=labels, problem_type="multi_label", thresholds=thresholds)
-    oos = benchmark(config.dataset).oos_label if config.dataset else None
+    oos = config.oos_label or (benchmark(config.dataset).oos_label if config.dataset else None)
     if oos and oos in labels:
         y_val = np.asarray(dataset.label_ids(dataset.validation))
         t = tune_rejection_threshold(softmax(val_logits), y_val, labels.index(oos))
@@ -435,6 +435,13 @@ def _train_into(
     )
     if dataset.problem_type == "multi_label" and config.head == "label_words":
         raise ValueError("label_words scores one label per text: use a mean_pool/last_token head")
+    if config.oos_label and (
+        dataset.problem_type == "multi_label" or config.oos_label not in dataset.label_names
+    ):
+        raise ValueError(
+            f"oos_label {config.oos_label!r} must be a label of single-label data (labels: "
+            f"{dataset.label_names[:8]}...): name the label your out-of-scope rows carry"
+        )
 
     source = pretrained.resolve(config.base_model)
     tokenizer = load_tokenizer(source)
