@@ -26,7 +26,7 @@ from core.manifest import Manifest
 from core.metrics import decision_metrics, decisions_from_answers
 from core.run_record import RunRecord, read_predictions
 from service.launch import ServerProcess
-from training.train import gold
+from training.evaluate import gold
 
 BATCH = 64  # texts per request (the service's default limit)
 # What the table shows, where the task has it.

@@ -40,9 +40,9 @@ from export import gate
 from export import variants as variants_mod
 from export.variants import PRECISION, cuda_available, parse_variants
 from service.runtime import OnnxClassifier, make_session
+from training.evaluate import gold, predict_logits
 from training.families import Classifier
 from training.run_dir import load_run
-from training.train import gold, predict_logits
 
 log = logging.getLogger(__name__)
 

@@ -90,6 +90,8 @@ class LoadSummary:
     workers: int = 0  # local locust worker processes (0: one process)
     # CPU used by the server's process tree during the test; 100 = one core busy.
     server_cpu_percent: float | None = None
+    # The file the texts were drawn from (a model's test split, as its manifest names it).
+    texts_source: str | None = None
 
     def __post_init__(self) -> None:
         counts = (self.users, self.run_time_s, self.batch, self.requests, self.failures)
@@ -321,6 +323,7 @@ def run_loadtest(
         mean_words=round(mean_words(sent), 2),
         workers=workers,
         server_cpu_percent=None if server_cpu is None else round(server_cpu, 1),
+        texts_source=str(texts_path),
     )
     summary.write(out_dir)
     logger.info("%s", summary.line())

@@ -21,17 +21,17 @@ import time
 from typing import Any
 
 import bentoml
-import numpy as np
-from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service import gateway
+from service.answers import ClientError, check_threshold, error_response, render, shorten
 from service.batching import Overloaded, Retired
 from service.metrics import get_metrics
 from service.models import LoadedModel, by_path, check_entries, load_all
+from service.schema import REQUEST_STATE_KEY, ClassifyRequest, ClassifyResponse
 from service.settings import (
     ENV_MODELS,
     ENV_MODELS_FILE,
@@ -70,8 +70,6 @@ def preflight() -> None:
 
 
 preflight()
-REQUEST_STATE_KEY = "smallcls_body_error"
-FIELDS = ("texts", "model", "top_k", "threshold", "return_logits", "truncate")
 UNKNOWN_MODEL_LABEL = "-"  # metrics label for requests naming no loaded model
 
 
@@ -82,171 +80,6 @@ def show_info_logs() -> None:
     package_logger = logging.getLogger(__name__.partition(".")[0])
     if package_logger.level == logging.NOTSET:
         package_logger.setLevel(logging.INFO)
-
-
-class Prediction(BaseModel):
-    label: str = Field(
-        description="The answer: the most probable label, or the model's out-of-scope label "
-        "when the model rejects the text."
-    )
-    labels: list[str] = Field(
-        description="Every predicted label: [label] for single-label models; for multi-label "
-        "models each label whose probability clears its threshold (may be empty)."
-    )
-    rejected: bool = Field(
-        description="Out-of-scope models: the top probability was below the rejection "
-        "threshold, so the answer is the out-of-scope label. Always false for other models."
-    )
-    scores: dict[str, float] = Field(
-        description="Probability by label name (softmax; sigmoid per label for multi-label "
-        "models), best first when top_k is given, else in the model's label order."
-    )
-    logits: dict[str, float] | None = Field(
-        default=None, description="Raw logits by label name, with return_logits."
-    )
-    truncated: bool = Field(description="The text was cut to the model's max_length tokens.")
-
-
-class ClassifyResponse(BaseModel):
-    model: str = Field(description="Name of the model that answered.")
-    version: str = Field(
-        description="Its version: the BentoML store version, or the first 12 hex digits of "
-        "model.onnx's sha256."
-    )
-    predictions: list[Prediction] = Field(description="One per input text, in input order.")
-
-
-class ErrorResponse(BaseModel):
-    error: str = Field(description="What went wrong and what to do.")
-    field: str = Field(description="Where: a request field such as 'texts[2]', or 'body'.")
-
-
-# Parsed here rather than by BentoML, which answers a malformed body with a pydantic error list
-# and no `field`. Values are checked by `Classifier.classify`, which knows the limits and the
-# loaded models: the types below document the schema (OpenAPI) but are not enforced.
-class ClassifyRequest(bentoml.IODescriptor):
-    """Texts to classify and, optionally, the model and how to answer."""
-
-    texts: list[str] | str = Field(
-        default=None,
-        description="One text or a list (1..SMALLCLS_MAX_TEXTS), each non-empty and at most "
-        "SMALLCLS_MAX_CHARS characters.",
-    )
-    model: str | None = Field(default=None, description="Model name; omit for the default.")
-    top_k: int | None = Field(
-        default=None, description="Return only the k best scores per text (1..labels)."
-    )
-    threshold: float | dict[str, float] | None = Field(
-        default=None,
-        description="Multi-label models: one threshold in (0, 1) for every label, or one per "
-        "label name, instead of the manifest's. Out-of-scope models: the rejection threshold "
-        "in [0, 1) instead of the manifest's.",
-    )
-    return_logits: bool = Field(default=False, description="Add raw logits per label.")
-    truncate: bool = Field(
-        default=True,
-        description="Cut texts longer than the model's max_length tokens (default); false "
-        "refuses them with 413.",
-    )
-
-    @classmethod
-    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """The published request schema (OpenAPI at /docs.json), written out by hand: BentoML
-        flattens every `anyOf` of the pydantic schema to its first branch, which dropped the
-        string form of `texts`, the object form of `threshold` and every limit. With the
-        limits and model names in it, schema-driven clients and fuzzers (bench/hostile.py)
-        send bodies that reach the model instead of bouncing off the first check."""
-        limits = request_limits()
-        text = {"type": "string", "minLength": 1, "maxLength": limits["max_chars"]}
-        probability = {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1,
-            "exclusiveMinimum": True,
-            "exclusiveMaximum": True,
-        }
-        fields = cls.model_fields
-        model: dict[str, Any] = {"type": "string", "nullable": True}
-        if limits["models"]:
-            model["enum"] = [*limits["models"], None]
-        return {
-            "type": "object",
-            "title": cls.__name__,
-            "description": cls.__doc__,
-            "required": ["texts"],
-            "additionalProperties": False,
-            "properties": {
-                "texts": {
-                    "description": fields["texts"].description,
-                    # oneOf, not anyOf: BentoML's flattening leaves oneOf alone.
-                    "oneOf": [
-                        text,
-                        {
-                            "type": "array",
-                            "items": text,
-                            "minItems": 1,
-                            "maxItems": limits["max_texts"],
-                        },
-                    ],
-                },
-                "model": {"description": fields["model"].description, **model},
-                "top_k": {
-                    "description": fields["top_k"].description,
-                    "type": "integer",
-                    "minimum": 1,
-                    "nullable": True,
-                },
-                "threshold": {
-                    "description": fields["threshold"].description,
-                    "nullable": True,
-                    "oneOf": [
-                        probability,
-                        {"type": "object", "additionalProperties": probability},
-                    ],
-                },
-                "return_logits": {
-                    "description": fields["return_logits"].description,
-                    "type": "boolean",
-                    "default": False,
-                },
-                "truncate": {
-                    "description": fields["truncate"].description,
-                    "type": "boolean",
-                    "default": True,
-                },
-            },
-        }
-
-    @classmethod
-    async def from_http_request(cls, request: Request, serde: Any) -> ClassifyRequest:
-        try:
-            body = await request.body()
-        except gateway.BodyRefused as exc:  # too large, or too slow to arrive
-            return cls._refuse(request, (exc.status, exc.message, "body"))
-        except ClientDisconnect:  # nobody reads the answer; refused without a traceback
-            return cls._refuse(request, (400, "the client left before sending the body", "body"))
-        try:
-            # surrogateescape: invalid UTF-8 bytes become lone surrogates inside the strings,
-            # so the check in `classify` can name the text that holds them.
-            data = json.loads(body.decode("utf-8", "surrogateescape")) if body.strip() else {}
-        except (ValueError, RecursionError):  # bad JSON; absurdly deep nesting
-            data = None
-        if not isinstance(data, dict):
-            example = '{"texts": ["..."], "model": "<name>"}'
-            message = f"the body must be a JSON object like {example}"
-            return cls._refuse(request, (400, message, "body"))
-        if unknown := sorted(set(data) - set(FIELDS)):
-            name = shorten(str(unknown[0]))
-            message = f"unknown field {name!r}: the accepted fields are {list(FIELDS)}"
-            return cls._refuse(request, (400, message, name))
-        # No validation: `classify` checks values with per-item messages.
-        return cls.model_construct(**data)
-
-    @classmethod
-    def _refuse(cls, request: Request, problem: tuple[int, str, str]) -> ClassifyRequest:
-        # The API method only receives field values; the request state reaches it via ctx.
-        setattr(request.state, REQUEST_STATE_KEY, problem)
-        return cls.model_construct()
 
 
 def request_limits() -> dict[str, Any]:
@@ -260,71 +93,6 @@ def request_limits() -> dict[str, Any]:
         "max_texts": service.settings.max_texts,
         "models": list(service.models),
     }
-
-
-def shorten(text: str, limit: int = 80) -> str:
-    # Client strings echoed in errors: a 1 MB model name should not make a 1 MB error.
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-class ClientError(Exception):
-    def __init__(self, status: int, message: str, field: str) -> None:
-        super().__init__(message)
-        self.status, self.message, self.field = status, message, field
-
-
-def error_response(status: int, message: str, field: str, **headers: str) -> JSONResponse:
-    # Returned directly: BentoML's own handler wraps 4xx bodies of BentoMLException in a list.
-    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_threshold(value: Any, model: LoadedModel) -> dict[str, Any]:
-    """This request's thresholds for `DecisionRule.decide`: per-label sigmoid thresholds of a
-    multi-label model, or the rejection threshold of an out-of-scope model; {} for the
-    manifest's own."""
-    rule = model.classifier.decision
-    if value is None:
-        return {}
-    if rule.rejects:
-        if not _is_number(value) or not 0.0 <= value < 1.0:
-            raise ClientError(
-                400,
-                f"threshold of {model.name!r} is its out-of-scope rejection threshold: a number "
-                f"in [0, 1) (texts whose top probability is below it get {rule.oos_label!r}), "
-                f"got {shorten(repr(value))}",
-                "threshold",
-            )
-        return {"rejection_threshold": float(value)}
-    if not rule.multi_label:
-        raise ClientError(
-            400,
-            f"threshold applies to multi-label and out-of-scope models; {model.name!r} is "
-            "single-label without rejection",
-            "threshold",
-        )
-    thresholds = rule.default_thresholds()
-    if _is_number(value):
-        values = {label: value for label in rule.labels}
-    elif isinstance(value, dict):
-        if unknown := sorted(set(value) - set(rule.labels)):
-            raise ClientError(
-                400,
-                f"unknown label {shorten(unknown[0])!r}: labels are {rule.labels}",
-                f"threshold.{shorten(unknown[0])}",
-            )
-        values = value
-    else:
-        raise ClientError(400, "threshold must be a number or {label: number}", "threshold")
-    for label, t in values.items():
-        field = "threshold" if _is_number(value) else f"threshold.{label}"
-        if not _is_number(t) or not 0.0 < t < 1.0:
-            raise ClientError(400, f"{field} must be a number in (0, 1), got {t!r}", field)
-        thresholds[rule.labels.index(label)] = float(t)
-    return {"thresholds": thresholds}
 
 
 @bentoml.service(
@@ -502,7 +270,7 @@ class Classifier:
                 raise ClientError(400, f"{flag} must be true or false", flag)
         return {
             "top_k": top_k,
-            "thresholds": _check_threshold(body.get("threshold"), loaded),
+            "thresholds": check_threshold(body.get("threshold"), loaded),
             "return_logits": body["return_logits"],
             "truncate": body["truncate"],
         }
@@ -598,31 +366,7 @@ class Classifier:
             ACTIVE.remove(self)
 
 
-def render(
-    loaded: LoadedModel, logits: np.ndarray, truncated: np.ndarray, options: dict[str, Any]
-) -> dict[str, Any]:
-    """The response body: the manifest's decision rule (the one training evaluated with)
-    applied to the batch's logits, with this request's threshold if it gave one."""
-    rule = loaded.classifier.decision
-    labels = rule.labels
-    decisions = rule.decide(logits, **options["thresholds"])
-    top_k = options["top_k"]
-    predictions = []
-    for i, (row, row_logits, cut) in enumerate(
-        zip(decisions.probabilities, logits, truncated, strict=True)
-    ):
-        order = np.argsort(-row, kind="stable")[:top_k] if top_k else range(len(labels))
-        prediction: dict[str, Any] = {
-            "label": labels[int(decisions.label_ids[i])],
-            "labels": [labels[j] for j in np.flatnonzero(decisions.chosen[i])],
-            "rejected": bool(decisions.rejected[i]),
-            "scores": {labels[j]: float(row[j]) for j in order},
-            "truncated": bool(cut),
-        }
-        if options["return_logits"]:
-            prediction["logits"] = {labels[j]: float(row_logits[j]) for j in order}
-        predictions.append(prediction)
-    return {"model": loaded.name, "version": loaded.version, "predictions": predictions}
+ClassifyRequest.limits = staticmethod(request_limits)
 
 
 # ---- routes outside BentoML's API methods (GET, admin) ------------------------------------

@@ -17,8 +17,9 @@ from core.run_record import RunRecord  # noqa: E402
 from export.onnx_export import export_run  # noqa: E402
 from service.runtime import OnnxClassifier  # noqa: E402
 from tests.tiny_models import SST2_TEST, SST2_TRAIN, sst2_slice  # noqa: E402
+from training.evaluate import predict_logits  # noqa: E402
 from training.run_dir import RunDirError, load_run  # noqa: E402
-from training.train import predict_logits, train  # noqa: E402
+from training.train import train  # noqa: E402
 
 FAMILIES = {
     "encoder": dict(family="encoder", head="mean_pool", style="bert"),

@@ -107,7 +107,9 @@ def test_compare_on_a_csv_end_to_end_with_three_families(tiny_dirs, tmp_path):
         assert 0.0 <= float(row["accuracy"]) <= 1.0
         assert float(row["p95_ms"]) > 0
     assert (out / "report" / "report.html").is_file()
-    # The load test sent the carved test texts, not some default file.
+    # The load test sent the carved test texts, not some default file, and says so.
+    sweep = json.loads((out / "loadtests" / "enc-fp32" / "sweep.json").read_text())
+    assert sweep["steps"][0]["texts_source"] == str((data / "test.jsonl").resolve())
     carved_texts = {json.loads(line)["text"] for line in carved}
     for sent in (out / "loadtests" / "enc-fp32").rglob("texts.jsonl"):
         assert {json.loads(line)["text"] for line in sent.read_text().splitlines()} <= carved_texts

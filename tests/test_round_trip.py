@@ -22,7 +22,8 @@ from core.run_record import RunRecord, read_predictions
 from export.onnx_export import export_run
 from service.launch import ServerProcess
 from tests.tiny_models import SST2_TEST, SST2_TRAIN, sst2_slice
-from training.train import gold, train
+from training.evaluate import gold
+from training.train import train
 
 # A real `bentoml serve` on 127.0.0.1: the served path is the production one (and a second
 # in-process app would clash with test_service.py's in BentoML's metrics registry).

@@ -24,9 +24,12 @@ from core.data import Dataset, Split, dataset_for
 from core.metrics import classification_metrics
 from core.preprocessing import Preprocessing, TextEncoder
 from training import pretrained
+from training.evaluate import predict_logits
 from training.families import ModelSpec, build_classifier
+from training.fit import fit, pick_device
 from training.run_dir import COMPLETE, environment, save_model_dir, write_json
 from training.tokenize import label_token_ids, load_tokenizer
+from training.train import attach_log_file, detach_log_file
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +56,6 @@ def train_multitask(
     """Train `<runs_dir>/<base.name>` on every task's (subsampled) training set; metrics.json
     holds one entry per task. `base` gives the model and the budget (its dataset and
     label_words are ignored); train_rows and test_rows apply per task."""
-    from training.train import (
-        _attach_log_file,
-        _detach_log_file,
-        _fit,
-        pick_device,
-        predict_logits,
-    )
-
     words = list(dict.fromkeys(w for t in tasks for w in t.label_words.values()))
     config = dataclasses.replace(
         base,
@@ -77,7 +72,7 @@ def train_multitask(
     run_dir = final_dir.with_name(final_dir.name + ".partial")
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    handler = _attach_log_file(run_dir / "train.log")
+    handler = attach_log_file(run_dir / "train.log")
     try:
         torch.set_num_threads(config.threads)
         set_seed(config.seed)
@@ -124,7 +119,7 @@ def train_multitask(
                 pad_token=tokenizer.pad_token,
             ),
         )
-        _fit(
+        fit(
             config,
             run_dir,
             model,
@@ -159,7 +154,7 @@ def train_multitask(
         model.to("cpu")
         save_model_dir(run_dir / "model", model, tokenizer, words)
     finally:
-        _detach_log_file(handler)
+        detach_log_file(handler)
     (run_dir / COMPLETE).write_text("ok\n")
     shutil.rmtree(final_dir, ignore_errors=True)
     run_dir.rename(final_dir)

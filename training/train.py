@@ -1,91 +1,40 @@
-"""One training run: data -> fine-tuned classifier -> run directory with metrics.
+"""One training run: data -> fine-tuned classifier -> run directory with its contract.
 
-Uses the Hugging Face Trainer (seeds, schedules, bf16/fp16 on CUDA, progress bars) rather
-than a hand-written loop.
+The run resolves its preprocessing once (`resolve_preprocessing`), fine-tunes
+(`training/fit.py`), tunes its decision rule on validation and evaluates under it
+(`training/evaluate.py`), and is written atomically (`<name>.partial`, renamed when complete).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import random
 import shutil
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from transformers import (
-    DataCollatorWithPadding,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from core.config import TrainConfig, to_dict
-from core.data import (
-    Dataset,
-    DataSource,
-    Split,
-    benchmark,
-    dataset_for,
-    read_text_column,
-    write_split,
-)
-from core.decision import DecisionRule, Decisions, sigmoid, softmax
-from core.metrics import decision_metrics
+from core.data import Dataset, Split, benchmark, dataset_for
 from core.preprocessing import Preprocessing, TextEncoder
-from core.run_record import RunRecord, write_predictions
 from training import pretrained
-from training.adapters import add_lora, merge_lora
+from training.evaluate import evaluate_and_save
 from training.families import Classifier, ModelSpec, build_classifier, prepare_backbone
+from training.fit import fit, pick_device
 from training.run_dir import (
     COMPLETE,
     check_writable,
     disk_full_error,
-    environment,
     is_disk_full,
-    load_run,
-    save_model_dir,
     write_json,
 )
-from training.thresholds import tune_label_thresholds, tune_rejection_threshold
 from training.tokenize import label_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-class EncodedTexts(torch.utils.data.Dataset):
-    """Token ids with gold labels (an int, or a 0/1 vector for multi-label; -100 / -1s for
-    unlabeled rows) and, when distilling, the teacher's soft labels."""
-
-    def __init__(
-        self,
-        encodings: dict[str, list[list[int]]],
-        labels: list,
-        soft_labels: np.ndarray | None = None,
-    ) -> None:
-        self.encodings = encodings
-        self.labels = labels
-        self.soft_labels = soft_labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = {
-            "input_ids": self.encodings["input_ids"][i],
-            "attention_mask": self.encodings["attention_mask"][i],
-            "labels": self.labels[i],
-        }
-        if self.soft_labels is not None:
-            item["soft_labels"] = self.soft_labels[i].tolist()
-        return item
 
 
 def resolved_truncation(config: TrainConfig) -> str:
@@ -100,46 +49,6 @@ def resolved_truncation(config: TrainConfig) -> str:
     return "head"
 
 
-class NoFinalCheckpoint(TrainerCallback):
-    """The Trainer saves a checkpoint when training ends; the run saves its own model right
-    after, so that one would only cost time and disk (1.6 GB for SmolLM2 with AdamW state)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps:
-            control.should_save = False
-        return control
-
-
-def pick_device(requested: str) -> str:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available; use device=auto")
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: Classifier, encoder: TextEncoder, texts: list[str], *, batch_size: int
-) -> np.ndarray:
-    """(N, L) logits in input order, from the ids the run's `TextEncoder` makes (the server's
-    code path); batches are length-sorted so padding stays small."""
-    model.eval()
-    device = next(model.parameters()).device
-    ids = encoder.encode(texts).ids
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = np.zeros((len(ids), model.spec.num_labels), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        feeds = encoder.pad([ids[i] for i in idx])
-        logits = model(
-            input_ids=torch.from_numpy(feeds["input_ids"]).to(device),
-            attention_mask=torch.from_numpy(feeds["attention_mask"]).to(device),
-        )["logits"]
-        out[idx] = logits.float().cpu().numpy()
-    return out
-
-
 def resolve_preprocessing(config: TrainConfig, tokenizer, template: str) -> Preprocessing:
     """The run's preprocessing, resolved once: every later stage reads this record."""
     return Preprocessing(
@@ -151,62 +60,11 @@ def resolve_preprocessing(config: TrainConfig, tokenizer, template: str) -> Prep
     )
 
 
-def tune_decision(dataset: Dataset, val_logits: np.ndarray, config: TrainConfig) -> DecisionRule:
-    """The run's decision rule: per-label thresholds (multi-label) or the out-of-scope
-    rejection threshold, both tuned on validation; plain argmax otherwise."""
-    labels = list(dataset.label_names)
-    if dataset.problem_type == "multi_label":
-        thresholds = tune_label_thresholds(
-            sigmoid(val_logits), dataset.label_matrix(dataset.validation)
-        )
-        return DecisionRule(labels=labels, problem_type="multi_label", thresholds=thresholds)
-    oos = config.oos_label or (benchmark(config.dataset).oos_label if config.dataset else None)
-    if oos and oos in labels:
-        y_val = np.asarray(dataset.label_ids(dataset.validation))
-        t = tune_rejection_threshold(softmax(val_logits), y_val, labels.index(oos))
-        return DecisionRule(labels=labels, oos_label=oos, rejection_threshold=t)
-    return DecisionRule(labels=labels)
-
-
-def gold(dataset: Dataset, part: Split) -> np.ndarray:
-    """(N,) label ids, or (N, L) 0/1 for multi-label."""
-    if part.multi_label:
-        return dataset.label_matrix(part)
-    return np.asarray(dataset.label_ids(part))
-
-
-def evaluate(
-    model: Classifier,
-    encoder: TextEncoder,
-    rule: DecisionRule,
-    dataset: Dataset,
-    split: str,
-    config: TrainConfig,
-) -> tuple[dict[str, Any], Decisions]:
-    """Metrics of one split under the run's decision rule, and the decisions themselves."""
-    part = getattr(dataset, split)
-    start = time.perf_counter()
-    logits = predict_logits(model, encoder, part.texts, batch_size=config.eval_batch_size)
-    decisions = rule.decide(logits)
-    metrics = decision_metrics(rule, decisions, gold(dataset, part))
-    metrics["seconds"] = round(time.perf_counter() - start, 2)
-    log.info(
-        "%s %s: %s (%d rows)",
-        config.name,
-        split,
-        ", ".join(
-            f"{k} {metrics[k]:.4f}" for k in ("accuracy", "micro_f1", "macro_f1") if k in metrics
-        ),
-        metrics["rows"],
-    )
-    return metrics, decisions
-
-
 _LOGGERS = ("smallcls", "training", "transformers.trainer")
 _saved_levels: dict[str, int] = {}
 
 
-def _attach_log_file(path: Path) -> logging.Handler:
+def attach_log_file(path: Path) -> logging.Handler:
     """The run's train.log gets INFO even when the caller's logging is quieter (tests, an
     embedding application): the run directory must say what happened, e.g. a resume."""
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -221,7 +79,7 @@ def _attach_log_file(path: Path) -> logging.Handler:
     return handler
 
 
-def _detach_log_file(handler: logging.Handler) -> None:
+def detach_log_file(handler: logging.Handler) -> None:
     for name in _LOGGERS:
         logger = logging.getLogger(name)
         logger.removeHandler(handler)
@@ -263,13 +121,13 @@ def train(
         if not resume:
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True)
-        handler = _attach_log_file(run_dir / "train.log")
+        handler = attach_log_file(run_dir / "train.log")
         try:
             if resume:
                 log.info("%s: resuming from %s", config.name, run_dir)
             _train_into(config, run_dir, show_progress, resume=resume, callbacks=callbacks or [])
         finally:
-            _detach_log_file(handler)
+            detach_log_file(handler)
         # Checkpoints go only once the model is saved: if that save fails (a full disk),
         # the rerun resumes from the last checkpoint instead of training from scratch.
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -305,38 +163,6 @@ def few_shot_template(config: TrainConfig, train_split: Split, labels: list[str]
             demos.append((filled + config.label_words[label], rng.random()))
     demos.sort(key=lambda d: d[1])  # shuffled: the label order must not leak into the answer
     return "".join(d[0] + "\n\n" for d in demos) + config.prompt_template
-
-
-def class_weights(dataset: Dataset, split: Split) -> torch.Tensor:
-    """Inverse-frequency weights, n / (L * count) (sklearn's "balanced"); multi-label: the
-    BCE pos_weight negatives / positives per label, capped at 50 for labels seen once."""
-    if split.multi_label:
-        y = dataset.label_matrix(split)
-        pos = y.sum(axis=0)
-        return torch.tensor(
-            np.clip((len(y) - pos) / np.maximum(pos, 1), 1, 50), dtype=torch.float32
-        )
-    counts = Counter(split.labels)
-    n, k = len(split), len(dataset.label_names)
-    return torch.tensor(
-        [n / (k * max(1, counts.get(name, 0))) for name in dataset.label_names], dtype=torch.float32
-    )
-
-
-def teacher_soft_labels(
-    config: TrainConfig, texts: list[str], problem_type: str, labels: list[str]
-) -> np.ndarray:
-    """The teacher run's probabilities at the distillation temperature, (N, L), from the
-    teacher's own recorded preprocessing."""
-    teacher, tokenizer, _, teacher_labels = load_run(config.teacher_run)
-    if teacher_labels != labels:
-        raise ValueError(f"teacher labels {teacher_labels} != this dataset's {labels}")
-    record = RunRecord.read(config.teacher_run)
-    encoder = TextEncoder(tokenizer.backend_tokenizer, record.preprocessing)
-    teacher.to(pick_device(config.device))
-    logits = predict_logits(teacher, encoder, texts, batch_size=config.eval_batch_size)
-    t = config.distill_temperature
-    return sigmoid(logits / t) if problem_type == "multi_label" else softmax(logits / t)
 
 
 def _build_model(
@@ -390,24 +216,6 @@ def _build_model(
     return model, budget
 
 
-def _data_source(dataset: Dataset, config: TrainConfig, run_dir: Path) -> DataSource:
-    """Where the run's splits are, as files. When the test split was carved from the training
-    file, all three splits are saved into the run (`data/*.jsonl`, standard columns), so export,
-    load tests and reports read the very rows that were trained on and evaluated."""
-    source = dataset.source or DataSource(
-        name=dataset.name, train_path="", hub_dataset=config.hub_dataset
-    )
-    if source.test_path is not None:  # a carved validation split is not needed downstream
-        return source
-    final_dir = run_dir.with_name(run_dir.name.removesuffix(".partial")).resolve()
-    (run_dir / "data").mkdir(exist_ok=True)
-    paths = {}
-    for split in ("train", "validation", "test"):
-        write_split(run_dir / "data" / f"{split}.jsonl", getattr(dataset, split))
-        paths[f"{split}_path"] = str(final_dir / "data" / f"{split}.jsonl")
-    return dataclasses.replace(source, text_column="text", label_column="label", **paths)
-
-
 def _train_into(
     config: TrainConfig,
     run_dir: Path,
@@ -457,7 +265,7 @@ def _train_into(
         )
         budget["few_shot_k"] = config.few_shot_k
     else:
-        _fit(
+        fit(
             config,
             run_dir,
             model,
@@ -472,172 +280,4 @@ def _train_into(
             callbacks=callbacks or [],
         )
     model.to(device)  # evaluate where it trained; fp32 weights, so CPU export matches
-    _evaluate_and_save(config, run_dir, model, tokenizer, encoder, dataset, budget, device)
-
-
-def _evaluate_and_save(
-    config: TrainConfig,
-    run_dir: Path,
-    model: Classifier,
-    tokenizer,
-    encoder: TextEncoder,
-    dataset: Dataset,
-    budget: dict[str, Any],
-    device: str,
-) -> None:
-    """Tune the decision rule on validation, evaluate test under it, and write the run: its
-    metrics, its contract (`contract.json`) and its answer for every test row."""
-    val_logits = predict_logits(
-        model, encoder, dataset.validation.texts, batch_size=config.eval_batch_size
-    )
-    rule = tune_decision(dataset, val_logits, config)
-    if config.test_rows:
-        budget["subsampled"] = f"validation and test capped at {config.test_rows} rows"
-    test_metrics, test_decisions = evaluate(model, encoder, rule, dataset, "test", config)
-    metrics = {
-        "train": budget,
-        "validation": decision_metrics(
-            rule, rule.decide(val_logits), gold(dataset, dataset.validation)
-        ),
-        "test": test_metrics,
-    }
-    write_json(run_dir / "metrics.json", metrics)
-    write_json(run_dir / "environment.json", {**environment(), "device": device})
-    write_predictions(run_dir, rule.answers(test_decisions))
-    RunRecord(
-        name=config.name,
-        family=config.family,
-        head=config.head,
-        base_model=config.base_model,
-        task=dataset.problem_type,  # type: ignore[arg-type]
-        labels=list(dataset.label_names),
-        preprocessing=encoder.preprocessing,
-        decision=rule,
-        dataset=_data_source(dataset, config, run_dir),
-    ).write(run_dir)
-    model.to("cpu")
-    save_model_dir(run_dir / "model", model, tokenizer, dataset.label_names)
-
-
-def _fit(
-    config: TrainConfig,
-    run_dir: Path,
-    model: Classifier,
-    tokenizer,
-    encoder: TextEncoder,
-    dataset: Dataset,
-    train_split: Split,
-    budget: dict[str, Any],
-    device: str,
-    *,
-    show_progress: bool,
-    resume: bool,
-    callbacks: list[TrainerCallback],
-) -> None:
-    """Fine-tune in place with the HF Trainer (LoRA merged back after); fills `budget`."""
-    texts, labels = list(train_split.texts), gold(dataset, train_split).tolist()
-    soft = None
-    if config.teacher_run:
-        if config.unlabeled_path:
-            extra = _unlabeled_texts(config.unlabeled_path)
-            texts += extra
-            blank = (
-                [-1.0] * len(dataset.label_names) if dataset.problem_type == "multi_label" else -100
-            )
-            labels += [blank] * len(extra)
-        soft = teacher_soft_labels(config, texts, dataset.problem_type, dataset.label_names)
-        model.distill_temperature = config.distill_temperature
-        model.distill_alpha = config.distill_alpha
-        budget["distillation"] = {
-            "teacher_run": config.teacher_run,
-            "temperature": config.distill_temperature,
-            "alpha": config.distill_alpha,
-            "unlabeled_rows": len(texts) - len(train_split),
-        }
-    if config.class_weighting == "balanced":
-        model.class_weights = class_weights(dataset, train_split)
-    if config.lora_r:
-        model.backbone = add_lora(
-            model.backbone,
-            r=config.lora_r,
-            alpha=config.lora_alpha,
-            dropout=config.lora_dropout,
-            targets=config.lora_targets,
-        )
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    # The run's own TextEncoder, so training sees the ids evaluation and the server see.
-    ids = encoder.encode(texts).ids
-    encodings = {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
-    train_data = EncodedTexts(encodings, labels, soft)
-    use_cuda = device == "cuda"
-    args = TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=config.batch_size,
-        group_by_length=config.group_by_length,
-        num_train_epochs=config.epochs,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        warmup_ratio=config.warmup_ratio,
-        lr_scheduler_type="linear",
-        logging_steps=10,
-        # Checkpoints exist to resume a killed run; one is enough.
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=1,
-        # torch.save, not safetensors: T5 encoders share their embedding between two
-        # modules, which safetensors' save_file refuses in the Trainer's checkpoint path.
-        save_safetensors=False,
-        eval_strategy="no",
-        report_to=[],
-        seed=config.seed,
-        use_cpu=not use_cuda,
-        bf16=use_cuda and torch.cuda.is_bf16_supported(),
-        fp16=use_cuda and not torch.cuda.is_bf16_supported(),
-        dataloader_num_workers=0,
-        disable_tqdm=not show_progress,
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_data,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        callbacks=[*callbacks, NoFinalCheckpoint()],
-    )
-    checkpoint = get_last_checkpoint(args.output_dir) if resume else None
-    if checkpoint:
-        log.info("%s: resuming from checkpoint %s", config.name, checkpoint)
-        budget["resumed_from"] = Path(checkpoint).name
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    with open(run_dir / "trainer_log.jsonl", "w", encoding="utf-8") as fh:
-        for entry in trainer.state.log_history:
-            fh.write(json.dumps(entry) + "\n")
-    tokens = int(sum(len(ids) for ids in encodings["input_ids"]) * config.epochs)
-    # Forward 2N FLOPs per token, backward 4N (Kaplan et al. 2020, attention ignored); with
-    # LoRA the frozen weights need no weight gradients, so backward is about 2N.
-    per_token = 4 * total if config.lora_r else 6 * total
-    budget.update(
-        seconds=round(time.perf_counter() - start, 1),
-        examples_seen=int(len(train_data) * config.epochs),
-        tokens_seen=tokens,
-        estimated_flops=float(per_token * tokens),
-        flops_formula="4 x params x tokens (LoRA)" if config.lora_r else "6 x params x tokens",
-        trainable_parameters=trainable,
-        final_loss=result.training_loss,
-        optimizer_steps=trainer.state.global_step,
-    )
-    if config.lora_r:
-        budget["lora"] = {"r": config.lora_r, "alpha": config.lora_alpha}
-    if "mntp" in budget:
-        # LoRA (4N per token) on the whole decoder, which MNTP adapts before the cut to K layers.
-        mntp = budget["mntp"]
-        budget["estimated_flops"] += float(4 * mntp["parameters"] * mntp["tokens_seen"])
-    log.info(
-        "%s: trained in %.0f s, loss %.4f", config.name, budget["seconds"], result.training_loss
-    )
-    model.backbone = merge_lora(model.backbone)
-
-
-def _unlabeled_texts(path: str) -> list[str]:
-    return read_text_column(path)
+    evaluate_and_save(config, run_dir, model, tokenizer, encoder, dataset, budget, device)
