@@ -60,14 +60,19 @@ def run_demo(
         else:
             echo(
                 f"[train {i}/{total}] {model.name}: {model.family}/{model.head} on "
-                f"{model.base_model}, {model.train_rows or 'all'} rows"
+                f"{model.base_model}, "
+                + (f"at most {model.train_rows} training rows" if model.train_rows else "all rows")
             )
             run_dir = train(model, out / "runs", show_progress=show_progress)
-        test = json.loads((run_dir / "metrics.json").read_text())["test"]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        test, rows = metrics["test"], metrics["train"]["rows"]
         if "accuracy" not in test:  # multi-label runs are reported by macro-F1
             metric = "macro_f1"
         test_accuracy[model.name] = test[metric]
-        echo(f"[train {i}/{total}] {model.name}: test {metric} {test[metric]:.2%}")
+        echo(
+            f"[train {i}/{total}] {model.name}: test {metric} {test[metric]:.2%} "
+            f"({rows} training rows, {test['rows']} test rows)"
+        )
         run_dirs.append(run_dir)
     timings["train"] = time.perf_counter() - start
 
