@@ -161,7 +161,7 @@ def test_benchmark_train_configs_in_repo_are_valid(name):
         ({"unlabeled_path": "u.jsonl"}, "needs a teacher_run"),
     ],
 )
-def test_issue3_config_checks_name_the_field(override, message):
+def test_task_config_checks_name_the_field(override, message):
     with pytest.raises(ConfigError, match=message):
         from_mapping(TrainConfig, {"name": "m", "family": "encoder", **override})
 

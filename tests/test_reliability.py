@@ -1,4 +1,4 @@
-"""Hostile input, model integrity and security against a real `bentoml serve` (issue 7, the
+"""Hostile input, model integrity and security against a real `bentoml serve` (the
 fast part; the long part, overload and soak, is bench/reliability.py).
 
 One server with auth on serves two tiny models for the whole module: the schema fuzzer and

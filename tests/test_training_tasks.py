@@ -1,4 +1,4 @@
-"""Training on tiny models for issue 3: multi-label, out-of-scope rejection, class weights,
+"""Training on tiny models: multi-label, out-of-scope rejection, class weights,
 resume after a kill, LoRA merged and exported, few-shot prompts, MNTP, distillation."""
 
 from __future__ import annotations
