@@ -291,8 +291,8 @@ def _check_against_train(split: Split, part: str, path: Path | str, train: Split
 
 def check_splits(
     train: Split,
-    validation: Split | None,
-    test: Split,
+    validation: Split | None = None,
+    test: Split | None = None,
     *,
     train_path: Path | str,
     validation_path: Path | str | None = None,
@@ -300,16 +300,19 @@ def check_splits(
 ) -> None:
     """The checks a dataset passes before any training: two labels or more in train, the same
     task type everywhere, and no validation or test label that training never saw. A split
-    without a path of its own was carved from train_path."""
+    without a path of its own was carved from train_path; a split not given is not checked
+    (train alone: before carving from it)."""
     _check_train(train, train_path)
-    _check_against_train(test, "test", test_path or train_path, train)
+    if test is not None:
+        _check_against_train(test, "test", test_path or train_path, train)
     if validation is not None:
         _check_against_train(validation, "validation", validation_path or train_path, train)
 
 
-def _carve(
+def carve_part(
     train: Split, part: str, fraction: float, max_rows: int | None, seed: int, path: Path | str
 ) -> tuple[Split, Split]:
+    """`carve_split`, refusing with what to do when nothing could be carved."""
     rest, carved = carve_split(train, fraction, max_rows, seed)
     if not len(carved):
         raise DatasetError(
@@ -336,19 +339,25 @@ def load_dataset(
     train (test first, then validation from the rest). Every check runs before any training."""
     columns = {"text_column": text_column, "label_column": label_column}
     train = read_split(train_path, **columns)
-    _check_train(train, train_path)
+    check_splits(train, train_path=train_path)  # before carving from it
     if test_path:
         test = read_split(test_path, **columns)
     else:
-        train, test = _carve(train, "test", test_fraction, None, seed, train_path)
+        train, test = carve_part(train, "test", test_fraction, None, seed, train_path)
     if validation_path:
         validation = read_split(validation_path, **columns)
     else:
-        train, validation = _carve(
+        train, validation = carve_part(
             train, "validation", val_fraction, max_val_rows, seed, train_path
         )
-    _check_against_train(test, "test", test_path or train_path, train)
-    _check_against_train(validation, "validation", validation_path or train_path, train)
+    check_splits(
+        train,
+        validation,
+        test,
+        train_path=train_path,
+        validation_path=validation_path,
+        test_path=test_path,
+    )
     resolved = lambda p: str(Path(p).resolve()) if p else None  # noqa: E731
     source = DataSource(
         name=name or Path(train_path).resolve().parent.name,

@@ -44,6 +44,11 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+def choose_labels(probs: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """(N, L) bool: every label whose probability is at or above its own threshold."""
+    return np.asarray(probs) >= np.asarray(thresholds)[None, :]
+
+
 def _probability(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
         raise DecisionError(f"{field} must be a number in [0, 1), got {value!r}")
@@ -122,9 +127,8 @@ class DecisionRule:
         best = probs.argmax(axis=-1) if len(probs) else np.zeros(0, dtype=np.int64)
         rejected = np.zeros(len(probs), dtype=bool)
         if self.multi_label:
-            cut = np.asarray(thresholds if thresholds is not None else self.default_thresholds())
-            chosen = probs >= cut[None, :]
-            return Decisions(probs, best, chosen, rejected)
+            cut = thresholds if thresholds is not None else self.default_thresholds()
+            return Decisions(probs, best, choose_labels(probs, cut), rejected)
         if self.rejects:
             t = self.rejection_threshold if rejection_threshold is None else rejection_threshold
             rejected = probs.max(axis=-1, initial=0.0) < t

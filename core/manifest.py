@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.decision import DecisionError, DecisionRule
-from core.preprocessing import Preprocessing, PreprocessingError, fill_template
-
-__all__ = ["Manifest", "ManifestError", "fill_template", "sha256_of", "verify_files"]
+from core.fields import read_json_object
+from core.preprocessing import Preprocessing, PreprocessingError
 
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.onnx"
@@ -143,13 +142,8 @@ class Manifest:
     @classmethod
     def read(cls, model_dir: Path) -> Manifest:
         path = Path(model_dir) / MANIFEST_NAME
-        if not path.is_file():
-            raise ManifestError(f"{path} not found: pass a directory written by `smallcls export`")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
-        return cls.from_dict(data)
+        missing = f"{path} not found: pass a directory written by `smallcls export`"
+        return cls.from_dict(read_json_object(path, ManifestError, missing=missing))
 
 
 def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from core.data import DataSource
 from core.decision import DecisionRule
+from core.fields import read_json_object
 from core.preprocessing import Preprocessing
 
 RUN_RECORD_NAME = "contract.json"
@@ -80,17 +81,11 @@ class RunRecord:
     @classmethod
     def read(cls, run_dir: Path | str) -> RunRecord:
         path = Path(run_dir) / RUN_RECORD_NAME
-        if not path.is_file():
-            raise RunRecordError(
-                f"{run_dir} has no {RUN_RECORD_NAME}: it was trained by an older smallcls or "
-                "is not a run directory; train it again with `smallcls train`"
-            )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise RunRecordError(f"{path} is not valid JSON ({exc}): train again") from None
-        if not isinstance(data, dict):
-            raise RunRecordError(f"{path} must hold a JSON object: train again")
+        missing = (
+            f"{run_dir} has no {RUN_RECORD_NAME}: it was trained by an older smallcls or "
+            "is not a run directory; train it again with `smallcls train`"
+        )
+        data = read_json_object(path, RunRecordError, missing=missing, todo="; train again")
         return cls.from_dict(data, str(path))
 
 

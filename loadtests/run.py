@@ -30,6 +30,7 @@ from typing import Any
 
 import psutil
 
+from core.fields import read_json_object as _read_json_object
 from loadtests.texts import mean_words, read_texts, select_texts, write_texts
 
 logger = logging.getLogger(__name__)
@@ -56,15 +57,8 @@ class LoadTestError(RuntimeError):
 
 def read_json_object(path: Path, *, written_by: str) -> dict[str, Any]:
     """A JSON object saved by a load test or sweep; errors say which file and what to pass."""
-    if not path.is_file():
-        raise LoadTestError(f"{path} not found: pass a directory written by {written_by}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise LoadTestError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise LoadTestError(f"{path}: expected a JSON object")
-    return data
+    missing = f"{path} not found: pass a directory written by {written_by}"
+    return _read_json_object(path, LoadTestError, missing=missing)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from core.fields import read_json_object
 from core.manifest import MANIFEST_NAME, MODEL_NAME, TOKENIZER_NAME, Manifest
 from core.preprocessing import TextEncoder
 from loadtests.run import SUMMARY_NAME, LoadSummary, LoadTestError
@@ -32,12 +33,7 @@ def read_manifest(model_dir: Path) -> Manifest:
     path = Path(model_dir) / MANIFEST_NAME
     if not path.is_file():
         return Manifest.read(model_dir)  # raises ManifestError naming the file
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object")
+    data = read_json_object(path, ReportError, missing=f"{path} not found")
     known = {f.name for f in dataclasses.fields(Manifest)}
     return Manifest.from_dict({k: v for k, v in data.items() if k in known})
 

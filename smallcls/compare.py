@@ -18,9 +18,8 @@ from typing import Any
 
 from core.config import DemoConfig, TrainConfig, load_config
 from core.data import (
-    DatasetError,
     Split,
-    carve_split,
+    carve_part,
     check_splits,
     read_split,
     write_split,
@@ -59,13 +58,11 @@ def prepare_data(inputs: CompareInputs, out_dir: Path) -> dict[str, Path | None]
     train = read_split(inputs.train, **columns)
     test: Split | None = read_split(inputs.test, **columns) if inputs.test else None
     validation = read_split(inputs.validation, **columns) if inputs.validation else None
-    check_splits(train, None, train, train_path=inputs.train)  # two labels, before carving
+    check_splits(train, train_path=inputs.train)  # before carving from it
     if test is None:
-        train, test = carve_split(train, inputs.test_fraction, None, inputs.seed)
-        if not len(test):
-            raise DatasetError(
-                f"{inputs.train}: too few rows to carve a test split; give a TEST file"
-            )
+        train, test = carve_part(
+            train, "test", inputs.test_fraction, None, inputs.seed, inputs.train
+        )
     check_splits(
         train,
         validation,

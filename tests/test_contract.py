@@ -134,3 +134,10 @@ def test_a_run_without_a_contract_is_refused_with_what_to_do(tmp_path):
     (tmp_path / "contract.json").write_text(json.dumps({"schema_version": 0}))
     with pytest.raises(RunRecordError, match="schema version 0"):
         RunRecord.read(tmp_path)
+
+
+@pytest.mark.parametrize("content", ["[]", "{oops"])
+def test_a_manifest_that_is_not_a_json_object_is_refused_by_name(tmp_path, content):
+    (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(ManifestError, match=r"manifest\.json"):
+        Manifest.read(tmp_path)

@@ -1,4 +1,4 @@
-"""Pure logic of issue 3: thresholds on synthetic scores with a known answer, multi-label and
+"""Pure logic of the task types: thresholds on synthetic scores with a known answer, multi-label and
 benchmark data loading, head+tail truncation, metrics."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from core.data import (
     load_dataset,
     read_split,
 )
+from core.decision import choose_labels
 from core.metrics import multilabel_metrics, oos_metrics
 from training.thresholds import (
-    apply_label_thresholds,
     reject_below,
     tune_label_thresholds,
     tune_rejection_threshold,
@@ -49,7 +49,7 @@ def test_label_thresholds_recover_a_known_separating_point():
     probs[0, 0], probs[80, 0] = 0.3, 0.2
     thresholds = tune_label_thresholds(probs, y)
     assert thresholds == pytest.approx([0.30, 0.71, 0.5])
-    pred = apply_label_thresholds(probs, thresholds)
+    pred = choose_labels(probs, thresholds).astype(int)
     assert (pred[:, :2] == y[:, :2]).all()
 
 

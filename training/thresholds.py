@@ -41,10 +41,6 @@ def tune_label_thresholds(
     return out
 
 
-def apply_label_thresholds(probs: np.ndarray, thresholds: list[float]) -> np.ndarray:
-    return (np.asarray(probs) >= np.asarray(thresholds)[None, :]).astype(int)
-
-
 def reject_below(probs: np.ndarray, threshold: float, oos_index: int) -> np.ndarray:
     """Argmax labels, replaced by the out-of-scope label where the top probability is below
     `threshold`."""
