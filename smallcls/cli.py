@@ -13,6 +13,7 @@ from pathlib import Path
 
 from core.config import ConfigError, DemoConfig, TrainConfig, load_config, parse_overrides
 from core.manifest import VARIANTS
+from smallcls.cli_help import HelpFormatter, dress, version_line
 
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
@@ -208,8 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smallcls",
         description="Train, export, serve, load-test and report small text classifiers.",
+        epilog="Run `smallcls COMMAND --help` for a command's options and examples. Exit "
+        "status: 0 done, 1 failed (the message says what to do), 2 bad usage, 130 interrupted.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -454,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="retrain even if a complete run exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
+    dress(sub)
     return parser
 
 
@@ -467,10 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Expected user errors get one clear line, not a traceback; --verbose shows it.
+        # Expected failures get one clear line, not a traceback; --verbose shows it. Exit 1:
+        # the command ran and failed; 2 stays argparse's "bad usage", as in most CLIs.
         logging.getLogger("smallcls").debug("failed", exc_info=True)
         print(f"smallcls {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     except KeyboardInterrupt:
         print(f"smallcls {args.command}: interrupted", file=sys.stderr)
         return 130

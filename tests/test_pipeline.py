@@ -125,18 +125,18 @@ def test_compare_refuses_bad_data_before_training(tmp_path):
     one_class = tmp_path / "one.csv"
     one_class.write_text("text,label\na fine film,positive\nanother,positive\n")
     result = _smallcls("compare", str(one_class), "--out", str(tmp_path / "o"), cwd=tmp_path)
-    assert result.returncode == 2 and "at least two labels" in result.stderr, result.stderr
+    assert result.returncode == 1 and "at least two labels" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o" / "runs").exists()
     result = _smallcls(
         "compare", str(one_class), "--text-column", "review", "--out", str(tmp_path / "o"),
         cwd=tmp_path,
     )  # fmt: skip
-    assert result.returncode == 2 and "review" in result.stderr, result.stderr
+    assert result.returncode == 1 and "review" in result.stderr, result.stderr
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):
     result = _smallcls("export", str(tmp_path / "nope"), cwd=tmp_path)
-    assert result.returncode == 2
+    assert result.returncode == 1  # a failure, not bad usage (2)
     assert "not a complete training run" in result.stderr
     assert "Traceback" not in result.stderr
