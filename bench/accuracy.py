@@ -236,12 +236,16 @@ def _reusable(run_dir: Path, config: TrainConfig) -> bool:
     )
 
 
-def run_cell(config: TrainConfig, runs_dir: Path, budget: Budget) -> dict[str, Any]:
+def run_cell(
+    config: TrainConfig, runs_dir: Path, budget: Budget, *, show_progress: bool = True
+) -> dict[str, Any]:
     from training.train import train
 
     run_dir = runs_dir / config.name
     if not _reusable(run_dir, config):
-        run_dir = train(config, runs_dir, show_progress=False)
+        # A cell trains for up to an hour on CPU: its bar (steps, rate, time left) is the
+        # only sign it is alive.
+        run_dir = train(config, runs_dir, show_progress=show_progress)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     spent = metrics["train"]
     info = BENCHMARKS[config.dataset or ""]
@@ -279,7 +283,12 @@ def run_cell(config: TrainConfig, runs_dir: Path, budget: Budget) -> dict[str, A
 
 
 def run_multitask(
-    datasets: list[str], budget: Budget, runs_dir: Path, overrides: dict[str, Any]
+    datasets: list[str],
+    budget: Budget,
+    runs_dir: Path,
+    overrides: dict[str, Any],
+    *,
+    show_progress: bool = True,
 ) -> list[dict[str, Any]]:
     """One SmolLM2 fine-tuned on every selected dataset that has label words, with task
     prompts: a row per dataset, to set beside one encoder per task. The budget is the whole
@@ -309,7 +318,7 @@ def run_multitask(
     )
     print(f"multitask: one SmolLM2 on {', '.join(names)} ...", flush=True)
     try:
-        run = train_multitask(tasks, base, runs_dir)
+        run = train_multitask(tasks, base, runs_dir, show_progress=show_progress)
     except Exception as exc:  # keep the grid's figures
         log.exception("multitask failed")
         error = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
@@ -448,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a TrainConfig field in every cell, e.g. device=cpu",
     )
+    parser.add_argument("--quiet", action="store_true", help="no training progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from core.config import parse_overrides
@@ -484,20 +494,20 @@ def main(argv: list[str] | None = None) -> int:
             config = dataclasses.replace(config, **overrides)
         print(f"[{i}/{len(cells)}] {dataset} x {family} ...", flush=True)
         try:
-            row = run_cell(config, runs_dir, budget)
+            row = run_cell(config, runs_dir, budget, show_progress=not args.quiet)
         except Exception as exc:  # one failed cell must not lose the others' figures
             log.exception("%s x %s failed", dataset, family)
             row = {"dataset": dataset, "family": family, "error": str(exc).splitlines()[0][:120]}
         else:
             print(
                 f"[{i}/{len(cells)}] {dataset} x {family}: {row['metric']} {row['ours']:.4f} "
-                f"({row['train_seconds']:.0f} s)",
+                f"({row['train_seconds']:.0f} s; grid {time.perf_counter() - start:.0f} s so far)",
                 flush=True,
             )
         rows.append(row)
         write_table(rows, args.out, command, budget)  # after every cell: a stop loses nothing
     if "smollm2-multitask" in families:
-        rows += run_multitask(datasets, budget, runs_dir, overrides)
+        rows += run_multitask(datasets, budget, runs_dir, overrides, show_progress=not args.quiet)
     path = write_table(rows, args.out, command, budget)
     print(path.read_text())
     print(f"table: {path} ({time.perf_counter() - start:.0f} s)")

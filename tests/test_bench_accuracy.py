@@ -108,3 +108,26 @@ def test_plots_join_the_k_sweep_in_order_and_name_untrained_cells(tmp_path):
     # Two plots, plotly.js embedded once: the page opens from disk with no network.
     assert page.count("Plotly.newPlot") == 2 and page.count("plotly.js v") == 1
     assert "sst2: accuracy vs parameters" in page
+
+
+def test_cells_train_with_progress_unless_quiet(tmp_path, monkeypatch):
+    import json
+
+    import training.train
+    from bench.accuracy import run_cell
+
+    seen: list[bool] = []
+
+    def fake_train(config, runs_dir, *, show_progress):
+        seen.append(show_progress)
+        run = Path(runs_dir) / config.name
+        run.mkdir(parents=True, exist_ok=True)
+        metrics = {"train": {"parameters": 1, "rows": 8}, "test": {"accuracy": 0.5, "rows": 4}}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        return run
+
+    monkeypatch.setattr(training.train, "train", fake_train)
+    config = cell_config("sst2", "minilm", BUDGETS["cpu"], tmp_path)
+    assert run_cell(config, tmp_path, BUDGETS["cpu"])["ours"] == 0.5
+    run_cell(config, tmp_path, BUDGETS["cpu"], show_progress=False)
+    assert seen == [True, False]
