@@ -37,6 +37,7 @@ lint: $(STAMP)
 #   service.lock  the API server (what the Bento installs): no torch, no scikit-learn
 #   train.lock    training, export, load tests and reports
 #   dev.lock      all of that plus the test and benchmark tools (what `make install` uses)
+#   gpu.lock      the service on an NVIDIA GPU: onnxruntime-gpu instead of onnxruntime
 # torch's CPU build is found in the local wheel folder ($(UV_FIND_LINKS)).
 UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),/opt/wheels)
 UV ?= $(BIN)/uv
@@ -47,6 +48,7 @@ locks:
 	$(UV_COMPILE) -o requirements/service.lock
 	$(UV_COMPILE) --extra train --extra loadtest --extra report -o requirements/train.lock
 	$(UV_COMPILE) --extra train --extra loadtest --extra report --extra dev -o requirements/dev.lock
+	$(UV_COMPILE) --extra gpu --no-emit-package onnxruntime -o requirements/gpu.lock
 
 clean:
 	rm -rf demo_output compare_output runs models report loadtests_out

@@ -96,3 +96,11 @@ def test_the_service_lock_carries_no_training_stack() -> None:
     # The locks agree with each other: one resolution under requirements/constraints.txt.
     dev = lock_names("dev.lock")
     assert all(dev[name] == version for name, version in pinned.items())
+
+
+def test_the_gpu_lock_swaps_onnxruntime_for_onnxruntime_gpu() -> None:
+    # Both wheels install the same `onnxruntime` package and overwrite each other's files.
+    pinned = lock_names("gpu.lock")
+    assert "onnxruntime-gpu" in pinned and "onnxruntime" not in pinned
+    service = lock_names("service.lock")
+    assert set(service) - {"onnxruntime"} == set(pinned) - {"onnxruntime-gpu"}
