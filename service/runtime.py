@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from core import devices
 from core.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, verify_files
 from core.preprocessing import TextEncoder
 
@@ -28,7 +29,12 @@ class Prediction:
     rejected: bool = False  # below the out-of-scope rejection threshold
 
 
-def make_session(model_path: Path, threads: int, *, spinning: bool = False) -> ort.InferenceSession:
+def make_session(
+    model_path: Path, threads: int, *, spinning: bool = False, device: str = "cpu"
+) -> ort.InferenceSession:
+    """A session on `device` (cpu, cuda or auto); a CUDA request that cannot be met raises
+    core.devices.DeviceError instead of running on the CPU."""
+    device = devices.resolve(device)
     options = ort.SessionOptions()
     # A fixed thread count: ORT's default (all cores, spinning) fights the server's other
     # workers and makes latency noisy on a 2-core machine.
@@ -40,7 +46,9 @@ def make_session(model_path: Path, threads: int, *, spinning: bool = False) -> o
         # bench/peers.py under load: about 2x the throughput without spinning.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model_path), options, providers=devices.providers(device))
+    devices.check_session(session, device, str(model_path))
+    return session
 
 
 class OnnxClassifier:
@@ -55,12 +63,16 @@ class OnnxClassifier:
         threads: int = 1,
         verify: bool = True,
         spinning: bool = False,
+        device: str = "cpu",
     ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = Manifest.read(self.model_dir)
         if verify:
             verify_files(self.model_dir, self.manifest)
-        self.session = make_session(self.model_dir / MODEL_NAME, threads, spinning=spinning)
+        self.session = make_session(
+            self.model_dir / MODEL_NAME, threads, spinning=spinning, device=device
+        )
+        self.device = devices.resolve(device)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.encoder = TextEncoder.from_file(
             self.model_dir / TOKENIZER_NAME, self.manifest.preprocessing
