@@ -58,13 +58,16 @@ class Metrics:
     def show_models(
         self, served: Iterable[Mapping[str, str]], retired: Iterable[Mapping[str, str]] = ()
     ) -> None:
-        """Model info: 1 for each served version, 0 for versions replaced by a reload.
+        """Model info: 1 for each served version, 0 for versions replaced by a reload (the
+        labels of each: `LoadedModel.info_labels`).
         Set to 0 rather than removed: in multiprocess mode a removed series stays in the
         worker's value file with its last value, so a removal would keep saying 1."""
         for labels in retired:
             self.model_info.labels(**labels).set(0)
         for labels in served:
             self.model_info.labels(**labels).set(1)
+            # The queue series exists from load on, at 0, so an idle model is seen as idle.
+            self.queue_depth.labels(model=labels["model"])
 
 
 @functools.cache
