@@ -124,6 +124,11 @@ def parse_inputs(inputs: Any) -> tuple[list[str], bool]:
     return texts, False
 
 
+def own_function(loaded: LoadedModel) -> str:
+    """The function the model's decision rule turns logits into scores with."""
+    return "sigmoid" if loaded.classifier.decision.multi_label else "softmax"
+
+
 @dataclasses.dataclass(frozen=True)
 class TeiShape:
     """TEI's `/predict` options and answers around `Classifier.serve` (see the module doc)."""
@@ -203,8 +208,7 @@ class TeiShape:
 
     def _score_function(self, loaded: LoadedModel) -> str:
         """What the scores are: the model's own probabilities unless the request asks."""
-        own = "sigmoid" if loaded.classifier.decision.multi_label else "softmax"
-        return "none" if self.raw_scores else (self.function or own)
+        return "none" if self.raw_scores else (self.function or own_function(loaded))
 
     def options(self, loaded: LoadedModel) -> dict[str, Any]:
         check_top_k(self.top_k, loaded, "parameters.top_k")
@@ -221,11 +225,10 @@ class TeiShape:
                 f"truncation_direction: {todo}",
                 "truncation_direction",
             )
-        own = "sigmoid" if loaded.classifier.decision.multi_label else "softmax"
         return {
             "top_k": None,  # every label: the order is TEI's, made in `answer`
             "thresholds": {},
-            "return_logits": self._score_function(loaded) != own,
+            "return_logits": self._score_function(loaded) != own_function(loaded),
             "truncate": truncate,
         }
 
