@@ -230,9 +230,10 @@ def locust_cpu_s() -> float:
 
 
 def latency_histogram(metrics: str, model: str) -> dict[str, float]:
-    """`smallcls_request_seconds` buckets (le -> count) for one model, summed over workers."""
+    """`smallcls_request_duration_seconds` buckets (le -> count) for one model, summed over
+    workers."""
     out: dict[str, float] = {}
-    prefix = "smallcls_request_seconds_bucket{"
+    prefix = "smallcls_request_duration_seconds_bucket{"
     for line in metrics.splitlines():
         if line.startswith(prefix) and f'model="{model}"' in line:
             le = line.split('le="', 1)[1].split('"', 1)[0]

@@ -1,13 +1,20 @@
 """A request's options checked against its model, and logits turned into the API's answers
-by the model's own decision rule (the one its training run evaluated with)."""
+by the model's own decision rule (the one its training run evaluated with).
+
+Every classification route answers through `Classifier.serve` with the same checks, batching,
+decision rule and metrics; a route differs only in its `Shape`: how it reads its options and
+writes its answers and errors (`ClassifyShape` here, TEI's in service/tei.py).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Protocol
 
 import numpy as np
 from starlette.responses import JSONResponse
 
+from service.batching import ModelFailed, Overloaded
 from service.models import LoadedModel
 
 
@@ -25,6 +32,25 @@ class ClientError(Exception):
 def error_response(status: int, message: str, field: str, **headers: str) -> JSONResponse:
     # Returned directly: BentoML's own handler wraps 4xx bodies of BentoMLException in a list.
     return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+
+
+class Shape(Protocol):
+    """One route's request options and answer format around the shared classification path."""
+
+    route: str  # the metrics label
+    texts_field: str  # the field the texts came in, as error messages name it
+
+    def options(self, loaded: LoadedModel) -> dict[str, Any]:
+        """`render`'s options for this request, checked against the model (ClientError)."""
+
+    def answer(self, loaded: LoadedModel, body: dict[str, Any]) -> JSONResponse:
+        """The 200 answer from `render`'s body."""
+
+    def refuse(self, error: ClientError) -> JSONResponse: ...
+
+    def overloaded(self, error: Overloaded) -> JSONResponse: ...
+
+    def failed(self, error: ModelFailed) -> JSONResponse: ...
 
 
 def is_number(value: Any) -> bool:
@@ -74,6 +100,52 @@ def check_threshold(value: Any, model: LoadedModel) -> dict[str, Any]:
             raise ClientError(400, f"{field} must be a number in (0, 1), got {t!r}", field)
         thresholds[rule.labels.index(label)] = float(t)
     return {"thresholds": thresholds}
+
+
+def check_top_k(value: Any, loaded: LoadedModel, field: str = "top_k") -> int | None:
+    n = len(loaded.classifier.labels)
+    if value is not None and (
+        not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= n
+    ):
+        raise ClientError(400, f"{field} must be an integer in 1..{n}, got {value!r}", field)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyShape:
+    """`POST /classify`: its body's options, `render`'s body as the answer, and errors as
+    `{"error", "field"}`."""
+
+    top_k: Any = None
+    threshold: Any = None
+    return_logits: Any = False
+    truncate: Any = True
+    route: str = "/classify"
+    texts_field: str = "texts"
+
+    def options(self, loaded: LoadedModel) -> dict[str, Any]:
+        top_k = check_top_k(self.top_k, loaded)
+        for flag in ("return_logits", "truncate"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ClientError(400, f"{flag} must be true or false", flag)
+        return {
+            "top_k": top_k,
+            "thresholds": check_threshold(self.threshold, loaded),
+            "return_logits": self.return_logits,
+            "truncate": self.truncate,
+        }
+
+    def answer(self, loaded: LoadedModel, body: dict[str, Any]) -> JSONResponse:
+        return JSONResponse(body)
+
+    def refuse(self, error: ClientError) -> JSONResponse:
+        return error_response(error.status, error.message, error.field)
+
+    def overloaded(self, error: Overloaded) -> JSONResponse:
+        return error_response(503, str(error), "model", **{"retry-after": "1"})
+
+    def failed(self, error: ModelFailed) -> JSONResponse:
+        return error_response(500, f"{error}: retry, and report it if it persists", "model")
 
 
 def render(

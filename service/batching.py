@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -39,6 +40,15 @@ class Retired(Exception):
     """This model version was replaced by a reload: resolve the model name again."""
 
 
+class ModelFailed(RuntimeError):
+    """The model raised on a batch: every request in that batch fails with this (the original
+    error is its cause), and the batcher goes on with the next batch."""
+
+    def __init__(self, model: str, error: Exception) -> None:
+        super().__init__(f"model {model!r} failed on its batch: {type(error).__name__}: {error}")
+        self.model = model
+
+
 @dataclasses.dataclass(eq=False)
 class _Job:
     texts: Sequence[str]
@@ -48,8 +58,16 @@ class _Job:
 
 # What a model returns for a batch: one array, or a tuple of arrays, with one row per text.
 Rows = np.ndarray | tuple[np.ndarray, ...]
-# (model name, batch size, queue seconds per job): how a batch was formed, for metrics.
-BatchObserver = Callable[[str, int, list[float]], None]
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports, for metrics."""
+
+    def observe_batch(self, model: str, size: int, waits: list[float]) -> None:
+        """A batch of `size` texts started; `waits`: the seconds each of its jobs queued."""
+
+    def queue_changed(self, model: str, delta: int) -> None:
+        """Texts waiting in the model's queue went up or down by `delta`."""
 
 
 class Batcher:
@@ -80,8 +98,8 @@ class Batcher:
         return self._queued_texts
 
     async def submit(self, texts: Sequence[str]) -> Rows:
-        """The rows of `run`'s output for these texts. Raises Overloaded, Retired, or what
-        the model raised."""
+        """The rows of `run`'s output for these texts. Raises Overloaded, Retired, or
+        ModelFailed (caused by what the model raised)."""
         if self.closed:
             raise Retired(self.name)
         limit = self.settings.max_queue
@@ -97,6 +115,8 @@ class Batcher:
         job = _Job(texts, loop.create_future(), time.perf_counter())
         self._jobs.append(job)
         self._queued_texts += len(texts)
+        if self._observe is not None:
+            self._observe.queue_changed(self.name, len(texts))
         self._wakeup.set()
         return await job.future
 
@@ -110,16 +130,20 @@ class Batcher:
     def _take_batch(self) -> list[_Job]:
         jobs: list[_Job] = []
         size = 0
+        taken = 0  # texts leaving the queue, cancelled jobs' included
         while self._jobs:
             job = self._jobs[0]
             if jobs and size + len(job.texts) > self.settings.max_batch_size:
                 break
             self._jobs.popleft()
             self._queued_texts -= len(job.texts)
+            taken += len(job.texts)
             if job.future.done():  # the client went away (request cancelled)
                 continue
             jobs.append(job)
             size += len(job.texts)
+        if self._observe is not None and taken:
+            self._observe.queue_changed(self.name, -taken)
         return jobs
 
     async def _loop(self) -> None:
@@ -153,14 +177,17 @@ class Batcher:
                     continue
                 texts = [t for job in live for t in job.texts]
                 if self._observe is not None:
-                    self._observe(self.name, len(texts), [now - job.enqueued for job in live])
+                    waits = [now - job.enqueued for job in live]
+                    self._observe.observe_batch(self.name, len(texts), waits)
                 try:
                     rows = await loop.run_in_executor(self._executor, self._run, texts)
                 except Exception as exc:  # the model failed: fail this batch, keep serving
                     logger.exception("model %r failed on a batch of %d", self.name, len(texts))
+                    failed = ModelFailed(self.name, exc)
+                    failed.__cause__ = exc
                     for job in live:
                         if not job.future.done():
-                            job.future.set_exception(exc)
+                            job.future.set_exception(failed)
                     continue
                 start = 0
                 for job in live:

@@ -20,8 +20,14 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Open without a token: orchestrators probe these without credentials.
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
+# Open without a token: orchestrators probe these without credentials (`/health` is Text
+# Embeddings Inference's probe, public there too).
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/health"})
+# Text Embeddings Inference's routes (service/tei.py) answer errors in its body,
+# `{"error", "error_type"}`, the gateway's included. TEI answers 401 with no body at all;
+# "Unauthorized" is this service's addition to its error types.
+TEI_PATHS = frozenset({"/", "/predict", "/info", "/health"})
+TEI_ERROR_TYPES = {401: "Unauthorized", 408: "Validation", 413: "Validation"}
 
 
 class GatewayConfig:
@@ -59,8 +65,14 @@ def recycle_connection(scope: Scope) -> bool:
     return False
 
 
-async def _json_error(send: Send, status: int, message: str, field: str, **headers: str) -> None:
-    body = json.dumps({"error": message, "field": field}).encode()
+async def _json_error(
+    send: Send, path: str, status: int, message: str, field: str, **headers: str
+) -> None:
+    if path in TEI_PATHS:
+        shaped = {"error": message, "error_type": TEI_ERROR_TYPES.get(status, "Validation")}
+    else:
+        shaped = {"error": message, "field": field}
+    body = json.dumps(shaped).encode()
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
@@ -120,6 +132,7 @@ class Gateway:
         ):
             await _json_error(
                 send,
+                scope["path"],
                 401,
                 "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
                 "authorization",
@@ -131,7 +144,11 @@ class Gateway:
             if key == b"content-length":
                 if not value.isdigit() or int(value) > limit:
                     await _json_error(
-                        send, 413, f"the body is over {limit} bytes: send fewer texts", "body"
+                        send,
+                        scope["path"],
+                        413,
+                        f"the body is over {limit} bytes: send fewer texts",
+                        "body",
                     )
                     return
                 break
@@ -174,4 +191,4 @@ class Gateway:
             await self.app(scope, limited_receive, tracking_send)
         except BodyRefused as exc:
             if not started:
-                await _json_error(send, exc.status, exc.message, "body")
+                await _json_error(send, scope["path"], exc.status, exc.message, "body")

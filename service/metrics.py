@@ -1,30 +1,73 @@
-"""Prometheus metrics per model, exported on BentoML's `/metrics` next to its own."""
+"""Prometheus metrics per model, exported on BentoML's `/metrics` next to its own.
+
+Names follow Prometheus' conventions (https://prometheus.io/docs/practices/naming/): a
+`smallcls_` prefix, the base unit as suffix (`_seconds`, `_texts`), counters ending `_total`
+(prometheus_client appends it to a Counter's name) and `_info` for the constant-1 gauge that
+carries a model's facts as labels. BentoML runs prometheus_client in multiprocess mode (one
+directory of value files shared by the workers), so every gauge says how the workers' values
+combine: `livesum` for the texts waiting (the service's queue is the sum of its workers'),
+`livemax` for the model info (1 while any live worker serves that version).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 QUEUE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
+# The names as scraped (a Counter's `_total` included), for docs, alert rules and tests.
+REQUESTS = "smallcls_requests_total"
+REQUEST_DURATION = "smallcls_request_duration_seconds"
+BATCH_SIZE = "smallcls_batch_size_texts"
+QUEUE_WAIT = "smallcls_queue_wait_seconds"
+QUEUE_DEPTH = "smallcls_queue_depth_texts"
+REJECTED = "smallcls_rejected_requests_total"
+TEXTS = "smallcls_texts_total"
+MODEL_INFO = "smallcls_model_info"
+# Labels of MODEL_INFO, from the model's manifest (see LoadedModel.info_labels).
+MODEL_INFO_LABELS = ("model", "version", "variant", "precision", "family", "base_model")
+
 
 @dataclasses.dataclass(frozen=True)
 class Metrics:
-    requests: Any  # Counter {model, status}: every /classify answer, errors included
+    requests: Any  # Counter {model, route, status}: every classification answer, errors included
     latency: Any  # Histogram {model}: seconds from request parsed to answer
     batch_size: Any  # Histogram {model}: texts per onnxruntime batch
     queue_time: Any  # Histogram {model}: seconds a request waited for its batch
-    rejected: Any  # Counter {model, reason}: answered 503 because of overload
+    queue_depth: Any  # Gauge {model}: texts waiting for a batch now
+    rejected: Any  # Counter {model, reason}: answered 503 (or TEI's 429) because of overload
     texts: Any  # Counter {model}: texts classified
+    model_info: Any  # Gauge {MODEL_INFO_LABELS}: 1 per served model version
 
     def observe_batch(self, model: str, size: int, waits: list[float]) -> None:
         self.batch_size.labels(model=model).observe(size)
         queue = self.queue_time.labels(model=model)
         for wait in waits:
             queue.observe(wait)
+
+    def queue_changed(self, model: str, delta: int) -> None:
+        # inc/dec, not set: during a reload the old and the new version of a model share its
+        # name, and each only knows its own queue.
+        self.queue_depth.labels(model=model).inc(delta)
+
+    def show_models(
+        self, served: Iterable[Mapping[str, str]], retired: Iterable[Mapping[str, str]] = ()
+    ) -> None:
+        """Model info: 1 for each served version, 0 for versions replaced by a reload (the
+        labels of each: `LoadedModel.info_labels`).
+        Set to 0 rather than removed: in multiprocess mode a removed series stays in the
+        worker's value file with its last value, so a removal would keep saying 1."""
+        for labels in retired:
+            self.model_info.labels(**labels).set(0)
+        for labels in served:
+            self.model_info.labels(**labels).set(1)
+            # The queue series exists from load on, at 0, so an idle model is seen as idle.
+            self.queue_depth.labels(model=labels["model"])
 
 
 @functools.cache
@@ -35,25 +78,41 @@ def get_metrics() -> Metrics:
 
     return Metrics(
         requests=prom.Counter(
-            "smallcls_requests", "Classify requests by model and HTTP status", ["model", "status"]
+            REQUESTS.removesuffix("_total"),
+            "Classification requests by model, route and HTTP status",
+            ["model", "route", "status"],
         ),
         latency=prom.Histogram(
-            "smallcls_request_seconds",
-            "Classify latency in the service (parsed to answered)",
+            REQUEST_DURATION,
+            "Classification latency in the service (request parsed to answer ready)",
             ["model"],
             buckets=LATENCY_BUCKETS,
         ),
         batch_size=prom.Histogram(
-            "smallcls_batch_size", "Texts per model call", ["model"], buckets=BATCH_BUCKETS
+            BATCH_SIZE, "Texts per model call", ["model"], buckets=BATCH_BUCKETS
         ),
         queue_time=prom.Histogram(
-            "smallcls_queue_seconds",
-            "Time a request waited for its batch to start",
+            QUEUE_WAIT,
+            "Time a request waited in its model's queue for its batch to start",
             ["model"],
             buckets=QUEUE_BUCKETS,
         ),
-        rejected=prom.Counter(
-            "smallcls_rejected", "Requests refused with 503 under overload", ["model", "reason"]
+        queue_depth=prom.Gauge(
+            QUEUE_DEPTH,
+            "Texts waiting in the model's queue, summed over live workers",
+            ["model"],
+            multiprocess_mode="livesum",
         ),
-        texts=prom.Counter("smallcls_texts", "Texts classified", ["model"]),
+        rejected=prom.Counter(
+            REJECTED.removesuffix("_total"),
+            "Requests refused because the model was overloaded",
+            ["model", "reason"],
+        ),
+        texts=prom.Counter(TEXTS.removesuffix("_total"), "Texts classified", ["model"]),
+        model_info=prom.Gauge(
+            MODEL_INFO,
+            "1 for each served model version (0: replaced by a reload); facts as labels",
+            list(MODEL_INFO_LABELS),
+            multiprocess_mode="livemax",
+        ),
     )

@@ -69,6 +69,18 @@ class LoadedModel:
     def name(self) -> str:
         return self.classifier.name
 
+    def info_labels(self) -> dict[str, str]:
+        """The labels of the `smallcls_model_info` gauge (service.metrics.MODEL_INFO_LABELS)."""
+        m = self.classifier.manifest
+        return {
+            "model": m.name,
+            "version": self.version,
+            "variant": m.variant or m.precision,  # manifests before variants named only this
+            "precision": m.precision,
+            "family": m.family,
+            "base_model": m.base_model,
+        }
+
     def facts(self) -> dict[str, Any]:
         """What `GET /models` says about the model: the manifest's key facts."""
         m = self.classifier.manifest

@@ -7,7 +7,9 @@ avoids a second process and a second HTTP hop per request, which on 2 cores cost
 much CPU as MiniLM's inference (measured by bench/peers.py).
 
 Routes: `POST /classify`, `GET /models`, `POST /admin/models` (change the model list, needs
-auth), `/livez`, `/readyz` (ready after every model is loaded and warmed), `/metrics`.
+auth), `/livez`, `/readyz` (ready after every model is loaded and warmed), `/metrics`, and
+Text Embeddings Inference's `POST /predict`, `POST /`, `GET /info`, `GET /health`
+(service/tei.py).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service import gateway
-from service.answers import ClientError, check_threshold, error_response, render, shorten
-from service.batching import Overloaded, Retired
+from service import gateway, tei
+from service.answers import ClassifyShape, ClientError, Shape, error_response, render, shorten
+from service.batching import ModelFailed, Overloaded, Retired
 from service.metrics import get_metrics
 from service.models import LoadedModel, by_path, check_entries, load_all
 from service.schema import REQUEST_STATE_KEY, ClassifyRequest, ClassifyResponse
@@ -113,7 +115,8 @@ class Classifier:
         gateway.CONFIG.body_timeout_s = self.settings.body_timeout_s
         gateway.CONFIG.max_requests_per_connection = self.settings.max_requests_per_connection
         self.metrics = get_metrics()
-        self.models = load_all(self.settings.models, self.settings, self.metrics.observe_batch)
+        self.models = load_all(self.settings.models, self.settings, self.metrics)
+        self.metrics.show_models(m.info_labels() for m in self.models.values())
         self.default_model = self._check_default(self.settings.default_model, self.models)
         self._models_file_mtime = self._file_mtime()
         self._reload_lock = asyncio.Lock()
@@ -153,7 +156,7 @@ class Classifier:
         async with self._reload_lock:
             old = self.models
             new = await asyncio.get_running_loop().run_in_executor(
-                None, load_all, entries, self.settings, self.metrics.observe_batch, by_path(old)
+                None, load_all, entries, self.settings, self.metrics, by_path(old)
             )
             if default is not None:  # asked for: it must be among the new models
                 default = self._check_default(default, new)
@@ -163,9 +166,12 @@ class Classifier:
                 default = next(iter(new))
             self.models, self.default_model = new, default
             kept = {id(m) for m in new.values()}
-            for model in old.values():
-                if id(model) not in kept:
-                    model.batcher.close()
+            retired = [m for m in old.values() if id(m) not in kept]
+            for model in retired:
+                model.batcher.close()
+            self.metrics.show_models(
+                (m.info_labels() for m in new.values()), (m.info_labels() for m in retired)
+            )
             logger.info("reloaded: models %s, default %r", list(new), default)
 
     @bentoml.on_startup
@@ -210,29 +216,29 @@ class Classifier:
             )
         return self.models[model]
 
-    def _check_texts(self, texts: Any) -> tuple[list[str], list[str]]:
-        """(texts, the field name of each: "texts" for a lone string, else "texts[i]")."""
+    def _check_texts(self, texts: Any, name: str = "texts") -> tuple[list[str], list[str]]:
+        """(texts, the field name of each: `name` for a lone string, else "name[i]")."""
         if texts is None:
-            raise ClientError(400, "texts is required: a string or a JSON list of strings", "texts")
+            raise ClientError(400, f"{name} is required: a string or a JSON list of strings", name)
         if isinstance(texts, str):
             texts = [texts]
-            fields = ["texts"]
+            fields = [name]
         elif isinstance(texts, list):
-            fields = [f"texts[{i}]" for i in range(len(texts))]
+            fields = [f"{name}[{i}]" for i in range(len(texts))]
         else:
             raise ClientError(
                 400,
-                f"texts must be a string or a list of strings, got {type(texts).__name__}",
-                "texts",
+                f"{name} must be a string or a list of strings, got {type(texts).__name__}",
+                name,
             )
         if not texts:
-            raise ClientError(400, "texts is empty: send at least one text", "texts")
+            raise ClientError(400, f"{name} is empty: send at least one text", name)
         if len(texts) > self.settings.max_texts:
             raise ClientError(
                 400,
                 f"too many texts ({len(texts)}): send at most {self.settings.max_texts} "
                 "per request",
-                "texts",
+                name,
             )
         for text, field in zip(texts, fields, strict=True):
             if not isinstance(text, str):
@@ -256,25 +262,6 @@ class Classifier:
                 )
         return texts, fields
 
-    def _check_options(self, body: dict[str, Any], loaded: LoadedModel) -> dict[str, Any]:
-        labels = loaded.classifier.labels
-        top_k = body.get("top_k")
-        if top_k is not None and (
-            not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= len(labels)
-        ):
-            raise ClientError(
-                400, f"top_k must be an integer in 1..{len(labels)}, got {top_k!r}", "top_k"
-            )
-        for flag in ("return_logits", "truncate"):
-            if not isinstance(body[flag], bool):
-                raise ClientError(400, f"{flag} must be true or false", flag)
-        return {
-            "top_k": top_k,
-            "thresholds": check_threshold(body.get("threshold"), loaded),
-            "return_logits": body["return_logits"],
-            "truncate": body["truncate"],
-        }
-
     @bentoml.api(route="/classify", input_spec=ClassifyRequest)
     async def classify(
         self,
@@ -295,39 +282,45 @@ class Classifier:
         Errors answer `{"error": "<what to do>", "field": "<where>"}`: 400 bad body, field or
         value; 401 no or wrong token (when auth is on); 404 unknown model; 413 a text over the
         character limit, a text over max_length tokens with `truncate: false`, or a body over
-        the byte limit; 503 overloaded (retry after the Retry-After seconds).
+        the byte limit; 500 the model failed; 503 overloaded (retry after the Retry-After
+        seconds).
         """
+        problem = getattr(ctx.request.state, REQUEST_STATE_KEY, None)
+        shape = ClassifyShape(top_k, threshold, return_logits, truncate)
+        response = await self.serve(shape, model, texts, ClientError(*problem) if problem else None)
+        # With a ctx parameter BentoML overwrites the status code with ctx's.
+        ctx.response.status_code = response.status_code
+        return response  # type: ignore[return-value]  # BentoML passes Responses through
+
+    async def serve(
+        self, shape: Shape, model: Any, texts: Any, problem: ClientError | None = None
+    ) -> JSONResponse:
+        """The one path of every classification route (`/classify`, TEI's `/predict` and
+        `/`): the same model choice, limits, batching, decision rule and metrics, so every
+        route gives the answer that was evaluated; `shape` only reads the route's options
+        and writes its answer and errors. `problem`: the body was refused while parsing."""
         started = time.perf_counter()
         name = UNKNOWN_MODEL_LABEL
         try:
-            if problem := getattr(ctx.request.state, REQUEST_STATE_KEY, None):
-                raise ClientError(*problem)
+            if problem is not None:
+                raise problem
             loaded = self._resolve(model)
             name = loaded.name
-            text_list, fields = self._check_texts(texts)
-            options = self._check_options(
-                {
-                    "top_k": top_k,
-                    "threshold": threshold,
-                    "return_logits": return_logits,
-                    "truncate": truncate,
-                },
-                loaded,
-            )
+            text_list, fields = self._check_texts(texts, shape.texts_field)
+            options = shape.options(loaded)
             body = await self._predict(loaded, text_list, fields, options)
-            status = 200
-            response = JSONResponse(body)
+            response = shape.answer(loaded, body)
         except ClientError as exc:
-            status, response = exc.status, error_response(exc.status, exc.message, exc.field)
+            response = shape.refuse(exc)
         except Overloaded as exc:
             self.metrics.rejected.labels(model=name, reason=exc.reason).inc()
-            status = 503
-            response = error_response(503, str(exc), "model", **{"retry-after": "1"})
-        self.metrics.requests.labels(model=name, status=str(status)).inc()
+            response = shape.overloaded(exc)
+        except ModelFailed as exc:
+            response = shape.failed(exc)
+        status = str(response.status_code)
+        self.metrics.requests.labels(model=name, route=shape.route, status=status).inc()
         self.metrics.latency.labels(model=name).observe(time.perf_counter() - started)
-        # With a ctx parameter BentoML overwrites the status code with ctx's.
-        ctx.response.status_code = status
-        return response  # type: ignore[return-value]  # BentoML passes Responses through
+        return response
 
     async def _predict(
         self, loaded: LoadedModel, texts: list[str], fields: list[str], options: dict[str, Any]
@@ -436,6 +429,7 @@ Classifier.mount_asgi_app(
         routes=[
             Route("/models", list_models, methods=["GET"]),
             Route("/admin/models", admin_models, methods=["POST"]),
+            *tei.routes(_active, SERVER),  # Text Embeddings Inference's API
         ]
     ),
     path="/",

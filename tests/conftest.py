@@ -22,3 +22,20 @@ def tiny_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny")
     return {style: make_tiny(root / style, style) for style in ("bert", "llama", "t5")}
+
+
+@pytest.fixture(scope="session")
+def service_app():
+    """The service's ASGI app, built once per process: a second `Classifier.to_asgi()` would
+    register BentoML's Prometheus metrics again (DuplicateTimeseries). Each module enters its
+    own `TestClient(service_app)` after setting its environment: the lifespan builds a new
+    `Classifier` from it, with that module's models."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # Not this code's: BentoML 1.4.40 uses APIs pydantic and pathspec deprecate.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*httpx2")
+        from service.service import Classifier
+
+        return Classifier.to_asgi()

@@ -87,14 +87,14 @@ def service_env(model_dirs: list[Path], **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def client(model_dirs: list[Path]) -> Iterator[TestClient]:
+def client(model_dirs: list[Path], service_app: Any) -> Iterator[TestClient]:
     """The app with all models; entering the client runs BentoML's lifespan (models load)."""
     with pytest.MonkeyPatch.context() as mp:
         for key, value in service_env(model_dirs).items():
             mp.setenv(key, value)
         for key in ("SMALLCLS_DEFAULT_MODEL", "SMALLCLS_AUTH_TOKEN", "SMALLCLS_MODELS_FILE"):
             mp.delenv(key, raising=False)
-        with TestClient(Classifier.to_asgi()) as test_client:
+        with TestClient(service_app) as test_client:
             yield test_client
 
 
@@ -375,11 +375,11 @@ def test_metrics_count_requests_batches_and_errors(client: TestClient) -> None:
     # Read from the process's registry: BentoML's /metrics does not answer under to_asgi()
     # (no multiprocess directory); the integration test reads it from `bentoml serve`.
     text = prometheus_client.generate_latest().decode()
-    assert 'smallcls_requests_total{model="beta",status="200"}' in text
-    assert 'smallcls_requests_total{model="-",status="404"}' in text
-    assert 'smallcls_batch_size_count{model="beta"}' in text
-    assert 'smallcls_queue_seconds_bucket{le="0.001",model="beta"}' in text
-    assert 'smallcls_request_seconds_bucket{le="0.01",model="beta"}' in text
+    assert 'smallcls_requests_total{model="beta",route="/classify",status="200"}' in text
+    assert 'smallcls_requests_total{model="-",route="/classify",status="404"}' in text
+    assert 'smallcls_batch_size_texts_count{model="beta"}' in text
+    assert 'smallcls_queue_wait_seconds_bucket{le="0.001",model="beta"}' in text
+    assert 'smallcls_request_duration_seconds_bucket{le="0.01",model="beta"}' in text
 
 
 def test_auth_on_refuses_without_the_token(client: TestClient, auth_on: str) -> None:
@@ -635,8 +635,8 @@ def test_bentoml_serve_answers_concurrent_requests(model_dirs: list[Path], tmp_p
         assert all(r[2] == 1 for r in results)
 
         metrics = http.get("/metrics").text
-        texts = metric_value(metrics, "smallcls_batch_size_sum")
-        batches = metric_value(metrics, "smallcls_batch_size_count")
+        texts = metric_value(metrics, "smallcls_batch_size_texts_sum")
+        batches = metric_value(metrics, "smallcls_batch_size_texts_count")
         assert texts == 2 + n_requests  # the 404 never reached a model
         assert batches < texts, f"no batching: {batches} batches for {texts} texts"
         assert metric_value(metrics, "smallcls_requests_total", model="-", status="404") == 1
