@@ -7,9 +7,15 @@ pooling heads (mean pooling, bidirectional masks, label-word rows), which it can
 
 Each variant (export/variants.py) is then scored on the full test split through the serving
 runtime (service/runtime.py: the server's tokenizer path, not torch's) and passed through the
-accuracy gate against its fp32 parent (export/gate.py). Its manifest records that accuracy,
-its parity with torch and with fp32, the gate's verdict, file sizes and sha256. A refused
-variant is moved to `<out>/refused/<name>/` and never registered, unless forced.
+accuracy gate against its fp32 parent (export/scoring.py, export/gate.py). Its manifest
+records that accuracy, its parity with torch and with fp32, the gate's verdict, file sizes and
+the sha256 of every file. A refused variant is moved to `<out>/refused/<name>/` and never
+registered, unless forced.
+
+Every directory also holds what the Hugging Face stack reads (export/hf_files.py: config.json,
+tokenizer_config.json), so optimum's ORTModelForSequenceClassification and
+transformers.pipeline load it, and a model card (export/model_card.py) that says whether they
+give the served answers, as checked on test texts at export.
 """
 
 from __future__ import annotations
@@ -29,14 +35,12 @@ import torch
 from core import registry
 from core.config import TrainConfig
 from core.data import Dataset, dataset_for
-from core.decision import DecisionRule
 from core.manifest import MANIFEST_NAME, MODEL_NAME, Manifest, sha256_of
-from core.metrics import decision_metrics, label_agreement
 from core.preprocessing import TextEncoder
 from core.run_record import RunRecord, read_predictions
 from export import gate, hf_files, model_card
 from export import variants as variants_mod
-from export.scoring import score, where_to_check
+from export.scoring import Checked, Reference, check_variant
 from export.variants import PRECISION, parse_variants
 from service.runtime import OnnxClassifier
 from training.evaluate import gold, predict_logits
@@ -114,9 +118,7 @@ class _Source:
     config: TrainConfig
     record: RunRecord
     dataset: Dataset
-    y_true: np.ndarray  # (N,) label ids or (N, L) 0/1, for the test split
-    run_answers: list[dict[str, Any]]  # the run's own answer per test row
-    torch_logits: np.ndarray  # (parity_rows, L)
+    reference: Reference  # the test split, the run's answers, torch's logits
 
 
 def _read_source(run_dir: Path, parity_rows: int) -> _Source:
@@ -142,8 +144,14 @@ def _read_source(run_dir: Path, parity_rows: int) -> _Source:
     torch_logits = predict_logits(
         model, encoder, dataset.test.texts[:parity_rows], batch_size=config.eval_batch_size
     )
-    y_true = gold(dataset, dataset.test)
-    return _Source(model, tokenizer, config, record, dataset, y_true, answers, torch_logits)
+    reference = Reference(
+        rule=record.decision,
+        texts=dataset.test.texts,
+        y_true=gold(dataset, dataset.test),
+        run_answers=answers,
+        torch_logits=torch_logits,
+    )
+    return _Source(model, tokenizer, config, record, dataset, reference)
 
 
 def _build(
@@ -170,67 +178,6 @@ def _build(
             show_progress=show_progress,
         )
     return variants_mod.convert_fp16(source, target)
-
-
-def _agreement_with_run(rule: DecisionRule, logits: np.ndarray, answers: list[dict]) -> float:
-    """Share of test rows whose answer (label set) equals the run's own evaluated answer."""
-    served = rule.answers(rule.decide(logits))
-    same = [a["labels"] == b["labels"] for a, b in zip(served, answers, strict=True)]
-    return float(np.mean(same)) if same else 1.0
-
-
-@dataclasses.dataclass(frozen=True)
-class _Checked:
-    metrics: dict[str, Any]  # of this file, through the serving code, on the test split
-    parity: dict[str, Any]
-    gate: dict[str, Any]  # the manifest's record of the verdict
-    verified_on: dict[str, Any]
-    result: gate.GateResult | None = None  # None: nothing here could run it
-    logits: np.ndarray | None = None
-
-
-def _check(
-    variant: str,
-    src: _Source,
-    partial: Path,
-    fp32_logits: np.ndarray | None,
-    gate_kw: dict[str, Any],
-    force: bool,
-    show_progress: bool,
-) -> _Checked:
-    """Score the variant through the serving code on the whole test split and gate it."""
-    rule = src.record.decision
-    device, verified_on = where_to_check(variant, partial)
-    parity: dict[str, Any] = {"rows": len(src.torch_logits)}
-    if device is None:
-        # Nothing here can run it: kept with its manifest saying so, never "passed".
-        reasons = ["not checked: no device here can run it"]
-        return _Checked(
-            {}, parity, {"passed": False, "forced": force, "reasons": reasons}, verified_on
-        )
-    name = partial.name.removesuffix(".partial")
-    logits, seconds = score(
-        partial,
-        src.dataset.test.texts,
-        threads=torch.get_num_threads(),
-        device=device,
-        show_progress=show_progress,
-        desc=f"{name}: test split",
-    )
-    log.info("%s: scored %d test texts in %.1f s", name, len(logits), seconds)
-    metrics = decision_metrics(rule, rule.decide(logits), src.y_true) | {"seconds": seconds}
-    head = logits[: len(src.torch_logits)]
-    parity["max_abs_logit_diff_vs_torch"] = float(np.abs(head - src.torch_logits).max())
-    parity["label_agreement_vs_torch"] = label_agreement(head, src.torch_logits)
-    parity["answer_agreement_vs_run"] = _agreement_with_run(rule, logits, src.run_answers)
-    if fp32_logits is None:  # fp32 itself is judged against torch on the parity rows
-        result = gate.check(head, src.torch_logits, src.y_true[: len(head)], **gate_kw)
-    else:
-        result = gate.check(logits, fp32_logits, src.y_true, **gate_kw)
-        parity["max_abs_logit_diff_vs_fp32"] = result.max_abs_logit_diff
-        parity["label_agreement_vs_fp32"] = result.agreement
-    record = {**result.as_dict(), "forced": force and not result.passed, "checked_on": device}
-    return _Checked(metrics, parity, record, verified_on, result, logits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +210,7 @@ def _export_variant(
     src: _Source,
     fp32_logits: np.ndarray | None,
     settings: _Settings,
-) -> tuple[Manifest, _Checked]:
+) -> tuple[Manifest, Checked]:
     """Build one variant into `partial`, gate it, check it with optimum and write its card."""
     log.info("%s: building", target.name)
     start = time.perf_counter()
@@ -285,8 +232,14 @@ def _export_variant(
     )
     manifest.write(partial)
     export_seconds = round(time.perf_counter() - start, 1)
-    checked = _check(
-        variant, src, partial, fp32_logits, settings.gate_kw, settings.force, settings.show_progress
+    checked = check_variant(
+        variant,
+        partial,
+        src.reference,
+        fp32_logits,
+        settings.gate_kw,
+        force=settings.force,
+        show_progress=settings.show_progress,
     )
     manifest = dataclasses.replace(
         manifest,

@@ -1,23 +1,32 @@
-"""Scoring a model directory on the test split through the serving runtime, with progress.
+"""Scoring a variant on the test split through the serving runtime, and gating it.
 
 The gate judges what the server will run: `service.runtime.OnnxClassifier` (its tokenizer
-path and feeds), on the device the variant is meant for. A full test split takes minutes for
-a decoder, so the loop shows a bar (rows done / total and rate) unless told to be quiet.
+path and feeds), on the device the variant is meant for, against its references (torch's
+logits, the fp32 parent's, the run's own answers). A full test split takes minutes for a
+decoder, so the loop shows a bar (rows done / total and rate) unless told to be quiet.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import torch
 from tqdm.auto import tqdm
 
+from core.decision import DecisionRule
 from core.manifest import MODEL_NAME
+from core.metrics import decision_metrics, label_agreement
+from export import gate
 from export.variants import cuda_available
 from service.runtime import OnnxClassifier, make_session
+
+log = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
 
@@ -83,3 +92,76 @@ def where_to_check(variant: str, model_dir: Path) -> tuple[str | None, dict[str,
         "gpu": False,
         "notes": ["checked on CPU only; no CUDA here, so unverified on GPU"],
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """What every variant of one run is checked against."""
+
+    rule: DecisionRule
+    texts: list[str]  # the test split
+    y_true: np.ndarray  # (N,) label ids or (N, L) 0/1
+    run_answers: list[dict[str, Any]]  # the run's own answer per test row
+    torch_logits: np.ndarray  # (parity_rows, L), for the first test rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    metrics: dict[str, Any]  # of this file, through the serving code, on the test split
+    parity: dict[str, Any]
+    gate: dict[str, Any]  # the manifest's record of the verdict
+    verified_on: dict[str, Any]
+    result: gate.GateResult | None = None  # None: nothing here could run it
+    logits: np.ndarray | None = None
+
+
+def agreement_with_run(rule: DecisionRule, logits: np.ndarray, answers: list[dict]) -> float:
+    """Share of test rows whose answer (label set) equals the run's own evaluated answer."""
+    served = rule.answers(rule.decide(logits))
+    same = [a["labels"] == b["labels"] for a, b in zip(served, answers, strict=True)]
+    return float(np.mean(same)) if same else 1.0
+
+
+def check_variant(
+    variant: str,
+    model_dir: Path,
+    ref: Reference,
+    fp32_logits: np.ndarray | None,
+    gate_kw: dict[str, Any],
+    *,
+    force: bool,
+    show_progress: bool,
+) -> Checked:
+    """Score the variant through the serving code on the whole test split and gate it:
+    fp32 against torch on the parity rows, every other variant against fp32."""
+    rule = ref.rule
+    device, verified_on = where_to_check(variant, model_dir)
+    parity: dict[str, Any] = {"rows": len(ref.torch_logits)}
+    if device is None:
+        # Nothing here can run it: kept with its manifest saying so, never "passed".
+        reasons = ["not checked: no device here can run it"]
+        verdict = {"passed": False, "forced": force, "reasons": reasons}
+        return Checked({}, parity, verdict, verified_on)
+    name = model_dir.name.removesuffix(".partial")
+    logits, seconds = score(
+        model_dir,
+        ref.texts,
+        threads=torch.get_num_threads(),
+        device=device,
+        show_progress=show_progress,
+        desc=f"{name}: test split",
+    )
+    log.info("%s: scored %d test texts in %.1f s", name, len(logits), seconds)
+    metrics = decision_metrics(rule, rule.decide(logits), ref.y_true) | {"seconds": seconds}
+    head = logits[: len(ref.torch_logits)]
+    parity["max_abs_logit_diff_vs_torch"] = float(np.abs(head - ref.torch_logits).max())
+    parity["label_agreement_vs_torch"] = label_agreement(head, ref.torch_logits)
+    parity["answer_agreement_vs_run"] = agreement_with_run(rule, logits, ref.run_answers)
+    if fp32_logits is None:  # fp32 itself is judged against torch on the parity rows
+        result = gate.check(head, ref.torch_logits, ref.y_true[: len(head)], **gate_kw)
+    else:
+        result = gate.check(logits, fp32_logits, ref.y_true, **gate_kw)
+        parity["max_abs_logit_diff_vs_fp32"] = result.max_abs_logit_diff
+        parity["label_agreement_vs_fp32"] = result.agreement
+    record = {**result.as_dict(), "forced": force and not result.passed, "checked_on": device}
+    return Checked(metrics, parity, record, verified_on, result, logits)
