@@ -71,8 +71,8 @@ def write_run_card(
     body = f"""
 # Trained backbone of a smallcls run
 
-The `model/` folder of a smallcls training run: a `{spec.family}` classifier with a
-`{spec.head}` head{layers}, fine-tuned from `{base_model}`, for the labels
+The `model/` folder of a smallcls training run: a classifier of family `{spec.family}` with
+the head `{spec.head}`{layers}, on the base model `{base_model}`, for the labels
 {", ".join(f"`{label}`" for label in labels)} ({spec.problem_type.replace("_", "-")}).
 
 | file | what |
