@@ -139,10 +139,11 @@ class PipelineCheck:
     same_with_recipe: int = 0  # the card's recipe: template, truncation=True, our rule
     same_plain: int = 0  # `classify(text, truncation=True)`: top label only, no template
     error: str = ""  # why optimum could not load or run the directory; empty when it did
+    installed: bool = True  # optimum-onnx was importable where the export ran
 
     @property
     def loaded(self) -> bool:
-        return not self.error
+        return self.installed and not self.error
 
 
 def check_with_pipeline(model_dir: Path, manifest: Manifest, texts: Sequence[str]) -> PipelineCheck:
@@ -153,8 +154,11 @@ def check_with_pipeline(model_dir: Path, manifest: Manifest, texts: Sequence[str
     texts = list(texts)
     try:
         from optimum.onnxruntime import ORTModelForSequenceClassification
-        from transformers import AutoTokenizer, pipeline
+    except ImportError:  # optional where export runs; the card says it was not checked
+        return PipelineCheck(len(texts), installed=False)
+    from transformers import AutoTokenizer, pipeline
 
+    try:
         with _quiet_transformers():
             model = ORTModelForSequenceClassification.from_pretrained(model_dir)
             tokenizer = AutoTokenizer.from_pretrained(model_dir)

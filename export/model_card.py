@@ -122,6 +122,11 @@ def _sci(value: Any) -> str:
 def _check_text(m: Manifest, check: PipelineCheck | None) -> str:
     if check is None:
         return "Not checked at export: no device here could run this file."
+    if not check.installed:
+        return (
+            "Not checked at export: optimum-onnx is not installed where this was exported "
+            "(`pip install optimum-onnx[onnxruntime]`)."
+        )
     if not check.loaded:
         return (
             "**optimum could not load or run this directory** at export: "

@@ -289,3 +289,21 @@ def test_a_directory_optimum_cannot_load_is_said_so_on_its_card(single, tmp_path
     assert not check.loaded and check.error
     write_card(copy, manifest, check)
     assert "**optimum could not load or run this directory**" in (copy / "README.md").read_text()
+
+
+def test_without_optimum_the_card_says_it_was_not_checked(single, tmp_path, monkeypatch):
+    import shutil
+    import sys
+
+    from export.hf_files import check_with_pipeline
+    from export.model_card import write_card
+
+    copy = Path(shutil.copytree(single[1], tmp_path / "m"))
+    manifest = Manifest.read(copy)
+    monkeypatch.setitem(sys.modules, "optimum.onnxruntime", None)  # import fails
+    check = check_with_pipeline(copy, manifest, single[3][:4])
+    assert not check.installed and not check.loaded
+    write_card(copy, manifest, check)
+    text = (copy / "README.md").read_text()
+    assert "Not checked at export: optimum-onnx is not installed" in text
+    assert "could not load" not in text
