@@ -8,7 +8,7 @@ Targets, one at a time (never two servers at once, so they do not share the core
 - ours: `bentoml serve` of service.service:Classifier (SMALLCLS_THREADS, SMALLCLS_WORKERS);
 - naive: FastAPI + transformers + torch eager, one text per forward pass (bench/naive_server.py);
 - infinity: infinity-emb 0.0.78 from PyPI in its own venv (--infinity-python), optimum engine,
-  serving the SAME int8 model.onnx (a directory with it, the tokenizer and an HF config).
+  serving the SAME exported directory (its model.onnx, tokenizer and HF config) as is.
 
 Load: single-text requests drawn from SST-2's test split. The generator is asyncio + aiohttp
 in this process: one process can keep hundreds of requests in flight with little CPU (Locust
@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -312,31 +311,19 @@ def bench_naive(texts: list[str], args: argparse.Namespace, out: Path) -> list[P
         )
 
 
-def infinity_model_dir(args: argparse.Namespace, root: Path) -> Path:
-    """The same int8 model.onnx as an HF directory that optimum's ORTModelForSequenceClassification
-    loads: the graph already maps (input_ids, attention_mask[, token_type_ids]) to logits."""
-    manifest = json.loads((args.model / "manifest.json").read_text())
-    run_model = args.run / "model"
-    target = root / "infinity-model"
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copy(args.model / "model.onnx", target / "model.onnx")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (run_model / name).is_file():
-            shutil.copy(run_model / name, target / name)
-    # Truncate where our service truncates (the manifest's max_length): same work per text.
-    tokenizer_config = json.loads((target / "tokenizer_config.json").read_text())
-    tokenizer_config["model_max_length"] = manifest["max_length"]
-    (target / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-    config = json.loads((run_model / "config.json").read_text())
-    labels = manifest["labels"]
-    config.update(
-        architectures=["BertForSequenceClassification"],
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        max_position_embeddings=config.get("max_position_embeddings", 512),
-    )
-    (target / "config.json").write_text(json.dumps(config, indent=2))
-    return target
+def infinity_model_dir(args: argparse.Namespace) -> Path:
+    """The exported directory itself: its config.json (labels, problem type, a
+    `...ForSequenceClassification` architecture), tokenizer_config.json (model_max_length =
+    the manifest's max_length) and model.onnx are what Infinity's optimum engine loads."""
+    missing = [
+        n for n in ("config.json", "tokenizer_config.json") if not (args.model / n).is_file()
+    ]
+    if missing:
+        raise RuntimeError(
+            f"{args.model} has no {', '.join(missing)}: it was exported by an older smallcls; "
+            "export the run again with `smallcls export`"
+        )
+    return args.model
 
 
 def bench_infinity(texts: list[str], args: argparse.Namespace, out: Path) -> list[Phase]:
@@ -344,7 +331,7 @@ def bench_infinity(texts: list[str], args: argparse.Namespace, out: Path) -> lis
         raise RuntimeError(
             f"{args.infinity_python} not found: create the peer venv (bench/README.md)"
         )
-    model_dir = infinity_model_dir(args, out)
+    model_dir = infinity_model_dir(args)
     port = free_port()
     env = {
         **os.environ,
@@ -434,9 +421,7 @@ def table(results: dict[str, list[Phase] | str], rates: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="exported model dir")
-    parser.add_argument(
-        "--run", type=Path, default=DEFAULT_RUN, help="its training run (naive, infinity)"
-    )
+    parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="its training run (naive)")
     parser.add_argument("--texts", type=Path, default=ROOT / "data/sst2/test.jsonl")
     parser.add_argument("--targets", default="raw-ort,ours,naive,infinity")
     parser.add_argument("--seconds", type=float, default=20.0, help="per phase")

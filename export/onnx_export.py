@@ -7,9 +7,15 @@ pooling heads (mean pooling, bidirectional masks, label-word rows), which it can
 
 Each variant (export/variants.py) is then scored on the full test split through the serving
 runtime (service/runtime.py: the server's tokenizer path, not torch's) and passed through the
-accuracy gate against its fp32 parent (export/gate.py). Its manifest records that accuracy,
-its parity with torch and with fp32, the gate's verdict, file sizes and sha256. A refused
-variant is moved to `<out>/refused/<name>/` and never registered, unless forced.
+accuracy gate against its fp32 parent (export/scoring.py, export/gate.py). Its manifest
+records that accuracy, its parity with torch and with fp32, the gate's verdict, file sizes and
+the sha256 of every file. A refused variant is moved to `<out>/refused/<name>/` and never
+registered, unless forced.
+
+Every directory also holds what the Hugging Face stack reads (export/hf_files.py: config.json,
+tokenizer_config.json), so optimum's ORTModelForSequenceClassification and
+transformers.pipeline load it, and a model card (export/model_card.py) that says whether they
+give the served answers, as checked on test texts at export.
 """
 
 from __future__ import annotations
@@ -24,22 +30,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
-from tokenizers import Tokenizer
 
 from core import registry
 from core.config import TrainConfig
 from core.data import Dataset, dataset_for
-from core.decision import DecisionRule
-from core.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, sha256_of
-from core.metrics import decision_metrics, label_agreement
+from core.manifest import MANIFEST_NAME, MODEL_NAME, Manifest, sha256_of
 from core.preprocessing import TextEncoder
 from core.run_record import RunRecord, read_predictions
-from export import gate
+from export import gate, hf_files, model_card
 from export import variants as variants_mod
-from export.variants import PRECISION, cuda_available, parse_variants
-from service.runtime import OnnxClassifier, make_session
+from export.scoring import Checked, Reference, check_variant
+from export.variants import PRECISION, parse_variants
+from service.runtime import OnnxClassifier
 from training.evaluate import gold, predict_logits
 from training.families import Classifier
 from training.run_dir import load_run
@@ -106,53 +109,6 @@ def calibration_sample(texts: list[str], rows: int, seed: int) -> list[str]:
     return rng.sample(texts, min(rows, len(texts)))
 
 
-def _session_on(model_path: Path, device: str, threads: int) -> ort.InferenceSession:
-    if device == "cpu":
-        return make_session(model_path, threads)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(
-        str(model_path), options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
-    )
-    # onnxruntime-gpu falls back to CPU silently when CUDA libraries are missing.
-    if session.get_providers()[0] != "CUDAExecutionProvider":
-        raise RuntimeError("CUDAExecutionProvider did not load (CUDA/cuDNN libraries missing?)")
-    return session
-
-
-def _score(model_dir: Path, texts: list[str], *, device: str = "cpu") -> tuple[np.ndarray, float]:
-    """(N, L) logits of the serving code path on `device`, and the seconds it took."""
-    start = time.perf_counter()
-    threads = torch.get_num_threads()
-    onnx_model = OnnxClassifier(model_dir, threads=threads)
-    if device != "cpu":
-        onnx_model.session = _session_on(model_dir / MODEL_NAME, device, threads)
-    logits = onnx_model.logits_batched(texts)
-    return logits, round(time.perf_counter() - start, 2)
-
-
-def _where_to_check(variant: str, model_dir: Path) -> tuple[str | None, dict[str, Any]]:
-    """The device the gate scores a variant on, and what the manifest says about devices.
-
-    fp16 is for GPUs. With CUDA it is checked there; without, it is checked on CPU when
-    onnxruntime's CPU provider can run it at all, and its manifest says the GPU is unverified.
-    """
-    if variant != "fp16":
-        return "cpu", {"cpu": True, "gpu": False}
-    if cuda_available():
-        return "cuda", {"cpu": False, "gpu": True}
-    try:
-        make_session(model_dir / MODEL_NAME, 1)
-    except Exception as exc:  # onnxruntime raises its own (NOT_IMPLEMENTED) for missing kernels
-        note = f"onnxruntime CPU cannot run it: {str(exc).splitlines()[0][:200]}"
-        return None, {"cpu": False, "gpu": False, "notes": [note, "no CUDA here"]}
-    return "cpu", {
-        "cpu": True,
-        "gpu": False,
-        "notes": ["checked on CPU only; no CUDA here, so unverified on GPU"],
-    }
-
-
 @dataclasses.dataclass(frozen=True)
 class _Source:
     """What every variant of one run is built from and checked against."""
@@ -162,9 +118,7 @@ class _Source:
     config: TrainConfig
     record: RunRecord
     dataset: Dataset
-    y_true: np.ndarray  # (N,) label ids or (N, L) 0/1, for the test split
-    run_answers: list[dict[str, Any]]  # the run's own answer per test row
-    torch_logits: np.ndarray  # (parity_rows, L)
+    reference: Reference  # the test split, the run's answers, torch's logits
 
 
 def _read_source(run_dir: Path, parity_rows: int) -> _Source:
@@ -190,20 +144,19 @@ def _read_source(run_dir: Path, parity_rows: int) -> _Source:
     torch_logits = predict_logits(
         model, encoder, dataset.test.texts[:parity_rows], batch_size=config.eval_batch_size
     )
-    y_true = gold(dataset, dataset.test)
-    return _Source(model, tokenizer, config, record, dataset, y_true, answers, torch_logits)
+    reference = Reference(
+        rule=record.decision,
+        texts=dataset.test.texts,
+        y_true=gold(dataset, dataset.test),
+        run_answers=answers,
+        torch_logits=torch_logits,
+    )
+    return _Source(model, tokenizer, config, record, dataset, reference)
 
 
-def _save_tokenizer(tokenizer: Any, path: Path) -> None:
-    """tokenizer.json without padding or truncation baked in (some hub files pad every text to
-    128): the manifest's preprocessing decides both, for us and for any other reader."""
-    plain = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    plain.no_padding()
-    plain.no_truncation()
-    plain.save(str(path))
-
-
-def _build(variant: str, src: _Source, fp32_dir: Path, partial: Path, rows: int) -> dict:
+def _build(
+    variant: str, src: _Source, fp32_dir: Path, partial: Path, rows: int, show_progress: bool
+) -> dict:
     """Write `partial/model.onnx` for one variant; returns how it was made."""
     source, target = fp32_dir / MODEL_NAME, partial / MODEL_NAME
     if variant == "fp32":
@@ -218,60 +171,94 @@ def _build(variant: str, src: _Source, fp32_dir: Path, partial: Path, rows: int)
         encoder = OnnxClassifier(fp32_dir, threads=torch.get_num_threads())
         texts = calibration_sample(src.dataset.train.texts, rows, src.config.seed)
         return variants_mod.quantize_int8_static(
-            source, target, calibration_texts=texts, encode=encoder.encode
+            source,
+            target,
+            calibration_texts=texts,
+            encode=encoder.encode,
+            show_progress=show_progress,
         )
     return variants_mod.convert_fp16(source, target)
 
 
-def _agreement_with_run(rule: DecisionRule, logits: np.ndarray, answers: list[dict]) -> float:
-    """Share of test rows whose answer (label set) equals the run's own evaluated answer."""
-    served = rule.answers(rule.decide(logits))
-    same = [a["labels"] == b["labels"] for a, b in zip(served, answers, strict=True)]
-    return float(np.mean(same)) if same else 1.0
-
-
 @dataclasses.dataclass(frozen=True)
-class _Checked:
-    metrics: dict[str, Any]  # of this file, through the serving code, on the test split
-    parity: dict[str, Any]
-    gate: dict[str, Any]  # the manifest's record of the verdict
-    verified_on: dict[str, Any]
-    result: gate.GateResult | None = None  # None: nothing here could run it
-    logits: np.ndarray | None = None
+class _Settings:
+    """What every variant of one export shares."""
+
+    base: dict[str, Any]  # the manifest fields that come from the run
+    gate_kw: dict[str, Any]
+    fp32_dir: Path
+    parity_rows: int
+    calibration_rows: int
+    force: bool
+    show_progress: bool
 
 
-def _check(
+def _file_evidence(model_dir: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """sha256 and size of every file but the manifest: the service verifies them all, and
+    the model store copies what the manifest lists."""
+    names = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != MANIFEST_NAME)
+    return (
+        {n: sha256_of(model_dir / n) for n in names},
+        {n: (model_dir / n).stat().st_size for n in names},
+    )
+
+
+def _export_variant(
     variant: str,
-    src: _Source,
+    target: Path,
     partial: Path,
+    src: _Source,
     fp32_logits: np.ndarray | None,
-    gate_kw: dict[str, Any],
-    force: bool,
-) -> _Checked:
-    """Score the variant through the serving code on the whole test split and gate it."""
-    rule = src.record.decision
-    device, verified_on = _where_to_check(variant, partial)
-    parity: dict[str, Any] = {"rows": len(src.torch_logits)}
-    if device is None:
-        # Nothing here can run it: kept with its manifest saying so, never "passed".
-        reasons = ["not checked: no device here can run it"]
-        return _Checked(
-            {}, parity, {"passed": False, "forced": force, "reasons": reasons}, verified_on
-        )
-    logits, seconds = _score(partial, src.dataset.test.texts, device=device)
-    metrics = decision_metrics(rule, rule.decide(logits), src.y_true) | {"seconds": seconds}
-    head = logits[: len(src.torch_logits)]
-    parity["max_abs_logit_diff_vs_torch"] = float(np.abs(head - src.torch_logits).max())
-    parity["label_agreement_vs_torch"] = label_agreement(head, src.torch_logits)
-    parity["answer_agreement_vs_run"] = _agreement_with_run(rule, logits, src.run_answers)
-    if fp32_logits is None:  # fp32 itself is judged against torch on the parity rows
-        result = gate.check(head, src.torch_logits, src.y_true[: len(head)], **gate_kw)
-    else:
-        result = gate.check(logits, fp32_logits, src.y_true, **gate_kw)
-        parity["max_abs_logit_diff_vs_fp32"] = result.max_abs_logit_diff
-        parity["label_agreement_vs_fp32"] = result.agreement
-    record = {**result.as_dict(), "forced": force and not result.passed, "checked_on": device}
-    return _Checked(metrics, parity, record, verified_on, result, logits)
+    settings: _Settings,
+) -> tuple[Manifest, Checked]:
+    """Build one variant into `partial`, gate it, check it with optimum and write its card."""
+    log.info("%s: building", target.name)
+    start = time.perf_counter()
+    hf_files.write_tokenizer_files(partial, src.tokenizer, src.record.preprocessing)
+    hf_files.write_config(partial, src.model.backbone.config, src.record.decision)
+    built = _build(
+        variant, src, settings.fp32_dir, partial, settings.calibration_rows, settings.show_progress
+    )
+    files, sizes = _file_evidence(partial)
+    manifest = Manifest(
+        name=target.name,
+        precision=PRECISION[variant],
+        variant=variant,
+        files=files,
+        file_sizes=sizes,
+        quantization=built if variant.startswith("int8") else {},
+        optimization=built if variant in ("fp32-opt", "fp16") else {},
+        **settings.base,
+    )
+    manifest.write(partial)
+    export_seconds = round(time.perf_counter() - start, 1)
+    checked = check_variant(
+        variant,
+        partial,
+        src.reference,
+        fp32_logits,
+        settings.gate_kw,
+        force=settings.force,
+        show_progress=settings.show_progress,
+    )
+    manifest = dataclasses.replace(
+        manifest,
+        metrics={"export_seconds": export_seconds, **checked.metrics},
+        parity=checked.parity,
+        gate=checked.gate,
+        verified_on=checked.verified_on,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    manifest.write(partial)  # the runtime that the optimum check compares with reads it
+    check = None
+    if checked.gate.get("checked_on") == "cpu":
+        texts = src.dataset.test.texts[: settings.parity_rows]
+        check = hf_files.check_with_pipeline(partial, manifest, texts)
+    model_card.write_card(partial, manifest, check)
+    files, sizes = _file_evidence(partial)  # now with the card
+    manifest = dataclasses.replace(manifest, files=files, file_sizes=sizes)
+    manifest.write(partial)
+    return manifest, checked
 
 
 def _place(partial: Path, target: Path, out_dir: Path, keep: bool) -> Path:
@@ -297,8 +284,10 @@ def export_model(
     register: bool = False,
     max_accuracy_drop: float = gate.MAX_ACCURACY_DROP,
     min_agreement: float = gate.MIN_AGREEMENT,
+    show_progress: bool = False,
 ) -> ExportResult:
-    """Write `<out_dir>/<run name>-<variant>/` for each variant that passes the gate."""
+    """Write `<out_dir>/<run name>-<variant>/` for each variant that passes the gate.
+    `show_progress`: bars for scoring the test split and for calibration."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     wanted = parse_variants(tuple(variants))
     src = _read_source(run_dir, parity_rows)
@@ -314,13 +303,21 @@ def export_model(
         source_run=str(run_dir.resolve()),
         parameters=sum(p.numel() for p in src.model.parameters()),
     )
-    gate_kw = dict(
-        rule=record.decision, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement
+    settings = _Settings(
+        base=base,
+        gate_kw=dict(
+            rule=record.decision, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement
+        ),
+        fp32_dir=out_dir / f"{src.config.name}-fp32",
+        parity_rows=parity_rows,
+        calibration_rows=calibration_rows,
+        force=force,
+        show_progress=show_progress,
     )
     accepted: list[Path] = []
     refused: list[Path] = []
     messages: list[str] = []
-    fp32_dir = out_dir / f"{src.config.name}-fp32"
+    fp32_dir = settings.fp32_dir
     fp32_logits: np.ndarray | None = None
     partial: Path | None = None
     try:
@@ -330,34 +327,10 @@ def export_model(
             partial = target.with_name(target.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
-            log.info("%s: building", target.name)
-            start = time.perf_counter()
-            _save_tokenizer(src.tokenizer, partial / TOKENIZER_NAME)
-            built = _build(variant, src, fp32_dir, partial, calibration_rows)
-            names = (MODEL_NAME, TOKENIZER_NAME)
-            manifest = Manifest(
-                name=target.name,
-                precision=PRECISION[variant],
-                variant=variant,
-                files={n: sha256_of(partial / n) for n in names},
-                file_sizes={n: (partial / n).stat().st_size for n in names},
-                quantization=built if variant.startswith("int8") else {},
-                optimization=built if variant in ("fp32-opt", "fp16") else {},
-                **base,
+            manifest, checked = _export_variant(
+                variant, target, partial, src, fp32_logits, settings
             )
-            manifest.write(partial)
-            export_seconds = round(time.perf_counter() - start, 1)
-            checked = _check(variant, src, partial, fp32_logits, gate_kw, force)
             result = checked.result
-            manifest = dataclasses.replace(
-                manifest,
-                metrics={"export_seconds": export_seconds, **checked.metrics},
-                parity=checked.parity,
-                gate=checked.gate,
-                verified_on=checked.verified_on,
-                created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            )
-            manifest.write(partial)
             keep = checked.gate["passed"] or force
             placed = _place(partial, target, out_dir, keep)
             if variant == "fp32":

@@ -175,15 +175,22 @@ def quantize_int8_dynamic(fp32_path: Path, out_path: Path) -> dict[str, Any]:
 
 
 class _Calibration:
-    """onnxruntime's CalibrationDataReader over tokenized texts, a batch at a time."""
+    """onnxruntime's CalibrationDataReader over tokenized texts, a batch at a time; the bar
+    counts the texts onnxruntime has taken (it runs the model on each batch as it takes it)."""
 
-    def __init__(self, texts: list[str], encode: Encode, batch_size: int) -> None:
-        self._batches: Iterator[dict[str, np.ndarray]] = (
-            encode(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)
-        )
+    def __init__(self, texts: list[str], encode: Encode, batch_size: int, bar: Any) -> None:
+        self._chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        self._next = 0
+        self._encode = encode
+        self._bar = bar
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
+        if self._next >= len(self._chunks):
+            return None
+        chunk = self._chunks[self._next]
+        self._next += 1
+        self._bar.update(len(chunk))
+        return self._encode(chunk)
 
 
 STATIC_OPS = ("MatMul", "Gemm")
@@ -196,6 +203,7 @@ def quantize_int8_static(
     calibration_texts: list[str],
     encode: Encode,
     batch_size: int = 16,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
     """Static int8 in QDQ form, activation ranges calibrated (MinMax) on training texts.
 
@@ -208,12 +216,20 @@ def quantize_int8_static(
 
     if not calibration_texts:
         raise ValueError("int8-static needs calibration texts (the training split is empty)")
+    from tqdm.auto import tqdm
+
     excluded = int8_exclusions(fp32_path)
-    with quiet_root_logger():
+    bar = tqdm(
+        total=len(calibration_texts),
+        desc="int8-static: calibrating",
+        unit="text",
+        disable=not show_progress,
+    )
+    with quiet_root_logger(), bar:
         quantize_static(
             fp32_path,
             out_path,
-            _Calibration(calibration_texts, encode, batch_size),
+            _Calibration(calibration_texts, encode, batch_size, bar),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(STATIC_OPS),
             per_channel=True,

@@ -47,6 +47,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         force=args.force,
         register=args.register,
         calibration_rows=args.calibration_rows,
+        show_progress=not args.quiet,
     )
     for model_dir in result.accepted:
         print(f"model: {model_dir}")
@@ -281,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         help="training texts that calibrate int8-static (default 256)",
     )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("models", help="list, show, register or remove models in the BentoML store")

@@ -80,7 +80,9 @@ def run_demo(
     model_dirs: list[Path] = []
     for i, run_dir in enumerate(run_dirs, 1):
         echo(f"[export {i}/{total}] {run_dir.name}: ONNX {' + '.join(config.precisions)}")
-        model_dirs += export_run(run_dir, out / "models", variants=tuple(config.precisions))
+        model_dirs += export_run(
+            run_dir, out / "models", variants=tuple(config.precisions), show_progress=show_progress
+        )
     timings["export"] = time.perf_counter() - start
 
     start = time.perf_counter()

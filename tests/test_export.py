@@ -125,6 +125,34 @@ def test_every_variant_matches_its_parent(exported, key):
     assert Manifest.read(dirs["fp16"]).verified_on["gpu"] is False
 
 
+@pytest.mark.parametrize("key", list(FAMILIES))
+def test_every_family_loads_with_optimum_and_its_card_says_so(exported, key):
+    """Decoders and T5 too: optimum runs every family's graph; with the manifest's template
+    and a batched, right-padded pipeline it answers as the service does."""
+    pytest.importorskip("optimum.onnxruntime")
+    from huggingface_hub import ModelCard
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    run_dir, dirs = exported[key]
+    fp32 = dirs["fp32"]
+    manifest = Manifest.read(fp32)
+    model = ORTModelForSequenceClassification.from_pretrained(fp32)
+    classify = pipeline(
+        "text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(fp32)
+    )
+    texts = [row["text"] for row in _read_jsonl(load_run(run_dir)[2].test_path)][:40]
+    prompts = [manifest.prompt_template.replace("{text}", t) for t in texts]
+    answers = classify(prompts, truncation=True, batch_size=8)
+    assert [a["label"] for a in answers] == [p.label for p in OnnxClassifier(fp32).predict(texts)]
+    for variant, model_dir in dirs.items():
+        card = ModelCard.load(model_dir / "README.md").text
+        assert "could not load" not in card, variant
+        rows = manifest.parity["rows"]
+        assert f"gave the same answer on {rows} of {rows}" in card, variant
+        assert ("prompt template `'{text} sentiment :'`" in card) == (key == "words")
+
+
 def test_graph_optimization_fuses_bert_attention(exported):
     _, dirs = exported["encoder"]
     fused = Manifest.read(dirs["fp32-opt"]).optimization["fused"]

@@ -92,7 +92,7 @@ def test_a_full_disk_fails_clearly_and_the_rerun_resumes(tiny_dirs, tmp_path, mo
     def full(*args, **kwargs):  # the final model save hits a full disk
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(runs / "m.partial"))
 
-    monkeypatch.setattr(run_dir_module, "save_model", full)
+    monkeypatch.setattr(run_dir_module, "save_file", full)
     with pytest.raises(RunDirError) as info:
         train(config, runs, show_progress=False)
     message = str(info.value)

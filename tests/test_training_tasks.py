@@ -201,9 +201,10 @@ def test_killed_run_resumes_from_its_checkpoint_to_a_complete_run(tiny_dirs, tmp
     assert a["confusion_matrix"] == b["confusion_matrix"]
     from safetensors.torch import load_file
 
-    wa = load_file(run / "model" / "model.safetensors")
-    wb = load_file(whole / "model" / "model.safetensors")
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+    for name in ("model.safetensors", "head.safetensors"):  # the backbone, then the head
+        wa, wb = load_file(run / "model" / name), load_file(whole / "model" / name)
+        assert wa.keys() == wb.keys()
+        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
 
 
 def test_changed_config_does_not_resume(tiny_dirs, tmp_path):

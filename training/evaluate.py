@@ -161,4 +161,6 @@ def evaluate_and_save(
         dataset=_data_source(dataset, config, run_dir),
     ).write(run_dir)
     model.to("cpu")
-    save_model_dir(run_dir / "model", model, tokenizer, dataset.label_names)
+    save_model_dir(
+        run_dir / "model", model, tokenizer, dataset.label_names, base_model=config.base_model
+    )

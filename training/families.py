@@ -354,6 +354,26 @@ def backbone_from_config(config: PretrainedConfig) -> PreTrainedModel:
     return AutoModel.from_config(config)
 
 
+def load_trained_backbone(model_dir: str) -> PreTrainedModel:
+    """A backbone saved with `save_pretrained` by a run: what `AutoModel` loads, except T5,
+    whose saved half is the encoder alone (AutoModel would add a random decoder)."""
+    config = AutoConfig.from_pretrained(model_dir)
+    if is_t5_config(config):
+        from transformers import T5EncoderModel
+
+        loader: type = T5EncoderModel
+    else:
+        loader = AutoModel
+    backbone, info = loader.from_pretrained(model_dir, output_loading_info=True)
+    if info["missing_keys"] or info["mismatched_keys"]:
+        # Random weights where trained ones belong would export a model that only looks fine.
+        raise ValueError(
+            f"{model_dir}: the saved backbone lacks weights {info['missing_keys'][:3]} "
+            f"(mismatched: {info['mismatched_keys'][:3]}); train the run again"
+        )
+    return backbone
+
+
 def load_backbone(source: str, spec: ModelSpec) -> tuple[PreTrainedModel, torch.Tensor | None]:
     """Pretrained backbone weights from a local directory or a hub id, and the output
     embedding when the head scores label words (it may be untied from the input one)."""

@@ -152,7 +152,7 @@ def train_multitask(
         write_json(run_dir / "metrics.json", metrics)
         write_json(run_dir / "environment.json", {**environment(), "device": device})
         model.to("cpu")
-        save_model_dir(run_dir / "model", model, tokenizer, words)
+        save_model_dir(run_dir / "model", model, tokenizer, words, base_model=base.base_model)
     finally:
         detach_log_file(handler)
     (run_dir / COMPLETE).write_text("ok\n")

@@ -8,7 +8,10 @@
     <run>/test_predictions.jsonl  the run's answer for every test row under that rule
     <run>/data/              the splits, when the test split was carved from the train file
     <run>/train.log          the log; <run>/trainer_log.jsonl the loss curve
-    <run>/model/             spec.json, labels.json, backbone config, weights, tokenizer
+    <run>/model/             a Hugging Face directory of the trained backbone (config.json,
+                             model.safetensors: `AutoModel.from_pretrained` loads it), our
+                             head beside it (head.safetensors), spec.json, labels.json, the
+                             tokenizer and a card (README.md) saying how to load both
     <run>/checkpoints/       Trainer checkpoints while training (a killed run resumes here)
     <run>/COMPLETE           written last: a run without it was interrupted
 
@@ -28,11 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model, save_file
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from core.config import TrainConfig, from_mapping
-from training.families import Classifier, ModelSpec, build_classifier
+from training.families import (
+    Classifier,
+    ModelSpec,
+    build_classifier,
+    load_trained_backbone,
+    prepare_backbone,
+)
+from training.run_card import write_run_card
 
 COMPLETE = "COMPLETE"
 
@@ -119,22 +130,70 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+HEAD_WEIGHTS = "head.safetensors"
+BACKBONE_WEIGHTS = "model.safetensors"
+# Keys of the classifier's own parameters (the head) vs its backbone's, in one state dict.
+BACKBONE_PREFIX = "backbone."
+
+
 def save_model_dir(
     model_dir: Path,
     model: Classifier,
     tokenizer: PreTrainedTokenizerBase,
     labels: list[str],
+    *,
+    base_model: str = "",
 ) -> None:
+    """The backbone as a plain Hugging Face directory (its own keys, its own config), so any
+    transformers user loads the trained weights; the head, which no transformers class has,
+    in its own file beside it."""
     model_dir.mkdir(parents=True, exist_ok=True)
     spec = model.spec
     write_json(
         model_dir / "spec.json", {**spec.__dict__, "label_token_ids": list(spec.label_token_ids)}
     )
     write_json(model_dir / "labels.json", labels)
-    model.backbone.config.save_pretrained(model_dir)
+    model.backbone.save_pretrained(model_dir, safe_serialization=True)
+    head = {
+        name: tensor.detach().contiguous()
+        for name, tensor in model.state_dict().items()
+        if not name.startswith(BACKBONE_PREFIX)
+    }
+    save_file(head, str(model_dir / HEAD_WEIGHTS), metadata={"format": "pt"})
     tokenizer.save_pretrained(model_dir)
-    # save_model (not save_file) copes with tied weights shared between tensors.
-    save_model(model, str(model_dir / "model.safetensors"))
+    write_run_card(
+        model_dir,
+        spec,
+        labels,
+        base_model=base_model,
+        head_keys=sorted(head),
+        model_type=model.backbone.config.model_type,
+    )
+
+
+def _is_old_layout(model_dir: Path) -> bool:
+    """One weights file with the whole classifier under `backbone.*` keys, no head file."""
+    if (model_dir / HEAD_WEIGHTS).is_file():
+        return False
+    with safe_open(str(model_dir / BACKBONE_WEIGHTS), framework="pt") as weights:
+        return any(key.startswith(BACKBONE_PREFIX) for key in weights.keys())  # noqa: SIM118
+
+
+def _load_classifier(model_dir: Path, spec: ModelSpec) -> Classifier:
+    if _is_old_layout(model_dir):
+        model = build_classifier(AutoConfig.from_pretrained(model_dir), spec)
+        load_model(model, str(model_dir / BACKBONE_WEIGHTS))
+        return model
+    backbone = prepare_backbone(load_trained_backbone(str(model_dir)), spec)
+    model = Classifier(backbone, spec)
+    missing, unexpected = model.load_state_dict(load_file(model_dir / HEAD_WEIGHTS), strict=False)
+    missing = [key for key in missing if not key.startswith(BACKBONE_PREFIX)]
+    if missing or unexpected:
+        raise RunDirError(
+            f"{model_dir / HEAD_WEIGHTS} does not fit the classifier in spec.json (missing "
+            f"{missing}, unexpected {unexpected}): train the run again"
+        )
+    return model
 
 
 def load_run(
@@ -150,9 +209,7 @@ def load_run(
     model_dir = run_dir / "model"
     spec_data = json.loads((model_dir / "spec.json").read_text())
     spec = ModelSpec(**{**spec_data, "label_token_ids": tuple(spec_data["label_token_ids"])})
-    config = AutoConfig.from_pretrained(model_dir)
-    model = build_classifier(config, spec)
-    load_model(model, str(model_dir / "model.safetensors"))
+    model = _load_classifier(model_dir, spec)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train_config = from_mapping(TrainConfig, json.loads((run_dir / "config.json").read_text()))
