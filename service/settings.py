@@ -31,8 +31,9 @@ ENV_TIMEOUT_S = "SMALLCLS_TIMEOUT_S"
 ENV_RELOAD_POLL_S = "SMALLCLS_RELOAD_POLL_S"
 ENV_ACCESS_LOG = "SMALLCLS_ACCESS_LOG"
 ENV_ORT_SPINNING = "SMALLCLS_ORT_SPINNING"
-# Settings.models_origin when the models are the ones a built Bento carries.
-ORIGIN_BENTO = "the Bento (--arg models)"
+# Settings.models_origin when the models are the store models a Bento carries, named by
+# `bentoml build --arg models=...` (or `bentoml serve service.service:Classifier --arg ...`).
+ORIGIN_BENTO = "--arg models"
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:

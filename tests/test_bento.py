@@ -161,15 +161,22 @@ def test_a_build_naming_a_model_not_in_the_store_fails_clearly(
 
 @pytest.fixture(scope="module")
 def served(store: dict[str, Any], bento: str) -> Iterator[tuple[ServerProcess, str]]:
-    """`bentoml serve <tag>` with neither SMALLCLS_MODELS nor a models file, after a newer
-    `alpha` was registered: the Bento must still serve the `alpha` it carries."""
+    """The Bento exported as one file and imported into a BENTOML_HOME that never saw the model
+    directories, as a deployment receives it; a newer `alpha` registered there too. Served by
+    `bentoml serve <tag>` with neither SMALLCLS_MODELS nor a models file."""
+    archive = store["root"] / "classifier.bento"
+    done = _run(sys.executable, "-m", "bentoml", "export", bento, str(archive), home=store["home"])
+    assert done.returncode == 0, done.stderr
+    home = store["root"] / "deployed"
+    done = _run(sys.executable, "-m", "bentoml", "import", str(archive), home=home)
+    assert done.returncode == 0, done.stderr
     newer = make_tiny_model_dir(store["root"] / "alpha-newer", name="alpha", seed=7)
-    newer_tag = _register(newer, store["home"])
+    newer_tag = _register(newer, home)
     assert newer_tag != store["tags"]["alpha"]
     server = ServerProcess(
         [],
         bento=bento,
-        extra_env={"BENTOML_HOME": str(store["home"]), "BENTOML_DO_NOT_TRACK": "true"},
+        extra_env={"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"},
         log_path=store["root"] / "serve.log",
     )
     assert ENV_MODELS not in server.env and ENV_MODELS_FILE not in server.env
@@ -182,7 +189,7 @@ def served(store: dict[str, Any], bento: str) -> Iterator[tuple[ServerProcess, s
 def test_the_served_bento_answers_as_its_model_directories(
     store: dict[str, Any], served: tuple[ServerProcess, str]
 ) -> None:
-    server, newer_tag = served
+    server, newer_tag = served  # the Bento must still serve the `alpha` it carries
     with httpx.Client(base_url=server.url, timeout=30) as http:
         listed = http.get("/models").json()
         assert listed["default"] == "alpha"  # the first model named at build time
