@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -122,7 +122,7 @@ def declared_models() -> tuple[bentoml.models.BentoModel, ...]:
     return tuple(bentoml.models.BentoModel(tag) for tag in pin(read_arguments().models))
 
 
-def attach(models: Sequence[bentoml.models.BentoModel]) -> Any:
+def attach(models: Sequence[bentoml.models.BentoModel]) -> Callable[[type[T]], type[T]]:
     """Class decorator, under `@bentoml.service`: one class attribute per model, which is
     where BentoML looks for the models a service needs."""
 
