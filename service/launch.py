@@ -20,7 +20,7 @@ from types import TracebackType
 
 import psutil
 
-from service.settings import ENV_MODELS, ENV_THREADS
+from service.settings import ENV_MODELS, ENV_MODELS_FILE, ENV_THREADS
 
 logger = logging.getLogger(__name__)
 
@@ -43,38 +43,38 @@ def default_bentoml_home() -> Path:
 
 
 def server_env(
-    model_dirs: Iterable[Path | str], *, threads: int, extra_env: Mapping[str, str] | None
+    model_dirs: Iterable[Path | str],
+    *,
+    threads: int,
+    extra_env: Mapping[str, str] | None,
+    bento: str | None = None,
 ) -> dict[str, str]:
     # Directories become absolute (the server runs elsewhere); store references stay as given.
     entries = [str(Path(d).resolve()) if Path(d).exists() else str(d) for d in model_dirs]
-    if not entries:
+    if not entries and bento is None:
         raise ValueError("no model directories given: pass at least one `smallcls export` dir")
     env = {**os.environ, **(extra_env or {})}
     # A marker inherited from a process that checked other settings must not skip this
     # server's start-up check (service.service.preflight).
     env.pop("SMALLCLS_PREFLIGHT_DONE", None)
-    env[ENV_MODELS] = ",".join(entries)
+    if entries:
+        env[ENV_MODELS] = ",".join(entries)
+    else:  # a Bento serves the models it carries, unless extra_env names others
+        for key in (ENV_MODELS, ENV_MODELS_FILE):
+            if key not in (extra_env or {}):
+                env.pop(key, None)  # inherited by this process, not meant for the Bento
     env[ENV_THREADS] = str(threads)
     env["BENTOML_DO_NOT_TRACK"] = "true"  # otherwise the server does a DNS look-up
     env.setdefault("BENTOML_HOME", str(default_bentoml_home()))
     return env
 
 
-def serve_command(host: str, port: int) -> list[str]:
+def serve_command(host: str, port: int, bento: str | None = None) -> list[str]:
+    """`bentoml serve` of the project's service, or of a built Bento (`name:version`), which
+    brings its own code."""
     # The same interpreter as the caller, so the server sees the same packages.
-    return [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        SERVICE_TARGET,
-        "--working-dir",
-        str(WORKING_DIR),
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
+    target = [bento] if bento else [SERVICE_TARGET, "--working-dir", str(WORKING_DIR)]
+    return [sys.executable, "-m", "bentoml", "serve", *target, "--host", host, "--port", str(port)]
 
 
 def serve(
@@ -119,6 +119,9 @@ class ServerProcess:
 
         with ServerProcess([model_dir]) as server:
             httpx.post(f"{server.url}/classify", json={"texts": ["hi"]})
+
+    With `bento="name:version"` it serves that built Bento: with the models it carries when
+    `model_dirs` is empty, otherwise with `model_dirs` instead (SMALLCLS_MODELS wins).
     """
 
     def __init__(
@@ -132,10 +135,12 @@ class ServerProcess:
         log_path: Path | str | None = None,
         startup_timeout: float = 90.0,
         stop_grace: float = 10.0,
+        bento: str | None = None,
     ) -> None:
         self.host = host
         self.port = port if port is not None else free_port(host)
-        self.env = server_env(model_dirs, threads=threads, extra_env=extra_env)
+        self.bento = bento
+        self.env = server_env(model_dirs, threads=threads, extra_env=extra_env, bento=bento)
         if log_path is None:
             log_path = Path(tempfile.mkdtemp(prefix="smallcls-serve-")) / "server.log"
         self.log_path = Path(log_path)
@@ -151,7 +156,7 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                serve_command(self.host, self.port),
+                serve_command(self.host, self.port, self.bento),
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

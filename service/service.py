@@ -28,9 +28,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service import gateway, tei
+from service import bento_models, gateway, tei
 from service.answers import ClassifyShape, ClientError, Shape, error_response, render, shorten
 from service.batching import ModelFailed, Overloaded, Retired
+from service.bento_image import service_image
 from service.metrics import get_metrics
 from service.models import LoadedModel, by_path, check_entries, load_all
 from service.schema import REQUEST_STATE_KEY, ClassifyRequest, ClassifyResponse
@@ -46,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 # Read when the class is defined: BentoML takes workers and traffic from the decorator.
 SERVER = ServerSettings.from_env()
+# The store models a Bento of this service carries, named at build time by
+# `bentoml build --arg models=NAME:VERSION,...` (service/bento_models.py); () otherwise.
+PACKED = bento_models.declared_models()
 # Set by `preflight` in the process that checked the configuration; the workers it starts
 # inherit it and skip the check (each verifies its models again when it loads them).
 PREFLIGHT_ENV = "SMALLCLS_PREFLIGHT_DONE"
@@ -65,7 +69,7 @@ def preflight() -> None:
     if os.environ.get(PREFLIGHT_ENV) or not (configured or serving):
         return
     try:
-        check_entries(Settings.from_env().models)
+        check_entries(Settings.from_env(packed=bento_models.entries(PACKED)).models)
     except (ValueError, OSError) as exc:  # ManifestError is a ValueError
         raise SystemExit(f"smallcls: the service cannot start: {exc}") from None
     os.environ[PREFLIGHT_ENV] = "1"
@@ -98,16 +102,22 @@ def request_limits() -> dict[str, Any]:
 
 
 @bentoml.service(
+    image=service_image(),
+    resources=SERVER.resources,
     workers=SERVER.workers,
     traffic={"timeout": SERVER.timeout_s, "max_concurrency": SERVER.max_concurrency},
     logging={"access": {"enabled": SERVER.access_log}},
 )
+@bento_models.attach(PACKED)
 class Classifier:
     """Public API. Client errors answer `{"error": ..., "field": ...}`; see `classify`."""
 
     def __init__(self) -> None:
         show_info_logs()
-        self.settings = Settings.from_env()
+        packed = bento_models.packed_entries(Classifier)
+        self.settings = Settings.from_env(packed=packed)
+        if warning := bento_models.override_warning(self.settings, packed):
+            logger.warning(warning)
         gateway.CONFIG.auth_token = (
             self.settings.auth_token.encode() if self.settings.auth_token else None
         )
@@ -121,7 +131,12 @@ class Classifier:
         self._models_file_mtime = self._file_mtime()
         self._reload_lock = asyncio.Lock()
         ACTIVE.append(self)  # the /models and /admin routes reach this worker's models here
-        logger.info("serving models %s, default %r", list(self.models), self.default_model)
+        logger.info(
+            "serving models %s (from %s), default %r",
+            list(self.models),
+            self.settings.models_origin,
+            self.default_model,
+        )
         if self.settings.auth_token:
             logger.info("auth on: every route but /livez, /readyz, /healthz needs the token")
         else:  # fine on a laptop or a private network; the Bento sets SMALLCLS_REQUIRE_AUTH

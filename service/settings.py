@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ENV_MODELS = "SMALLCLS_MODELS"
@@ -31,6 +31,9 @@ ENV_TIMEOUT_S = "SMALLCLS_TIMEOUT_S"
 ENV_RELOAD_POLL_S = "SMALLCLS_RELOAD_POLL_S"
 ENV_ACCESS_LOG = "SMALLCLS_ACCESS_LOG"
 ENV_ORT_SPINNING = "SMALLCLS_ORT_SPINNING"
+# Settings.models_origin when the models are the store models a Bento carries, named by
+# `bentoml build --arg models=...` (or `bentoml serve service.service:Classifier --arg ...`).
+ORIGIN_BENTO = "--arg models"
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -149,10 +152,17 @@ class ServerSettings:
     build`), where no model directories need to be configured."""
 
     workers: int = 1  # processes serving the API; each loads every model and batches alone
+    threads: int = 1  # onnxruntime intra-op threads per model (Settings.threads, same variable)
     max_concurrency: int | None = None  # requests in flight per service; beyond: 429 at once
     timeout_s: int = 60
     # One log line per request costs CPU the model could use; the metrics count requests.
     access_log: bool = False
+
+    @property
+    def resources(self) -> dict[str, str]:
+        """What the service asks a scheduler for (BentoCloud picks the instance by it): one
+        core per onnxruntime thread in each worker, the cores a loaded worker keeps busy."""
+        return {"cpu": str(self.workers * self.threads)}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -161,6 +171,7 @@ class ServerSettings:
         return cls(
             access_log=_flag(env, ENV_ACCESS_LOG, cls.access_log),
             workers=_positive_int(env, ENV_WORKERS, cls.workers),
+            threads=_positive_int(env, ENV_THREADS, cls.threads),
             max_concurrency=_positive_int(env, ENV_MAX_CONCURRENCY, 1) if concurrency else None,
             timeout_s=_positive_int(env, ENV_TIMEOUT_S, cls.timeout_s),
         )
@@ -185,6 +196,9 @@ def read_auth_token(environ: Mapping[str, str]) -> str | None:
 class Settings:
     # Directories or BentoML store references (`name:version`); see `split_model_entries`.
     models: tuple[str, ...]
+    # Where `models` came from: ENV_MODELS_FILE, ENV_MODELS, or ORIGIN_BENTO (the store models
+    # a built Bento carries, used only when neither variable is set; service/bento_models.py).
+    models_origin: str = ENV_MODELS
     # When set, the model list is read from this file (one entry per line) instead of
     # SMALLCLS_MODELS, and every worker reloads when it changes: the way to swap models in a
     # service with several workers.
@@ -240,13 +254,19 @@ class Settings:
         return self.model_batching.get(model, self.batching)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, packed: Sequence[str] = ()
+    ) -> Settings:
+        """`packed`: the models a built Bento carries, served when neither SMALLCLS_MODELS_FILE
+        nor SMALLCLS_MODELS is set (the environment wins: one Bento, other models on a volume)."""
         env = os.environ if environ is None else environ
         models_file = env.get(ENV_MODELS_FILE, "").strip()
         if models_file:
-            models = read_models_file(Path(models_file))
+            models, origin = read_models_file(Path(models_file)), ENV_MODELS_FILE
+        elif env.get(ENV_MODELS, "").strip() or not packed:
+            models, origin = split_model_entries(env.get(ENV_MODELS, "")), ENV_MODELS
         else:
-            models = split_model_entries(env.get(ENV_MODELS, ""))
+            models, origin = tuple(packed), ORIGIN_BENTO
         if not models:
             where = (
                 models_file
@@ -255,11 +275,13 @@ class Settings:
             )
             raise ValueError(
                 f"{where}: set {ENV_MODELS} to one or more model directories written by "
-                "`smallcls export` or BentoML store references (name:version), separated by ','"
+                "`smallcls export` or BentoML store references (name:version), separated by ',', "
+                "or serve a Bento built with them (`bentoml build --arg models=NAME:VERSION`)"
             )
         batching = BatchingSettings.from_env(env)
         return cls(
             models=models,
+            models_origin=origin,
             models_file=Path(models_file) if models_file else None,
             default_model=env.get(ENV_DEFAULT_MODEL, "").strip() or None,
             threads=_positive_int(env, ENV_THREADS, cls.threads),

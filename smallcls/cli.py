@@ -92,6 +92,36 @@ def _need_ref(args: argparse.Namespace) -> str:
     return args.ref
 
 
+def _cmd_bento(args: argparse.Namespace) -> int:
+    import bentoml
+
+    from service.bento_models import build_bento
+
+    tag = build_bento(args.models)
+    print(f"bento: {tag}")
+    for service in bentoml.bentos.get(tag).info.services:
+        for model in service.models:
+            print(f"model: {model.tag}")
+    return 0
+
+
+def _add_bento_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bento",
+        help="build a Bento that carries store models (`bentoml build --arg models=...`)",
+    )
+    p.add_argument("action", choices=["build"])
+    p.add_argument(
+        "--models",
+        nargs="+",
+        required=True,
+        metavar="REF",
+        help="store models NAME[:VERSION] to pack, the default model first (`smallcls models "
+        "list`); the Bento serves them with no SMALLCLS_MODELS set",
+    )
+    p.set_defaults(func=_cmd_bento)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from service.launch import serve
 
@@ -461,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="retrain even if a complete run exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
+    _add_bento_parser(sub)
     dress(sub)
     return parser
 
