@@ -42,6 +42,10 @@ EXAMPLES: dict[str, str] = {
   smallcls models register models/minilm-int8
   smallcls models list
   smallcls models show minilm-int8:latest""",
+    "bento": """examples:
+  smallcls models register models/minilm-int8
+  smallcls bento build --models minilm-int8 minilm-fp32   # the first is the default model
+  bentoml serve smallcls-classifier:latest                # serves them, no SMALLCLS_MODELS""",
     "serve": """examples:
   smallcls serve models/minilm-int8
   smallcls serve models/minilm-int8 models/smollm2-last-fp32 --port 3001 --threads 2""",
