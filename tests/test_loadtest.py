@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -316,3 +318,52 @@ def test_processes_run_writes_one_summary_from_the_master(
     final_rows = (out / "locust_final_stats.csv").read_text().splitlines()
     assert final_rows[-1].split(",")[2] == str(summary.requests)  # the Aggregated row
     assert LoadSummary.read(out) == summary
+
+
+def _template_args(html: str) -> dict:
+    """The settings Locust's UI page is rendered with (`window.templateArgs = {...}`)."""
+    start = html.index("window.templateArgs = ") + len("window.templateArgs = ")
+    return json.JSONDecoder().raw_decode(html[start:])[0]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_web_ui_shows_our_options_and_starts_with_its_form(
+    bad_host: str, texts_path: Path, tmp_path: Path
+) -> None:
+    from loadtests.run import free_port
+    from loadtests.web import WebUI
+
+    port = free_port()
+    ui = WebUI(
+        host=bad_host, model=MODEL, texts_path=texts_path, out_dir=tmp_path / "web",
+        users=3, web_port=port, config_dir=tmp_path,
+    )  # fmt: skip
+    with ui:
+        assert ui.url == f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(ui.url + "/", timeout=10) as response:
+            assert response.status == 200
+            args = _template_args(response.read().decode())
+        extra = args["extra_options"]
+        assert extra["model"]["default_value"] == MODEL
+        assert extra["texts"]["default_value"].endswith("texts.jsonl")
+        assert (
+            extra["batch"]["default_value"] == 1
+            and "texts per request" in (extra["batch"]["help_text"])
+        )
+        assert args["num_users"] == 3
+        # Start from the form with batch 2: the users send what the form said. The stub drops
+        # one prediction per answer, so every failure names the batch size it expected.
+        form = urllib.parse.urlencode(
+            {"user_count": 1, "spawn_rate": 1, "host": bad_host, "batch": "2"}
+        ).encode()
+        with urllib.request.urlopen(ui.url + "/swarm", data=form, timeout=10) as response:
+            assert json.loads(response.read())["success"] is True
+        deadline = time.monotonic() + 20
+        failures = ""
+        while "expected 2 predictions, got 1" not in failures and time.monotonic() < deadline:
+            time.sleep(0.5)
+            with urllib.request.urlopen(ui.url + "/stats/failures/csv", timeout=10) as response:
+                failures = response.read().decode()
+        assert "expected 2 predictions, got 1" in failures
+    assert ui.proc is not None and ui.proc.returncode is not None  # stopped on exit
