@@ -16,8 +16,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -144,27 +145,48 @@ def run_locust(
     session of its own so that a stop reaches them all.
     """
     follower = ProgressFollower(progress_path)
+
+    def pass_on() -> None:
+        for live in follower.new():
+            if on_progress is not None:
+                on_progress(live)
+
     start = time.monotonic()
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True
     )
     try:
-        while proc.poll() is None:
-            options = read_options(options_path)
-            if time.monotonic() - start > bound_s(options) + STARTUP_SLACK_S:
-                stop(proc)
-                raise TimeoutError(f"locust ran past {bound_s(options) + STARTUP_SLACK_S:.0f} s")
-            for live in follower.new():
-                if on_progress is not None:
-                    on_progress(live)
-            time.sleep(POLL_S)
-    except BaseException:  # Ctrl-C or the bound: no orphaned workers
+        with terminate_interrupts():
+            while proc.poll() is None:
+                limit = bound_s(read_options(options_path)) + STARTUP_SLACK_S
+                if time.monotonic() - start > limit:
+                    raise TimeoutError(f"locust ran past {limit:.0f} s")
+                pass_on()
+                time.sleep(POLL_S)
+    except BaseException:  # Ctrl-C, SIGTERM or the bound: no orphaned workers
         stop(proc)
         raise
-    for live in follower.new():  # the lines written in the last half second
-        if on_progress is not None:
-            on_progress(live)
+    pass_on()  # the lines written in the last half second
     return proc.returncode
+
+
+@contextlib.contextmanager
+def terminate_interrupts() -> Iterator[None]:
+    """While Locust runs, SIGTERM to this process acts as Ctrl-C, so the `except` that stops
+    Locust runs: Locust sits in a session of its own and would outlive a plain SIGTERM. Only
+    the main thread may set handlers; elsewhere (a load test in a thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:

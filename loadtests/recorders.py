@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+from locust.runners import STATE_RUNNING, STATE_SPAWNING
 from locust.stats import calculate_response_time_percentile, diff_response_time_dicts
 
 REQUEST_LOG_HEADER = "start,ms,status,outcome,error\n"
@@ -25,6 +26,7 @@ PROGRESS_INTERVAL_S = 1.0
 # Rates and p95 cover the last few seconds: a master hears from its workers every 3 s
 # (locust.runners.WORKER_REPORT_INTERVAL), so a shorter window would jump between 0 and 2x.
 PROGRESS_WINDOW_S = 4.0
+RUNNING_STATES = (STATE_SPAWNING, STATE_RUNNING)
 
 
 class RequestLog:
@@ -103,6 +105,8 @@ class Progress:
         self._snaps.append(self._snapshot())
         while True:
             gevent.sleep(PROGRESS_INTERVAL_S)
+            if self._env.runner.state not in RUNNING_STATES:  # stopped: the summary follows
+                continue
             with open(self._path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(self.sample()) + "\n")
 

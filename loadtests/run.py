@@ -232,10 +232,14 @@ def run_loadtest(
     config_dir = Path(config_dir).resolve() if config_dir is not None else Path.cwd()
 
     log_path = out_dir / LOG_NAME
+    given = ", ".join(
+        f"{name} {value}"
+        for name, value in (("users", users), ("batch", batch), ("seconds", run_time_s))
+        if value is not None
+    )
     logger.info(
-        "load test %s at %s: %s users, batch %s, %s texts, %s s, %d workers -> %s",
-        model, host, users or "default", batch or "default", length, run_time_s or "default",
-        workers, out_dir,
+        "load test %s at %s (%s; the rest from [tool.locust] or defaults), %s texts, "
+        "%d workers -> %s", model, host, given or "nothing given", length, workers, out_dir,
     )  # fmt: skip
     cpu = ServerCpu(server_pid) if server_pid is not None else None
     with open(log_path, "w", encoding="utf-8") as log:

@@ -3,8 +3,9 @@
 The same locustfile and options as a headless run, without `--headless`: Locust serves its UI
 on `web_host:web_port` (127.0.0.1:8089 by default) and its "Start" form shows the settings
 (model, texts, batch, ...) filled with the values given here, from `[tool.locust]` or the
-environment, editable before each start. CSVs and the HTML report go to the output directory
-when Locust stops; there is no summary.json, since the run's length is the user's.
+environment, editable before each start. Locust's CSVs, `locust_final_stats.csv` and
+`locust_options.json` go to the output directory (the HTML report is the UI's download); there
+is no summary.json, since the run's length is the user's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from loadtests.process import LoadTestError, locust_command, locust_env, stop
+from loadtests.process import (
+    LoadTestError,
+    locust_command,
+    locust_env,
+    stop,
+    terminate_interrupts,
+)
 from loadtests.texts import read_texts, select_texts, write_texts
 
 logger = logging.getLogger(__name__)
@@ -82,7 +89,7 @@ class WebUI:
 
     def __exit__(self, *_exc: object) -> None:
         if self.proc is not None:
-            stop(self.proc)  # SIGTERM: Locust writes its CSVs and HTML report, then exits
+            stop(self.proc)  # SIGTERM: Locust writes its final CSVs, stops its workers, exits
 
     def _wait_ready(self) -> None:
         assert self.proc is not None
@@ -104,6 +111,7 @@ class WebUI:
         raise LoadTestError(f"Locust's web UI at {self.url} did not answer in {UI_READY_S} s")
 
     def wait(self) -> int:
-        """Block until Locust exits (the UI's stop does not end it; Ctrl-C does)."""
+        """Block until Locust exits (the UI's stop does not end it; Ctrl-C or SIGTERM do)."""
         assert self.proc is not None
-        return self.proc.wait()
+        with terminate_interrupts():
+            return self.proc.wait()
