@@ -55,6 +55,8 @@ class LiveStats:
     @classmethod
     def from_json(cls, line: str) -> LiveStats:
         data = json.loads(line)
+        if not isinstance(data, dict):
+            raise ValueError(f"not a progress line: {line[:80]!r}")
         return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls)})
 
     def line(self) -> str:
@@ -116,14 +118,22 @@ class ProgressFollower:
 
     def new(self) -> list[LiveStats]:
         try:
-            with open(self._path, encoding="utf-8") as handle:
+            with open(self._path, "rb") as handle:
+                if os.fstat(handle.fileno()).st_size < self._offset:  # rewritten: start over
+                    self._offset = 0
                 handle.seek(self._offset)
                 chunk = handle.read()
         except FileNotFoundError:
             return []
-        complete = chunk[: chunk.rfind("\n") + 1]  # a line being written waits for next time
-        self._offset += len(complete.encode("utf-8"))
-        return [LiveStats.from_json(line) for line in complete.splitlines() if line.strip()]
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line being written waits for next time
+        self._offset += len(complete)
+        out = []
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            try:
+                out.append(LiveStats.from_json(line))
+            except (ValueError, TypeError):  # progress is for display: never fail a test on it
+                continue
+        return out
 
 
 def run_locust(

@@ -203,7 +203,9 @@ def run_loadtest(
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     # A stats file left by an earlier run would hide a locust that failed to start.
-    for stale in [*out_dir.glob(f"{CSV_PREFIX}_*.csv"), out_dir / OPTIONS_JSON]:
+    # Nor may an earlier run's options or live lines pass for this one's.
+    for stale in [*out_dir.glob(f"{CSV_PREFIX}_*.csv"), out_dir / OPTIONS_JSON,
+                  out_dir / PROGRESS_JSONL]:  # fmt: skip
         stale.unlink(missing_ok=True)
     (out_dir / SUMMARY_NAME).unlink(missing_ok=True)
     texts = read_texts(texts_path, text_column=text_column)

@@ -367,3 +367,28 @@ def test_web_ui_shows_our_options_and_starts_with_its_form(
                 failures = response.read().decode()
         assert "expected 2 predictions, got 1" in failures
     assert ui.proc is not None and ui.proc.returncode is not None  # stopped on exit
+
+
+def test_progress_follower_reads_whole_lines_and_survives_a_rewritten_file(
+    tmp_path: Path,
+) -> None:
+    from loadtests.process import ProgressFollower
+
+    path = tmp_path / "locust_progress.jsonl"
+    line = json.dumps({
+        "elapsed_s": 1.0, "run_time_s": 2, "users": 1, "requests": 3, "failures": 0,
+        "rps": 3.0, "texts_per_s": 6.0, "failures_per_s": 0.0, "p95_ms": 4,
+    })  # fmt: skip
+    follower = ProgressFollower(path)
+    assert follower.new() == []  # not written yet
+    path.write_text(f"{line}\n{line[:20]}", encoding="utf-8")  # the second line half-written
+    first = follower.new()
+    assert (
+        len(first) == 1
+        and first[0].line() == "1/2 s: 1 users, 3.0 req/s, 6.0 texts/s, p95 4 ms, 0 failed (0.00%)"
+    )
+    path.write_text(f"{line[20:]}\n", encoding="utf-8")  # a new run rewrote it, shorter
+    assert follower.new() == []  # the broken line is skipped, not raised
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+    assert len(follower.new()) == 1
