@@ -1,36 +1,35 @@
 """Locust user that sends real test-split texts to `POST /classify` and checks every answer.
 
-Run it through `loadtests.run.run_loadtest` (a subprocess), never import it next to requests
-or transformers: locust monkey-patches the stdlib with gevent on import. It imports only the
-stdlib and locust so that the subprocess stays light and independent of the project.
+Run it with Locust's own command line, in its own process: locust monkey-patches the stdlib
+with gevent on import, so it must never be imported next to requests or transformers.
 
-Settings come from the environment (read in `load_settings` only):
-  SMALLCLS_LOADTEST_TEXTS      JSON Lines file with a "text" field per row (required)
-  SMALLCLS_LOADTEST_MODEL      model name sent in every request and expected back (required)
-  SMALLCLS_LOADTEST_BATCH      texts per request (default 1)
-  SMALLCLS_LOADTEST_TIMEOUT_S  per-request network timeout in seconds (default 60)
-  SMALLCLS_LOADTEST_TOKEN      bearer token sent with every request (when auth is on)
-  SMALLCLS_LOADTEST_RATE       requests per second per user (Poisson arrivals); default: back
-                               to back, no think time
-  SMALLCLS_LOADTEST_SHED       "fail" (default): 429/503 are failures, as a sweep needs; "count":
-                               they are load shedding, recorded as successes under the name
-                               `shed:<model>`, so `classify:<model>` holds accepted requests only
-  SMALLCLS_LOADTEST_REQUEST_LOG  CSV file with one line per request (start time, latency,
-                               status, outcome), for timelines finer than locust's history
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:3000 --model NAME --texts F.jsonl
+    locust -f loadtests/locustfile.py --help   # the options below, in "smallcls ..." group
+
+Its settings are Locust options (loadtests/options.py): --texts, --model, --batch,
+--request-timeout, --token, --rate, --shed, --request-log, each also read from a
+SMALLCLS_LOADTEST_* environment variable and from `[tool.locust]` in pyproject.toml or
+locust.conf in the working directory; the command line wins. loadtests/run.py drives it for
+`smallcls loadtest` (headless, `--processes N` for local workers); without --headless it
+serves Locust's web UI with these options shown and editable.
+
+With `--csv PREFIX`, the master (or the single process) also writes `PREFIX_options.json`
+(the settings the run used), `PREFIX_progress.jsonl` (live figures each second, see
+loadtests/recorders.py) and, when locust quits, `PREFIX_final_stats.csv` and
+`PREFIX_final_failures.csv`.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import itertools
 import json
+import logging
 import math
-import os
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,71 +37,31 @@ from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
-DEFAULT_TIMEOUT_S = 60.0
+from loadtests.options import Settings, add_arguments, settings_from
+from loadtests.recorders import Progress, RequestLog
+
+logger = logging.getLogger(__name__)
+
 SHED_STATUSES = (429, 503)  # BentoML's concurrency limit; the model queue full or too slow
-SHED_MODES = ("fail", "count")
-REQUEST_LOG_HEADER = "start,ms,status,outcome,error\n"
 # Failure messages end up as keys in locust's failure table: keep them short and free of
 # per-request values so identical problems group into one row.
 MAX_ERROR_CHARS = 200
 # Next to locust's own `<prefix>_stats.csv` and `<prefix>_failures.csv`, same columns.
 FINAL_STATS_SUFFIX = "_final_stats.csv"
 FINAL_FAILURES_SUFFIX = "_final_failures.csv"
+OPTIONS_SUFFIX = "_options.json"
+PROGRESS_SUFFIX = "_progress.jsonl"
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Settings:
-    texts_path: Path
-    model: str
-    batch: int = 1
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    token: str | None = dataclasses.field(default=None, repr=False)
-    rate: float | None = None  # requests per second per user; None: back to back
-    shed: str = "fail"
-    request_log: Path | None = None
-
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("SMALLCLS_LOADTEST_MODEL must be a non-empty model name")
-        if self.batch < 1:
-            raise ValueError(f"SMALLCLS_LOADTEST_BATCH must be >= 1, got {self.batch}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"SMALLCLS_LOADTEST_TIMEOUT_S must be > 0, got {self.timeout_s}")
-        if self.rate is not None and not self.rate > 0:
-            raise ValueError(f"SMALLCLS_LOADTEST_RATE must be > 0, got {self.rate}")
-        if self.shed not in SHED_MODES:
-            raise ValueError(f"SMALLCLS_LOADTEST_SHED must be one of {SHED_MODES}: {self.shed!r}")
-
-
-def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
-    """The one place that reads environment variables."""
-    texts = environ.get("SMALLCLS_LOADTEST_TEXTS", "")
-    model = environ.get("SMALLCLS_LOADTEST_MODEL", "")
-    batch = environ.get("SMALLCLS_LOADTEST_BATCH", "1")
-    timeout_s = environ.get("SMALLCLS_LOADTEST_TIMEOUT_S", str(DEFAULT_TIMEOUT_S))
-    rate = environ.get("SMALLCLS_LOADTEST_RATE", "").strip()
-    request_log = environ.get("SMALLCLS_LOADTEST_REQUEST_LOG", "").strip()
-    if not texts:
-        raise ValueError("SMALLCLS_LOADTEST_TEXTS must name a JSON Lines file of texts")
-    try:
-        return Settings(
-            texts_path=Path(texts),
-            model=model,
-            batch=int(batch),
-            timeout_s=float(timeout_s),
-            token=environ.get("SMALLCLS_LOADTEST_TOKEN", "").strip() or None,
-            rate=float(rate) if rate else None,
-            shed=environ.get("SMALLCLS_LOADTEST_SHED", "fail").strip() or "fail",
-            request_log=Path(request_log) if request_log else None,
-        )
-    except ValueError as exc:
-        raise ValueError(f"bad load-test setting: {exc}") from exc
+@events.init_command_line_parser.add_listener
+def _add_options(parser: Any, **_kwargs: Any) -> None:
+    add_arguments(parser)
 
 
 def read_texts(path: Path) -> list[str]:
     """Non-empty "text" fields of a JSON Lines file; errors name the file and line."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (SMALLCLS_LOADTEST_TEXTS)")
+        raise FileNotFoundError(f"{path} not found (--texts, SMALLCLS_LOADTEST_TEXTS)")
     texts: list[str] = []
     with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
@@ -123,10 +82,9 @@ def read_texts(path: Path) -> list[str]:
 
 
 @functools.cache
-def _shared() -> tuple[Settings, tuple[str, ...]]:
-    # Read once per process: every simulated user shares one copy of the texts.
-    settings = load_settings()
-    return settings, tuple(read_texts(settings.texts_path))
+def _texts(path: Path) -> tuple[str, ...]:
+    # Read once per process and file: every simulated user shares one copy of the texts.
+    return tuple(read_texts(path))
 
 
 def check_response(body: Any, *, model: str, n_texts: int) -> str | None:
@@ -160,58 +118,35 @@ def check_response(body: Any, *, model: str, n_texts: int) -> str | None:
 @events.init.add_listener
 def _on_init(environment: Any, **_kwargs: Any) -> None:
     # Fail before any user spawns: a bad path would otherwise surface as one crash per user.
-    _shared()
-    prefix = getattr(environment.parsed_options, "csv_prefix", None)
-    if prefix:
+    options = environment.parsed_options
+    settings = settings_from(options)
+    _texts(settings.texts_path)
+    prefix = getattr(options, "csv_prefix", None)
+    # Locust's forked `--processes` workers run with csv_prefix cleared: only the master (or a
+    # single process) writes the run's files, from the statistics of all workers.
+    if prefix and not getattr(options, "worker", False):
+        _write_options(environment, settings, Path(f"{prefix}{OPTIONS_SUFFIX}"))
+        Progress(environment, Path(f"{prefix}{PROGRESS_SUFFIX}"), batch=settings.batch).attach()
         environment.events.quit.add_listener(functools.partial(_write_final, environment, prefix))
-    settings, _ = _shared()
     # Only where requests are made: a master's users live in its workers.
-    if settings.request_log is not None and not _is_master(environment):
+    if settings.request_log is not None and not getattr(options, "master", False):
         RequestLog(settings.request_log).attach(environment)
 
 
-def _is_master(environment: Any) -> bool:
-    return bool(getattr(environment.parsed_options, "master", False))
-
-
-class RequestLog:
-    """One CSV line per request: start (epoch s), latency (ms), HTTP status (0: no answer),
-    outcome (ok, shed, fail) and the error. Lets a caller cut a run into seconds or minutes
-    around an event (a worker killed, load dropped), which locust's cumulative stats cannot."""
-
-    def __init__(self, path: Path) -> None:
-        self._handle = open(path, "w", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
-        self._handle.write(REQUEST_LOG_HEADER)
-        self._flushed = time.monotonic()
-
-    def attach(self, environment: Any) -> None:
-        environment.events.request.add_listener(self.on_request)
-        environment.events.quit.add_listener(lambda **_kw: self._handle.close())
-
-    def on_request(
-        self,
-        name: str,
-        response_time: float,
-        start_time: float | None = None,
-        response: Any = None,
-        exception: Any = None,
-        **_kwargs: Any,
-    ) -> None:
-        if self._handle.closed:
-            return
-        status = getattr(response, "status_code", 0) or 0
-        if exception is not None:
-            outcome = "fail"
-        elif name.startswith("shed:"):
-            outcome = "shed"
-        else:
-            outcome = "ok"
-        error = "" if exception is None else " ".join(str(exception)[:80].replace(",", ";").split())
-        start = start_time or 0.0
-        self._handle.write(f"{start:.4f},{response_time:.2f},{status},{outcome},{error}\n")
-        if time.monotonic() - self._flushed > 1:  # readers follow the run (about once a second)
-            self._handle.flush()
-            self._flushed = time.monotonic()
+def _write_options(environment: Any, settings: Settings, path: Path) -> None:
+    """The settings this run resolved from its command line, environment and config files."""
+    options = environment.parsed_options
+    shape = environment.shape_class
+    record = {
+        "users": options.num_users,
+        "spawn_rate": options.spawn_rate,
+        "run_time_s": options.run_time,
+        "processes": options.processes or 0,
+        "host": environment.host,
+        "shape": None if shape is None else type(shape).__name__,
+        **settings.record(),
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def _write_final(environment: Any, prefix: str, **_kwargs: Any) -> None:
@@ -226,10 +161,11 @@ def _write_final(environment: Any, prefix: str, **_kwargs: Any) -> None:
         writer.requests_csv(csv.writer(handle))
     with open(f"{prefix}{FINAL_FAILURES_SUFFIX}", "w", encoding="utf-8", newline="") as handle:
         writer.failures_csv(csv.writer(handle))
+    logger.info("final statistics written to %s%s", prefix, FINAL_STATS_SUFFIX)
 
 
 def _wait_time(user: Any) -> float:
-    """No wait, or with SMALLCLS_LOADTEST_RATE a Poisson schedule per user: paced users offer a
+    """No wait, or with --rate a Poisson schedule per user: paced users offer a
     known load however fast the server answers (a shed request returns at once, so
     back-to-back users would multiply their rate), and random gaps keep users from marching in
     step (a batch answers many users at once; fixed pacing would keep them together)."""
@@ -246,12 +182,14 @@ def _wait_time(user: Any) -> float:
 
 class ClassifyUser(FastHttpUser):
     """Sends batches of real texts back to back (no think time, so users saturate the
-    server), or paced at SMALLCLS_LOADTEST_RATE requests per second per user."""
+    server), or paced at --rate requests per second per user. Settings are read when a user
+    starts, so a test started from the web UI uses the values its form sent."""
 
     wait_time = _wait_time
 
     def __init__(self, environment: Any) -> None:
-        self.settings, texts = _shared()
+        self.settings = settings_from(environment.parsed_options)
+        texts = _texts(self.settings.texts_path)
         # FastHttpUser reads its timeouts in __init__, so they must be set before super().
         self.network_timeout = self.settings.timeout_s
         self.connection_timeout = self.settings.timeout_s
@@ -312,3 +250,14 @@ def _error_of(text: str | None) -> str:
     else:
         message = text or "<empty body>"
     return message[:MAX_ERROR_CHARS]
+
+
+if __name__ == "__main__":
+    # `python -m loadtests.locustfile --help`: Locust answers `locust -f ... --help` before it
+    # imports any locustfile, so its own help cannot list these options; this prints that help
+    # as it reads once they are registered (with the shape options of shapes.py).
+    from locust.argument_parser import get_parser
+
+    import loadtests.shapes  # noqa: F401  (registers its options on import)
+
+    get_parser().print_help()

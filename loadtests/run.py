@@ -2,12 +2,16 @@
 
 Locust runs in a subprocess of the same interpreter: importing it here would monkey-patch the
 stdlib with gevent, which breaks requests/transformers already imported by the caller. This
-module therefore never imports locust; it only reads the CSV files locust writes.
+module therefore never imports locust; it only reads the files locust writes. Locust runs in
+the caller's directory, so a `[tool.locust]` section of its pyproject.toml (or a locust.conf)
+supplies what the call leaves out (loadtests/process.py); `workers` is Locust's `--processes`.
 
 An output directory holds: `locust.log` (locust's stdout/stderr), `locust_stats.csv`,
 `locust_stats_history.csv`, `locust_failures.csv`, `locust_exceptions.csv`, `locust.html`,
 `locust_final_stats.csv` and `locust_final_failures.csv` (the end-of-run numbers in the same
-columns as locust's files, which lag up to a second) and `summary.json` (a `LoadSummary`).
+columns as locust's files, which lag up to a second), `locust_options.json` (the settings the
+run resolved), `locust_progress.jsonl` (live figures, one line a second) and `summary.json`
+(a `LoadSummary`).
 """
 
 from __future__ import annotations
@@ -16,43 +20,43 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from core.fields import read_json_object as _read_json_object
+from loadtests.process import (
+    LiveStats,
+    LoadTestError,
+    locust_command,
+    locust_env,
+    read_options,
+    run_locust,
+)
+
+# Re-exported: callers and tests import them from here.
+from loadtests.server import ServerCpu, find_server_pid, free_port, wait_ready  # noqa: F401
 from loadtests.texts import mean_words, read_texts, select_texts, write_texts
 
 logger = logging.getLogger(__name__)
 
-LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-SHAPES_FILE = Path(__file__).with_name("shapes.py")
 SHAPE_MAX_S = 60  # the longest table in shapes.py, before scaling: bounds a shape's run
 CSV_PREFIX = "locust"
 STATS_CSV = f"{CSV_PREFIX}_stats.csv"  # locust's own, rewritten once a second during the run
 # Same format, written by the locustfile when locust quits: the only file with the final numbers.
 FINAL_STATS_CSV = f"{CSV_PREFIX}_final_stats.csv"
+OPTIONS_JSON = f"{CSV_PREFIX}_options.json"  # written by the locustfile when it starts
+PROGRESS_JSONL = f"{CSV_PREFIX}_progress.jsonl"
 SUMMARY_NAME = "summary.json"
 LOG_NAME = "locust.log"
 HTML_NAME = "locust.html"
 TEXTS_NAME = "texts.jsonl"  # exactly the texts this test sent
-# Locust needs a few seconds to import and to stop; beyond this the subprocess is hung.
-STARTUP_SLACK_S = 60
+# The project's defaults, below the user's [tool.locust]: a short saturating test.
+DEFAULT_USERS = 8
+DEFAULT_RUN_TIME_S = 20
 LOG_TAIL_CHARS = 2000
-
-
-class LoadTestError(RuntimeError):
-    """A load test that could not run or whose results cannot be read; names the file."""
 
 
 def read_json_object(path: Path, *, written_by: str) -> dict[str, Any]:
@@ -147,26 +151,6 @@ class LoadSummary:
         return cls.from_dict(data, source=str(path))
 
 
-def wait_ready(host: str, timeout_s: float = 60.0, *, interval_s: float = 0.25) -> None:
-    """Poll `GET {host}/readyz` until it answers 200; TimeoutError with the last problem."""
-    url = host.rstrip("/") + "/readyz"
-    deadline = time.monotonic() + timeout_s
-    last = "no answer yet"
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=max(interval_s, 1.0)) as response:
-                if response.status == 200:
-                    return
-                last = f"HTTP {response.status}"
-        except urllib.error.HTTPError as exc:  # 503 while the model loads
-            last = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:  # not listening yet
-            last = str(exc)
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{url} not ready after {timeout_s:g} s (last: {last})")
-        time.sleep(interval_s)
-
-
 def run_loadtest(
     *,
     host: str,
@@ -174,10 +158,10 @@ def run_loadtest(
     texts_path: Path,
     out_dir: Path,
     text_column: str = "text",
-    users: int = 8,
-    spawn_rate: float = 8,
-    run_time_s: int = 20,
-    batch: int = 1,
+    users: int | None = None,
+    spawn_rate: float | None = None,
+    run_time_s: int | None = None,
+    batch: int | None = None,
     timeout_s: float | None = None,
     length: str = "all",
     max_length: int = 64,
@@ -186,32 +170,31 @@ def run_loadtest(
     shape: str | None = None,
     shape_scale: float = 1.0,
     extra_env: Mapping[str, str] | None = None,
+    config_dir: Path | None = None,
+    progress: Callable[[LiveStats], None] | None = None,
 ) -> LoadSummary:
     """Load-test `POST {host}/classify` for `run_time_s` seconds and write `summary.json`.
 
-    `timeout_s` is the per-request network timeout (locust's default, 60 s, when None); a
-    request that exceeds it counts as a failure. Failed requests are results, not errors:
-    this raises LoadTestError only when locust produced no statistics at all.
+    `users`, `spawn_rate` (default: all users at once), `run_time_s`, `batch` and `timeout_s`
+    (the per-request network timeout) left as None come from `[tool.locust]` in
+    `config_dir`'s pyproject.toml or its locust.conf (default: the current directory), else
+    from the defaults: 8 users for 20 s, batch 1, 60 s. Failed requests are results, not
+    errors: this raises LoadTestError only when locust produced no statistics at all.
 
     `length` picks a length bucket of the texts (`loadtests.texts`; `max_length` is the model's
     maximum in tokens, for `near_max`); the texts sent are saved as `texts.jsonl`. `workers` > 0
-    runs locust as a master on 127.0.0.1 with that many local `--worker` processes, for loads
+    runs that many local worker processes under a master (Locust's `--processes`), for loads
     one process cannot generate. `server_pid` names the server's root process: the CPU its
     process tree used during the test is recorded (`server_cpu_percent`, 100 = one core).
-    `shape` plays a load-shape table (loadtests/shapes.py: ramp, steps, spike; `shape_scale`
-    stretches its time axis) instead of a fixed number of users; `users` and `run_time_s`
-    then only record the peak and bound the run. `extra_env` passes more SMALLCLS_LOADTEST_*
-    settings to the locustfile (token, pacing, shed mode, request log; see its docstring).
+    `shape` plays a load-shape table (loadtests/shapes.py: ramp, steps, spike, or stages with
+    SMALLCLS_LOADTEST_STAGES; `shape_scale` stretches its time axis) instead of a fixed number
+    of users; `users` and `run_time_s` then only record the peak and bound the run.
+    `extra_env` passes more SMALLCLS_LOADTEST_* settings to the locustfile (token, pacing, shed
+    mode, request log; see loadtests/options.py). `progress` receives the live figures about
+    once a second while the test runs.
     """
-    if users < 1 or batch < 1 or run_time_s < 1 or spawn_rate <= 0:
-        raise ValueError(
-            f"need users >= 1, batch >= 1, run_time_s >= 1, spawn_rate > 0; got users={users}, "
-            f"batch={batch}, run_time_s={run_time_s}, spawn_rate={spawn_rate}"
-        )
-    if timeout_s is not None and timeout_s <= 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+    explicit = {"users": users, "spawn_rate": spawn_rate, "run_time_s": run_time_s}
+    _check_counts(batch=batch, timeout_s=timeout_s, workers=workers, **explicit)
     texts_path = Path(texts_path).resolve()
     if not texts_path.is_file():
         raise FileNotFoundError(
@@ -220,96 +203,79 @@ def run_loadtest(
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     # A stats file left by an earlier run would hide a locust that failed to start.
-    for stale in out_dir.glob(f"{CSV_PREFIX}_*.csv"):
-        stale.unlink()
+    # Nor may an earlier run's options or live lines pass for this one's.
+    for stale in [*out_dir.glob(f"{CSV_PREFIX}_*.csv"), out_dir / OPTIONS_JSON,
+                  out_dir / PROGRESS_JSONL]:  # fmt: skip
+        stale.unlink(missing_ok=True)
     (out_dir / SUMMARY_NAME).unlink(missing_ok=True)
     texts = read_texts(texts_path, text_column=text_column)
     sent = select_texts(texts, length, max_length=max_length)
     sent_path = write_texts(sent, out_dir / TEXTS_NAME)
 
-    locustfiles = str(LOCUSTFILE) + (f",{SHAPES_FILE}" if shape else "")
-    cmd = [
-        sys.executable, "-m", "locust",
-        "-f", locustfiles,
-        "--headless",
-        "--host", host,
-        "--users", str(users),
-        "--spawn-rate", str(spawn_rate),
-        "--run-time", f"{run_time_s}s",
-        "--csv", str(out_dir / CSV_PREFIX),
-        "--html", str(out_dir / HTML_NAME),
-        "--only-summary",
-    ]  # fmt: skip
-    master_port = free_port() if workers else None
-    if master_port is not None:
-        cmd += [
-            "--master", "--master-bind-host", "127.0.0.1",
-            "--master-bind-port", str(master_port), "--expect-workers", str(workers),
-        ]  # fmt: skip
-    env = dict(os.environ)
-    env.update(
-        SMALLCLS_LOADTEST_TEXTS=str(sent_path),
-        SMALLCLS_LOADTEST_MODEL=model,
-        SMALLCLS_LOADTEST_BATCH=str(batch),
-    )
-    env.update(extra_env or {})
+    options: dict[str, str | int | float | None] = {
+        "texts": str(sent_path),
+        "model": model,
+        "users": users,
+        "spawn-rate": spawn_rate if spawn_rate is not None else users,
+        "run-time": None if run_time_s is None else f"{run_time_s}s",
+        "batch": batch,
+        "request-timeout": timeout_s,
+        "processes": workers or None,
+        "csv": str(out_dir / CSV_PREFIX),
+        "html": str(out_dir / HTML_NAME),
+    }
     if shape:
-        env.update(SMALLCLS_LOADTEST_SHAPE=shape, SMALLCLS_LOADTEST_SHAPE_SCALE=str(shape_scale))
-    if timeout_s is not None:
-        env["SMALLCLS_LOADTEST_TIMEOUT_S"] = str(timeout_s)
-    else:
-        env.pop("SMALLCLS_LOADTEST_TIMEOUT_S", None)
+        options.update({"shape": shape, "shape-scale": shape_scale})
+    cmd = locust_command(host=host, options=options, shape=bool(shape))
+    # Below the config files: what nobody set (loadtests/options.py).
+    defaults = {"num_users": DEFAULT_USERS, "spawn_rate": users or DEFAULT_USERS,
+                "run_time": DEFAULT_RUN_TIME_S}  # fmt: skip
+    env = locust_env(os.environ, defaults=defaults, extra=extra_env or {})
+    config_dir = Path(config_dir).resolve() if config_dir is not None else Path.cwd()
 
     log_path = out_dir / LOG_NAME
+    given = ", ".join(
+        f"{name} {value}"
+        for name, value in (("users", users), ("batch", batch), ("seconds", run_time_s))
+        if value is not None
+    )
     logger.info(
-        "load test %s at %s: %d users, batch %d, %s texts, %d s, %d workers -> %s",
-        model, host, users, batch, length, run_time_s, workers, out_dir,
+        "load test %s at %s (%s; the rest from [tool.locust] or defaults), %s texts, "
+        "%d workers -> %s", model, host, given or "nothing given", length, workers, out_dir,
     )  # fmt: skip
-    # A shape runs for its table's length, whatever --run-time says.
-    bound_s = max(run_time_s, SHAPE_MAX_S * shape_scale) if shape else run_time_s
-    if env.get("SMALLCLS_LOADTEST_STAGES"):
-        bound_s = max(bound_s, stages_length_s(env["SMALLCLS_LOADTEST_STAGES"]))
     cpu = ServerCpu(server_pid) if server_pid is not None else None
     with open(log_path, "w", encoding="utf-8") as log:
-        worker_cmd = [sys.executable, "-m", "locust", "-f", locustfiles, "--worker"]
-        worker_cmd += ["--master-host", "127.0.0.1", "--master-port", str(master_port)]
-        worker_procs = [
-            subprocess.Popen(worker_cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out_dir)
-            for _ in range(workers)
-        ]
         try:
-            proc = subprocess.run(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=out_dir,  # keep a stray locust.conf in the caller's cwd out of the run
-                timeout=bound_s + STARTUP_SLACK_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise LoadTestError(
-                f"locust did not finish within {bound_s + STARTUP_SLACK_S} s; see {log_path}"
-            ) from exc
-        finally:
-            _stop(worker_procs)
+            code = run_locust(
+                cmd, env=env, cwd=config_dir, log=log, options_path=out_dir / OPTIONS_JSON,
+                progress_path=out_dir / PROGRESS_JSONL, on_progress=progress,
+                bound_s=lambda recorded: _bound_s(recorded, run_time_s, shape, shape_scale, env),
+            )  # fmt: skip
+        except TimeoutError as exc:
+            raise LoadTestError(f"{exc}; see {log_path}") from exc
     server_cpu = cpu.percent() if cpu is not None else None
     # Exit code 1 means some requests failed; the summary records that. Locust opens its CSV
     # files before it loads the locustfile, so a crash at start leaves an empty stats file.
     stats_csv = _nonempty(out_dir / FINAL_STATS_CSV) or _nonempty(out_dir / STATS_CSV)
     if stats_csv is None:
         raise LoadTestError(
-            f"locust exited with code {proc.returncode} and wrote no statistics to "
+            f"locust exited with code {code} and wrote no statistics to "
             f"{out_dir / STATS_CSV}; end of {log_path}:\n{_tail(log_path)}"
         )
     if stats_csv.name != FINAL_STATS_CSV:
         logger.warning("%s missing; %s may miss the last second of the run",
                        FINAL_STATS_CSV, stats_csv)  # fmt: skip
-    if proc.returncode not in (0, 1):
-        logger.warning("locust exited with code %d; see %s", proc.returncode, log_path)
+    if code not in (0, 1):
+        logger.warning("locust exited with code %d; see %s", code, log_path)
 
+    # What ran, as Locust resolved it from the call, the config files and the defaults.
+    ran = read_options(out_dir / OPTIONS_JSON) or {}
     summary = summarize_stats(
-        stats_csv, model=model, users=users, run_time_s=run_time_s, batch=batch
+        stats_csv,
+        model=model,
+        users=int(ran.get("users") or users or DEFAULT_USERS),
+        run_time_s=int(ran.get("run_time_s") or run_time_s or DEFAULT_RUN_TIME_S),
+        batch=int(ran.get("batch") or batch or 1),
     )
     summary = dataclasses.replace(
         summary,
@@ -322,6 +288,55 @@ def run_loadtest(
     summary.write(out_dir)
     logger.info("%s", summary.line())
     return summary
+
+
+def _check_counts(
+    *,
+    users: int | None,
+    spawn_rate: float | None,
+    run_time_s: int | None,
+    batch: int | None,
+    timeout_s: float | None,
+    workers: int,
+) -> None:
+    """Explicit values must make sense; None is left to the config files and defaults."""
+    bad = [
+        f"{name}={value}"
+        for name, value, ok in (
+            ("users", users, users is None or users >= 1),
+            ("batch", batch, batch is None or batch >= 1),
+            ("run_time_s", run_time_s, run_time_s is None or run_time_s >= 1),
+            ("spawn_rate", spawn_rate, spawn_rate is None or spawn_rate > 0),
+            ("timeout_s", timeout_s, timeout_s is None or timeout_s > 0),
+            ("workers", workers, workers >= 0),
+        )
+        if not ok
+    ]
+    if bad:
+        raise ValueError(
+            "need users >= 1, batch >= 1, run_time_s >= 1, spawn_rate > 0, timeout_s > 0, "
+            f"workers >= 0; got {', '.join(bad)}"
+        )
+
+
+def _bound_s(
+    recorded: dict[str, Any] | None,
+    run_time_s: int | None,
+    shape: str | None,
+    shape_scale: float,
+    env: Mapping[str, str],
+) -> float:
+    """How long the test may run: its run time (known once Locust has resolved it), or a
+    shape's table, whichever is longer."""
+    run_time = run_time_s or (recorded or {}).get("run_time_s")
+    if run_time is None and recorded is None:
+        run_time = 0.0  # not started yet: only the start-up slack applies
+    bound = float(run_time or math.inf)
+    if shape:
+        bound = max(bound if math.isfinite(bound) else 0.0, SHAPE_MAX_S * shape_scale)
+        if env.get("SMALLCLS_LOADTEST_STAGES"):
+            bound = max(bound, stages_length_s(env["SMALLCLS_LOADTEST_STAGES"]))
+    return bound
 
 
 def stages_length_s(stages_json: str) -> float:
@@ -412,78 +427,3 @@ def _tail(path: Path) -> str:
     except OSError:
         return "<no log>"
     return text[-LOG_TAIL_CHARS:]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    # Workers quit when the master tells them to; this only catches one that did not.
-    for proc in procs:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class ServerCpu:
-    """CPU time used by a process and its descendants between construction and `percent()`.
-
-    Sums user + system time over the tree. BentoML's workers live for the whole server, so the
-    tree is listed once at the start; a process that exits in between loses its last slice.
-    """
-
-    def __init__(self, pid: int) -> None:
-        try:
-            root = psutil.Process(pid)
-            self._procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess as exc:
-            raise LoadTestError(f"server process {pid} not found") from exc
-        self._start = {p.pid: self._cpu(p) for p in self._procs}
-        self._t0 = time.monotonic()
-
-    @staticmethod
-    def _cpu(proc: psutil.Process) -> float | None:
-        try:
-            times = proc.cpu_times()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return None
-        return times.user + times.system
-
-    def percent(self) -> float:
-        elapsed = max(time.monotonic() - self._t0, 1e-9)
-        used = 0.0
-        for proc in self._procs:
-            start, end = self._start.get(proc.pid), self._cpu(proc)
-            if start is not None and end is not None:
-                used += end - start
-        return 100.0 * used / elapsed
-
-
-def find_server_pid(host: str) -> int | None:
-    """The process listening on the host's port when it is this machine; None otherwise.
-
-    For `--host` runs against a server this process did not start; needs the right to list
-    sockets (root, or the same user on most systems).
-    """
-    parsed = urllib.parse.urlsplit(host)
-    if parsed.hostname not in ("127.0.0.1", "localhost", "0.0.0.0") or parsed.port is None:
-        return None
-    try:
-        conns = psutil.net_connections(kind="tcp")
-    except (psutil.AccessDenied, OSError):
-        return None
-    pids = sorted(
-        c.pid for c in conns
-        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == parsed.port and c.pid
-    )  # fmt: skip
-    if not pids:
-        return None
-    # BentoML's arbiter holds the socket and its workers inherit it: the lowest pid is the
-    # arbiter, whose tree holds every worker.
-    return pids[0]

@@ -24,11 +24,13 @@ from typing import Any
 
 from loadtests.run import (
     SUMMARY_NAME,
+    LiveStats,
     LoadSummary,
     LoadTestError,
     read_json_object,
     run_loadtest,
 )
+from loadtests.web import DEFAULT_WEB_PORT, WebUI
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,10 @@ class SweepSummary:
         return f"{self.model}: {best}; {len(self.steps)} steps, stopped: {self.stop_reason}"
 
 
+def _live_printer(progress: Callable[[str], None], mark: str) -> Callable[[LiveStats], None]:
+    return lambda live: progress(f"{mark} {live.line()}")
+
+
 def machine_label() -> str:
     """What a measurement ran on: core count, CPU model, OS and architecture."""
     model = platform.processor() or "unknown CPU"
@@ -135,11 +141,11 @@ def run_sweep(
     out_dir: Path,
     text_column: str = "text",
     steps: Sequence[int] = DEFAULT_STEPS,
-    step_seconds: int = 10,
+    step_seconds: int | None = 10,
     slo_p95_ms: float = DEFAULT_SLO_P95_MS,
     max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
     min_gain: float = DEFAULT_MIN_GAIN,
-    batch: int = 1,
+    batch: int | None = 1,
     length: str = "all",
     max_length: int = 64,
     workers: int = 0,
@@ -147,9 +153,16 @@ def run_sweep(
     timeout_s: float | None = None,
     echo: Callable[[str], None] | None = None,
     extra_env: Mapping[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    config_dir: Path | None = None,
 ) -> SweepSummary:
     """Run the steps in order until one misses the SLO or adds < `min_gain` throughput.
-    `extra_env`: more locustfile settings for every step (e.g. SMALLCLS_LOADTEST_TOKEN)."""
+
+    `extra_env`: more locustfile settings for every step (e.g. SMALLCLS_LOADTEST_TOKEN).
+    `echo` gets a summary line per step, `progress` a live line about once a second while a
+    step runs, both marked `[step k/n]`. `step_seconds` or `batch` None: `[tool.locust]`'s
+    run-time or batch in `config_dir` (loadtests/run.py), else 20 s and 1.
+    """
     steps = list(steps)
     if not steps or any(u < 1 for u in steps) or steps != sorted(set(steps)):
         raise ValueError(f"steps must be increasing user counts >= 1, got {steps}")
@@ -165,6 +178,7 @@ def run_sweep(
     stop_reason = f"all {len(steps)} steps ran"
     for i, users in enumerate(steps, 1):
         step_dir = out_dir / f"users-{users:03d}"
+        mark = f"  [step {i}/{len(steps)}]"
         summary = run_loadtest(
             host=host,
             model=model,
@@ -181,9 +195,11 @@ def run_sweep(
             workers=workers,
             server_pid=server_pid,
             extra_env=extra_env,
+            config_dir=config_dir,
+            progress=None if progress is None else _live_printer(progress, mark),
         )
         if echo is not None:
-            echo(f"  [step {i}/{len(steps)}] {summary.line()}")
+            echo(f"{mark} {summary.line()}")
         best_before = best_at_slo([s for _, s in done], slo_p95_ms, max_failure_rate)
         done.append((step_dir.name, summary))
         if summary.failure_rate > max_failure_rate:
@@ -214,9 +230,9 @@ def run_sweep(
         model=model,
         slo_p95_ms=slo_p95_ms,
         max_failure_rate=max_failure_rate,
-        batch=batch,
+        batch=done[0][1].batch,  # as the steps resolved it
         length=length,
-        step_seconds=step_seconds,
+        step_seconds=done[0][1].run_time_s,
         workers=workers,
         machine=machine_label(),
         cpu_count=os.cpu_count() or 0,
@@ -236,23 +252,26 @@ def run_sweep(
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoadTestPlan:
-    """What `smallcls loadtest` runs for each model: a sweep (`steps`), a load shape, or one
-    run of `users` users for `seconds`."""
+    """What `smallcls loadtest` runs for each model: a sweep (`steps`), a load shape, one run
+    of `users` users for `seconds`, or (`web`) Locust's web UI for an interactive test. None:
+    `[tool.locust]` in the current directory, else 8 users, 20 s, batch 1 (loadtests/run.py)."""
 
     # None: each model directory's own test file, as its manifest names it.
     texts_path: Path | None
     out_dir: Path
     text_column: str | None = None  # None: "text", or the manifest's column
-    users: int = 8
-    seconds: int = 20  # one run's length, each sweep step's, or the bound of a shape
+    users: int | None = None
+    seconds: int | None = None  # one run's length, each sweep step's, or the bound of a shape
     steps: list[int] | None = None
     shape: str | None = None
     shape_scale: float = 1.0
     slo_p95_ms: float = DEFAULT_SLO_P95_MS
-    batch: int = 1
+    batch: int | None = None
     length: str = "all"
     max_length: int = 64
     workers: int = 0
+    web: bool = False
+    web_port: int = DEFAULT_WEB_PORT
 
 
 def load_test_models(
@@ -264,9 +283,11 @@ def load_test_models(
     server_pid: int | None = None,
     serve_threads: int = 2,
     echo: Callable[[str], None] = print,
+    progress: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Load-test each model; returns the output directories (one per model under
-    `plan.out_dir`, or `plan.out_dir` itself for a single named model).
+    `plan.out_dir`, or `plan.out_dir` itself for a single named model). `progress` gets the
+    live lines of every run (None: summaries only).
 
     With `model_dirs` and no `host`, starts `bentoml serve` for them on 127.0.0.1 first, and
     takes each model's name and max length from its manifest. Otherwise talks to `host`, and
@@ -284,7 +305,7 @@ def load_test_models(
             assert server.process is not None
             echo(f"[serve] ready at {server.url}")
             named = [_target(plan, Manifest.read(Path(d))) for d in model_dirs]
-            return _each(plan, server.url, named, server.process.pid, echo, nest=True)
+            return _each(plan, server.url, named, server.process.pid, echo, progress, nest=True)
     if host is None:
         host = DEFAULT_HOST
     wait_ready(host)
@@ -298,7 +319,8 @@ def load_test_models(
     pid = server_pid if server_pid is not None else find_server_pid(host)
     if pid is None:
         echo("[loadtest] server process not found on this machine: no server CPU figures")
-    return _each(plan, host, pairs, pid, echo, nest=len(pairs) > 1 or plan.steps is not None)
+    nest = len(pairs) > 1 or plan.steps is not None
+    return _each(plan, host, pairs, pid, echo, progress, nest=nest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,12 +349,16 @@ def _each(
     models: list[_Target],
     server_pid: int | None,
     echo: Callable[[str], None],
+    progress: Callable[[str], None] | None,
     *,
     nest: bool,
 ) -> list[Path]:
+    if plan.web:
+        return [_web(plan, host, models, echo)]
     outs = []
     for i, target in enumerate(models, 1):
         out = Path(plan.out_dir) / target.name if nest else Path(plan.out_dir)
+        mark = f"[loadtest {i}/{len(models)}]"
         echo(f"[loadtest {i}/{len(models)}] {target.name} -> {out} (texts {target.texts_path})")
         common: dict[str, Any] = dict(
             host=host, model=target.name, texts_path=target.texts_path,
@@ -342,14 +368,36 @@ def _each(
         if plan.steps:
             sweep = run_sweep(
                 **common, steps=plan.steps, step_seconds=plan.seconds,
-                slo_p95_ms=plan.slo_p95_ms, echo=echo,
+                slo_p95_ms=plan.slo_p95_ms, echo=echo, progress=progress,
             )  # fmt: skip
             echo(f"[loadtest {i}/{len(models)}] {sweep.line()}")
         else:
             summary = run_loadtest(
                 **common, users=plan.users, spawn_rate=plan.users, run_time_s=plan.seconds,
                 shape=plan.shape, shape_scale=plan.shape_scale,
+                progress=None if progress is None else _live_printer(progress, mark),
             )  # fmt: skip
             echo(f"[loadtest {i}/{len(models)}] {summary.line()}")
         outs.append(out)
     return outs
+
+
+def _web(plan: LoadTestPlan, host: str, models: list[_Target], echo: Callable[[str], None]) -> Path:
+    """Serve Locust's web UI for one model until Ctrl-C; its files land in `plan.out_dir`."""
+    if len(models) != 1 or plan.steps or plan.shape:
+        raise ValueError("--web opens the UI for one model: name one, without --sweep or --shape")
+    (target,) = models
+    ui = WebUI(
+        host=host, model=target.name, texts_path=target.texts_path,
+        text_column=target.text_column, out_dir=plan.out_dir, length=plan.length,
+        max_length=target.max_length, users=plan.users, batch=plan.batch,
+        workers=plan.workers, web_port=plan.web_port,
+    )  # fmt: skip
+    with ui:
+        echo(f"[loadtest] Locust web UI for {target.name} at {ui.url} (Ctrl-C stops it; "
+             f"log {ui.log_path})")  # fmt: skip
+        try:
+            ui.wait()
+        except KeyboardInterrupt:
+            echo("[loadtest] stopping Locust (writing its reports)")
+    return Path(plan.out_dir)

@@ -147,6 +147,8 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         length=args.length,
         max_length=args.max_length,
         workers=args.workers,
+        web=args.web,
+        web_port=args.web_port,
     )
     outs = load_test_models(
         plan,
@@ -155,6 +157,8 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         model_dirs=args.model_dirs,
         server_pid=args.server_pid,
         serve_threads=args.threads,
+        # Live lines on stderr, so stdout keeps only the summaries and the results line.
+        progress=None if args.quiet else lambda line: print(line, file=sys.stderr, flush=True),
     )
     print("results: " + " ".join(str(o) for o in outs))
     return 0
@@ -336,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Load-test models on a running service (--host, --model) or on model directories "
             "served here on 127.0.0.1 (positional dirs, no --host). --sweep 1,2,4,8 runs each "
             "step until p95 passes --slo-p95-ms; each model gets a directory of Locust CSVs, "
-            "HTML reports and JSON summaries."
+            "HTML reports and JSON summaries. Options left out come from [tool.locust] in "
+            "./pyproject.toml or ./locust.conf (users, run-time, batch, request-timeout, ...). "
+            "--web opens Locust's web UI for one model instead."
         ),
     )
     p.add_argument("model_dirs", nargs="*", type=Path, help="model directories (served here)")
@@ -357,9 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the texts' column (default: text, or the manifest's)",
     )
-    p.add_argument("--users", type=int, default=8, help="users of a single run")
     p.add_argument(
-        "--seconds", type=int, default=20, help="length of a single run or of each sweep step"
+        "--users",
+        type=int,
+        default=None,
+        help="users of a single run (default: [tool.locust] users, else 8)",
+    )
+    p.add_argument(
+        "--seconds",
+        type=int,
+        default=None,
+        help="length of a single run or of each sweep step (default: [tool.locust] run-time, "
+        "else 20)",
     )
     p.add_argument(
         "--sweep",
@@ -373,7 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--shape", choices=["ramp", "steps", "spike"], help="a load-shape table (shapes.py)"
     )
     p.add_argument("--shape-scale", type=float, default=1.0, help="stretch the shape's time")
-    p.add_argument("--batch", type=int, default=1, help="texts per request")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="texts per request (default: [tool.locust] batch, else 1)",
+    )
     p.add_argument(
         "--length",
         choices=["all", "short", "typical", "near_max"],
@@ -385,7 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=0,
-        help="run locust as a master with N local worker processes (127.0.0.1)",
+        help="N local Locust worker processes under a master (Locust's --processes N)",
+    )
+    p.add_argument(
+        "--web",
+        action="store_true",
+        help="open Locust's web UI on 127.0.0.1 for one model, options pre-filled; Ctrl-C stops",
+    )
+    p.add_argument("--web-port", type=int, default=8089, help="port of the web UI (--web)")
+    p.add_argument(
+        "--quiet", action="store_true", help="no live progress lines, only each run's summary"
     )
     p.add_argument("--server-pid", type=int, default=None, help="server root pid, for CPU %%")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads when serving")

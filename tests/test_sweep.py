@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,3 +152,44 @@ def test_master_with_two_local_workers(
     assert summary.workers == 2 and summary.requests > 0 and summary.failures == 0
     log = (tmp_path / "dist" / "locust.log").read_text()
     assert "worker" in log.lower()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_sweep_prints_live_lines_marked_with_the_step(
+    good_host: str, texts_path: Path, tmp_path: Path
+) -> None:
+    echoed: list[str] = []
+    live: list[str] = []
+    sweep = run_sweep(
+        host=good_host, model=MODEL, texts_path=texts_path, out_dir=tmp_path / "sw",
+        steps=[1, 2], step_seconds=2, slo_p95_ms=10_000, min_gain=-1.0, echo=echoed.append,
+        progress=live.append, config_dir=tmp_path,
+    )  # fmt: skip
+    assert len(sweep.steps) == 2 and sweep.step_seconds == 2 and sweep.batch == 1
+    for k, users in ((1, 1), (2, 2)):
+        mine = [line for line in live if line.startswith(f"  [step {k}/2] ")]
+        assert mine, f"no live line for step {k}: {live}"
+        assert re.search(rf"\d+/2 s: {users} users, [\d.]+ req/s, [\d.]+ texts/s, p95 ", mine[-1])
+    # The end of each step is still one summary line.
+    assert [line.split("]")[0] for line in echoed] == ["  [step 1/2", "  [step 2/2"]
+    assert all("requests" in line for line in echoed)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_cli_prints_progress_to_stderr_unless_quiet(
+    good_host: str, texts_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from smallcls.cli import main
+
+    base = ["loadtest", "--host", good_host, "--model", MODEL, "--texts", str(texts_path),
+            "--users", "1", "--seconds", "2"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "loud")]) == 0
+    loud = capsys.readouterr()
+    assert re.search(r"\[loadtest 1/1\] \d+/2 s: 1 users, .* req/s", loud.err)
+    assert "[loadtest 1/1] stub-fp32: " in loud.out  # the summary line, on stdout
+    assert main([*base, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert not re.search(r"\d+/2 s: ", quiet.err + quiet.out)
+    assert "[loadtest 1/1] stub-fp32: " in quiet.out
