@@ -45,7 +45,8 @@ def test_defaults_are_shown_once_and_silent_defaults_not_at_all(capsys):
     with pytest.raises(SystemExit):
         main(["loadtest", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # undo the help's line wrapping
-    assert "users of a single run (default: 8)" in text
+    assert "users of a single run (default: [tool.locust] users, else 8)" in text
+    assert "--web-port WEB_PORT port of the web UI (--web) (default: 8089)" in text
     assert "--out OUT default: loadtests_out" in text
     assert "(default: None)" not in text and "(default: False)" not in text
 
