@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,10 @@ log = logging.getLogger(__name__)
 
 # Accuracy targets of the demo on SST-2's 872-row test split.
 TARGETS = {"encoder": 0.86, "causal_lm": 0.84}
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _reusable(run_dir: Path, config: TrainConfig) -> bool:
@@ -115,6 +120,8 @@ def run_demo(
                 max_length=manifest.max_length,
                 server_pid=server.process.pid,
                 echo=echo,
+                # Live requests/s, p95 and failures about once a second, on stderr.
+                progress=_stderr_line if show_progress else None,
             )
             echo(f"[loadtest {i}/{len(model_dirs)}] {sweep.line()}")
             loadtest_dirs.append(target)
