@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from core.devices import DEVICES
 from core.manifest import VARIANTS
 
 T = TypeVar("T")
@@ -175,6 +176,11 @@ class DemoConfig:
     loadtest_users: int = 8  # users of a single run (kept for `smallcls loadtest` parity)
     loadtest_seconds: int = 15  # seconds per sweep step
     serve_threads: int = 2
+    # Where the gate scores the exports and where the service runs them (core/devices.py):
+    # export's `auto` checks fp16 on CUDA when there is one; `cuda` anywhere without a usable
+    # CUDA provider is refused before anything runs. Training's device is each model's own.
+    export_device: str = "auto"
+    serve_device: str = "cpu"
     # The load test is a concurrency sweep: these user counts in turn, stopping once p95
     # passes the SLO (loadtests/sweep.py). The report prices the throughput at the SLO.
     loadtest_steps: list[int] = dataclasses.field(default_factory=lambda: [1, 4, 8])
@@ -197,6 +203,11 @@ class DemoConfig:
             raise ConfigError(f"slo_p95_ms must be > 0, got {self.slo_p95_ms}")
         if not 0 <= self.accuracy_floor <= 1:
             raise ConfigError(f"accuracy_floor must be in 0..1, got {self.accuracy_floor}")
+        for field in ("export_device", "serve_device"):
+            if getattr(self, field) not in DEVICES:
+                raise ConfigError(
+                    f"{field} must be one of {list(DEVICES)}, got {getattr(self, field)!r}"
+                )
         bad = sorted(set(self.precisions) - set(VARIANTS))
         if bad:
             raise ConfigError(f"precisions must be among {list(VARIANTS)}, got {bad}")

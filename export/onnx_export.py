@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core import registry
+from core import devices, registry
 from core.config import TrainConfig
 from core.data import Dataset, dataset_for
 from core.manifest import MANIFEST_NAME, MODEL_NAME, Manifest, sha256_of
@@ -191,6 +191,7 @@ class _Settings:
     calibration_rows: int
     force: bool
     show_progress: bool
+    device: str  # where the gate scores (cpu, cuda, auto)
 
 
 def _file_evidence(model_dir: Path) -> tuple[dict[str, str], dict[str, int]]:
@@ -240,6 +241,7 @@ def _export_variant(
         settings.gate_kw,
         force=settings.force,
         show_progress=settings.show_progress,
+        device=settings.device,
     )
     manifest = dataclasses.replace(
         manifest,
@@ -285,10 +287,14 @@ def export_model(
     max_accuracy_drop: float = gate.MAX_ACCURACY_DROP,
     min_agreement: float = gate.MIN_AGREEMENT,
     show_progress: bool = False,
+    device: str = "auto",
 ) -> ExportResult:
     """Write `<out_dir>/<run name>-<variant>/` for each variant that passes the gate.
-    `show_progress`: bars for scoring the test split and for calibration."""
+    `show_progress`: bars for scoring the test split and for calibration. `device`: where the
+    gate scores each variant (export/scoring.py `where_to_check`); `cuda` without a usable
+    CUDA provider is refused before anything is built."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    devices.resolve(device)  # `cuda` that cannot run here: one line now, not after the build
     wanted = parse_variants(tuple(variants))
     src = _read_source(run_dir, parity_rows)
     record = src.record
@@ -313,6 +319,7 @@ def export_model(
         calibration_rows=calibration_rows,
         force=force,
         show_progress=show_progress,
+        device=device,
     )
     accepted: list[Path] = []
     refused: list[Path] = []

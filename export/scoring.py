@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from tqdm.auto import tqdm
 
@@ -29,20 +28,6 @@ from service.runtime import OnnxClassifier, make_session
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
-
-
-def session_on(model_path: Path, device: str, threads: int) -> ort.InferenceSession:
-    if device == "cpu":
-        return make_session(model_path, threads)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(
-        str(model_path), options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
-    )
-    # onnxruntime-gpu falls back to CPU silently when CUDA libraries are missing.
-    if session.get_providers()[0] != "CUDAExecutionProvider":
-        raise RuntimeError("CUDAExecutionProvider did not load (CUDA/cuDNN libraries missing?)")
-    return session
 
 
 def score(
@@ -59,9 +44,8 @@ def score(
     Batches are formed from texts sorted by length (as `OnnxClassifier.logits_batched` does),
     so padding stays small; the loop is ours so that it can report progress."""
     start = time.perf_counter()
-    onnx_model = OnnxClassifier(model_dir, threads=threads)
-    if device != "cpu":
-        onnx_model.session = session_on(model_dir / MODEL_NAME, device, threads)
+    # On CUDA the session refuses onnxruntime's silent fallback to the CPU (core/devices.py).
+    onnx_model = OnnxClassifier(model_dir, threads=threads, device=device)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), len(onnx_model.labels)), dtype=np.float32)  # (N, L)
     with tqdm(total=len(texts), desc=desc, unit="text", disable=not show_progress) as bar:
@@ -72,25 +56,32 @@ def score(
     return out, round(time.perf_counter() - start, 2)
 
 
-def where_to_check(variant: str, model_dir: Path) -> tuple[str | None, dict[str, Any]]:
+def where_to_check(
+    variant: str, model_dir: Path, device: str = "auto"
+) -> tuple[str | None, dict[str, Any]]:
     """The device the gate scores a variant on, and what the manifest says about devices.
 
-    fp16 is for GPUs. With CUDA it is checked there; without, it is checked on CPU when
+    `device` is export's setting: `cpu` or `cuda` check every variant there (the device it
+    will be served on); `auto` checks fp16, which is for GPUs, on CUDA when this onnxruntime
+    has it and every other variant on the CPU. fp16 without CUDA is checked on the CPU when
     onnxruntime's CPU provider can run it at all, and its manifest says the GPU is unverified.
     """
+    if device == "cuda":
+        return "cuda", {"cpu": False, "gpu": True}
     if variant != "fp16":
         return "cpu", {"cpu": True, "gpu": False}
-    if cuda_available():
+    if device == "auto" and cuda_available():
         return "cuda", {"cpu": False, "gpu": True}
+    why_cpu = "no CUDA here" if device == "auto" else "device cpu asked for"
     try:
         make_session(model_dir / MODEL_NAME, 1)
     except Exception as exc:  # onnxruntime raises its own (NOT_IMPLEMENTED) for missing kernels
         note = f"onnxruntime CPU cannot run it: {str(exc).splitlines()[0][:200]}"
-        return None, {"cpu": False, "gpu": False, "notes": [note, "no CUDA here"]}
+        return None, {"cpu": False, "gpu": False, "notes": [note, why_cpu]}
     return "cpu", {
         "cpu": True,
         "gpu": False,
-        "notes": ["checked on CPU only; no CUDA here, so unverified on GPU"],
+        "notes": [f"checked on CPU only ({why_cpu}), so unverified on GPU"],
     }
 
 
@@ -131,11 +122,12 @@ def check_variant(
     *,
     force: bool,
     show_progress: bool,
+    device: str = "auto",
 ) -> Checked:
     """Score the variant through the serving code on the whole test split and gate it:
     fp32 against torch on the parity rows, every other variant against fp32."""
     rule = ref.rule
-    device, verified_on = where_to_check(variant, model_dir)
+    device, verified_on = where_to_check(variant, model_dir, device)
     parity: dict[str, Any] = {"rows": len(ref.torch_logits)}
     if device is None:
         # Nothing here can run it: kept with its manifest saying so, never "passed".

@@ -282,6 +282,7 @@ def load_test_models(
     model_dirs: Sequence[Path] = (),
     server_pid: int | None = None,
     serve_threads: int = 2,
+    serve_device: str = "cpu",
     echo: Callable[[str], None] = print,
     progress: Callable[[str], None] | None = None,
 ) -> list[Path]:
@@ -298,10 +299,14 @@ def load_test_models(
 
     if model_dirs and host is None:
         from service.launch import ServerProcess
+        from service.settings import ENV_DEVICE
 
         log = Path(plan.out_dir) / "server.log"
         echo(f"[serve] starting BentoML with {len(model_dirs)} models (log {log})")
-        with ServerProcess(model_dirs, threads=serve_threads, log_path=log) as server:
+        device = {ENV_DEVICE: serve_device}
+        with ServerProcess(
+            model_dirs, threads=serve_threads, log_path=log, extra_env=device
+        ) as server:
             assert server.process is not None
             echo(f"[serve] ready at {server.url}")
             named = [_target(plan, Manifest.read(Path(d))) for d in model_dirs]

@@ -92,6 +92,7 @@ class LoadedModel:
             "head": m.head,
             "base_model": m.base_model,
             "precision": m.precision,
+            "device": self.classifier.device,
             "problem_type": m.problem_type,
             "labels": list(m.labels),
             "thresholds": m.thresholds,
@@ -121,7 +122,10 @@ def load(
     ):
         return previous
     classifier = OnnxClassifier(  # verifies sha256
-        source.path, threads=settings.threads, spinning=settings.ort_spinning
+        source.path,
+        threads=settings.threads,
+        spinning=settings.ort_spinning,
+        device=settings.device,
     )
     for text in WARMUP_TEXTS:  # the first real request should not pay ORT's set-up
         classifier.logits_bucketed([text])

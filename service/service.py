@@ -28,6 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from core import devices
 from service import bento_models, gateway, tei
 from service.answers import ClassifyShape, ClientError, Shape, error_response, render, shorten
 from service.batching import ModelFailed, Overloaded, Retired
@@ -69,8 +70,10 @@ def preflight() -> None:
     if os.environ.get(PREFLIGHT_ENV) or not (configured or serving):
         return
     try:
-        check_entries(Settings.from_env(packed=bento_models.entries(PACKED)).models)
-    except (ValueError, OSError) as exc:  # ManifestError is a ValueError
+        settings = Settings.from_env(packed=bento_models.entries(PACKED))
+        devices.resolve(settings.device)  # CUDA asked for but unusable: say so, once
+        check_entries(settings.models)
+    except (ValueError, OSError, devices.DeviceError) as exc:  # ManifestError: a ValueError
         raise SystemExit(f"smallcls: the service cannot start: {exc}") from None
     os.environ[PREFLIGHT_ENV] = "1"
 

@@ -8,10 +8,13 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from core import devices
+
 ENV_MODELS = "SMALLCLS_MODELS"
 ENV_MODELS_FILE = "SMALLCLS_MODELS_FILE"
 ENV_DEFAULT_MODEL = "SMALLCLS_DEFAULT_MODEL"
 ENV_THREADS = "SMALLCLS_THREADS"
+ENV_DEVICE = "SMALLCLS_DEVICE"  # cpu, cuda or auto (core/devices.py)
 ENV_MAX_TEXTS = "SMALLCLS_MAX_TEXTS"
 ENV_MAX_CHARS = "SMALLCLS_MAX_CHARS"
 ENV_MAX_BODY_BYTES = "SMALLCLS_MAX_BODY_BYTES"
@@ -205,6 +208,9 @@ class Settings:
     models_file: Path | None = None
     default_model: str | None = None  # None: the first model's manifest name
     threads: int = 1  # onnxruntime intra-op threads per model
+    # Where every model runs: cpu, cuda, or auto (CUDA when this onnxruntime can use it).
+    # A CUDA request that cannot be met stops the server at start (core/devices.py).
+    device: str = "cpu"
     ort_spinning: bool = False  # let idle ORT threads spin (see service/runtime.py)
     max_texts: int = 64  # per request
     max_chars: int = 2000  # per text, counted in characters before tokenization
@@ -232,6 +238,7 @@ class Settings:
         for field in ("threads", "max_texts", "max_chars", "max_body_bytes"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        devices.check_device(self.device)
         if self.require_auth and not self.auth_token:
             raise ValueError(
                 f"{ENV_REQUIRE_AUTH}=true but no token is set: set {ENV_AUTH_TOKEN} or "
@@ -285,6 +292,7 @@ class Settings:
             models_file=Path(models_file) if models_file else None,
             default_model=env.get(ENV_DEFAULT_MODEL, "").strip() or None,
             threads=_positive_int(env, ENV_THREADS, cls.threads),
+            device=env.get(ENV_DEVICE, "").strip() or cls.device,
             ort_spinning=_flag(env, ENV_ORT_SPINNING, cls.ort_spinning),
             max_texts=_positive_int(env, ENV_MAX_TEXTS, cls.max_texts),
             max_chars=_positive_int(env, ENV_MAX_CHARS, cls.max_chars),

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from core.config import ConfigError, DemoConfig, TrainConfig, load_config, parse_overrides
+from core.devices import DEVICES
 from core.manifest import VARIANTS
 from smallcls.cli_help import HelpFormatter, dress, version_line
 
@@ -48,6 +49,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         register=args.register,
         calibration_rows=args.calibration_rows,
         show_progress=not args.quiet,
+        device=args.device,
     )
     for model_dir in result.accepted:
         print(f"model: {model_dir}")
@@ -124,8 +126,15 @@ def _add_bento_parser(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from service.launch import serve
+    from service.settings import ENV_DEVICE
 
-    return serve(args.model_dirs, host=args.host, port=args.port, threads=args.threads)
+    return serve(
+        args.model_dirs,
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        extra_env={ENV_DEVICE: args.device},
+    )
 
 
 def _cmd_loadtest(args: argparse.Namespace) -> int:
@@ -157,6 +166,7 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         model_dirs=args.model_dirs,
         server_pid=args.server_pid,
         serve_threads=args.threads,
+        serve_device=args.device,
         # Live lines on stderr, so stdout keeps only the summaries and the results line.
         progress=None if args.quiet else lambda line: print(line, file=sys.stderr, flush=True),
     )
@@ -316,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         help="training texts that calibrate int8-static (default 256)",
     )
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where the gate scores each variant: cpu, cuda (all variants; refused without a "
+        "usable CUDA provider), or auto (fp16 on CUDA when there is one, the rest on the CPU)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_export)
 
@@ -331,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per model")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where the models run: cpu, cuda (onnxruntime-gpu; refused at start without it) "
+        "or auto",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
@@ -418,6 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--server-pid", type=int, default=None, help="server root pid, for CPU %%")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads when serving")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where the model directories served here run: cpu, cuda or auto",
+    )
     p.add_argument("--out", type=Path, default=Path("loadtests_out"))
     p.set_defaults(func=_cmd_loadtest)
 

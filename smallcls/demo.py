@@ -42,14 +42,19 @@ def run_demo(
 ) -> Path:
     """Run every stage; returns the report directory."""
     # Heavy imports here, not at module import: `smallcls --help` stays instant.
+    from core import devices
     from core.manifest import Manifest
     from core.run_record import RunRecord
     from export.onnx_export import export_run
     from loadtests.sweep import run_sweep
     from reports.report import build_report
     from service.launch import ServerProcess
+    from service.settings import ENV_DEVICE
     from training.train import train
 
+    # A device that cannot be used here stops the pipeline now, not after the training.
+    devices.resolve(config.export_device)
+    devices.resolve(config.serve_device)
     out = Path(config.output_dir)
     timings: dict[str, float] = {}
     total = len(config.models)
@@ -86,7 +91,11 @@ def run_demo(
     for i, run_dir in enumerate(run_dirs, 1):
         echo(f"[export {i}/{total}] {run_dir.name}: ONNX {' + '.join(config.precisions)}")
         model_dirs += export_run(
-            run_dir, out / "models", variants=tuple(config.precisions), show_progress=show_progress
+            run_dir,
+            out / "models",
+            variants=tuple(config.precisions),
+            show_progress=show_progress,
+            device=config.export_device,
         )
     timings["export"] = time.perf_counter() - start
 
@@ -94,7 +103,10 @@ def run_demo(
     loadtest_dirs: list[Path] = []
     echo(f"[serve] starting BentoML with {len(model_dirs)} models")
     with ServerProcess(
-        model_dirs, threads=config.serve_threads, log_path=out / "server.log"
+        model_dirs,
+        threads=config.serve_threads,
+        log_path=out / "server.log",
+        extra_env={ENV_DEVICE: config.serve_device},
     ) as server:
         echo(f"[serve] ready at {server.url}")
         assert server.process is not None

@@ -45,3 +45,65 @@ def test_a_silent_fallback_to_the_cpu_is_refused():
         devices.check_session(cpu_only, "cuda", "model.onnx")
     devices.check_session(cpu_only, "cpu", "model.onnx")  # asked for the CPU: fine
     devices.check_session(_Session(["CUDAExecutionProvider", "CPUExecutionProvider"]), "cuda", "m")
+
+
+def test_service_setting_is_checked_and_reported(tmp_path, monkeypatch):
+    from service.settings import Settings
+
+    model_dir = make_tiny_model_dir(tmp_path / "m")
+    with pytest.raises(ValueError, match="got 'gpu'"):
+        Settings.from_env({"SMALLCLS_MODELS": str(model_dir), "SMALLCLS_DEVICE": "gpu"})
+    assert Settings.from_env({"SMALLCLS_MODELS": str(model_dir)}).device == "cpu"
+    settings = Settings.from_env({"SMALLCLS_MODELS": str(model_dir), "SMALLCLS_DEVICE": "auto"})
+    from service.models import load_all
+
+    (loaded,) = load_all(settings.models, settings).values()
+    assert loaded.facts()["device"] == devices.resolve("auto")
+
+
+@needs_no_cuda
+def test_service_asked_for_cuda_stops_at_start_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    model_dir = make_tiny_model_dir(tmp_path / "m")
+    env = {
+        **os.environ,
+        "SMALLCLS_MODELS": str(model_dir),
+        "SMALLCLS_DEVICE": "cuda",
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    env.pop("SMALLCLS_PREFLIGHT_DONE", None)
+    args = [sys.executable, "-m", "bentoml", "serve", "service.service:Classifier", "--port", "0"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "the service cannot start: device cuda:" in done.stderr
+    assert "requirements/gpu.lock" in done.stderr and "Traceback" not in done.stderr
+
+
+@needs_no_cuda
+def test_export_and_the_pipeline_refuse_cuda_before_any_work(tmp_path, capsys):
+    from core.config import DemoConfig, TrainConfig
+    from smallcls.cli import main
+    from smallcls.demo import run_demo
+
+    assert main(["export", str(tmp_path / "run"), "--device", "cuda"]) == 1
+    assert "no CUDAExecutionProvider" in capsys.readouterr().err
+    model = TrainConfig(name="m", family="encoder", base_model=str(tmp_path / "nowhere"))
+    config = DemoConfig(models=[model], serve_device="cuda", output_dir=str(tmp_path / "out"))
+    with pytest.raises(devices.DeviceError):
+        run_demo(config, show_progress=False)
+    assert not (tmp_path / "out").exists()  # refused before training
+
+
+def test_gate_device_follows_the_setting(tmp_path):
+    from export.scoring import where_to_check
+
+    model_dir = make_tiny_model_dir(tmp_path / "m")
+    assert where_to_check("int8", model_dir, "cpu")[0] == "cpu"
+    assert where_to_check("int8", model_dir, "auto")[0] == "cpu"
+    assert where_to_check("int8", model_dir, "cuda") == ("cuda", {"cpu": False, "gpu": True})
+    device, verified_on = where_to_check("fp16", model_dir, "cpu")
+    assert device == "cpu" and "device cpu asked for" in verified_on["notes"][0]
