@@ -16,6 +16,13 @@ import bentoml
 PYTHON_VERSION = "3.11"  # the version the lock was resolved for
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the Bento's `src` when served from one
 REQUIREMENTS = PROJECT_DIR / "requirements" / "service.lock"
+# The same lock with onnxruntime-gpu in place of onnxruntime (never both: they overwrite each
+# other), for a Bento built with `--arg device=cuda` or `auto`.
+GPU_REQUIREMENTS = PROJECT_DIR / "requirements" / "gpu.lock"
+
+
+def requirements_for(device: str) -> Path:
+    return REQUIREMENTS if device == "cpu" else GPU_REQUIREMENTS
 
 
 def service_image(requirements: Path = REQUIREMENTS) -> bentoml.images.Image:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import bentoml
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
@@ -54,6 +54,10 @@ class BentoArguments(BaseModel):
 
     # BentoML store references `name:version` (or `name`: the latest, pinned at build time).
     models: tuple[str, ...] = ()
+    # Where the Bento's models run (core/devices.py). `cuda` (and `auto`) install
+    # requirements/gpu.lock, onnxruntime-gpu instead of onnxruntime; `cuda` also asks the
+    # scheduler for one GPU. SMALLCLS_DEVICE, when set, still wins when serving.
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
 
     @field_validator(ARGUMENT, mode="before")
     @classmethod
@@ -75,9 +79,15 @@ def read_arguments() -> BentoArguments:
             else str(exc)
         )
         raise PackedModelError(
-            f"bad Bento arguments ({detail}): the service takes one, "
-            f"--arg {ARGUMENT}=NAME:VERSION[,NAME:VERSION...] (see `smallcls models list`)"
+            f"bad Bento arguments ({detail}): the service takes "
+            f"--arg {ARGUMENT}=NAME:VERSION[,NAME:VERSION...] (see `smallcls models list`) "
+            "and --arg device=cpu|cuda|auto"
         ) from None
+
+
+def resources(cpu_resources: dict[str, Any], device: str) -> dict[str, Any]:
+    """What the service asks a scheduler for: its CPU share, and one GPU when built for CUDA."""
+    return {**cpu_resources, "gpu": 1} if device == "cuda" else dict(cpu_resources)
 
 
 def store_location() -> str:
@@ -160,7 +170,9 @@ def override_warning(settings: Settings, packed: Sequence[str]) -> str | None:
     )
 
 
-def build_bento(refs: Sequence[str], *, project_dir: Path = PROJECT_DIR) -> str:
+def build_bento(
+    refs: Sequence[str], *, device: str = "cpu", project_dir: Path = PROJECT_DIR
+) -> str:
     """`bentoml build --arg models=...` of the project with the references pinned first (so a
     missing model is named before BentoML starts); returns the new Bento's tag. A subprocess:
     BentoML imports the service to build it, and an earlier import in this process would
@@ -171,6 +183,7 @@ def build_bento(refs: Sequence[str], *, project_dir: Path = PROJECT_DIR) -> str:
     command = [
         *(sys.executable, "-m", "bentoml", "build", "."),
         *("--arg", f"{ARGUMENT}={','.join(pinned)}", "--output", "tag"),
+        *(("--arg", f"device={device}") if device != "cpu" else ()),
     ]
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
     # BentoML reads the bentofile only inside the working directory.

@@ -32,7 +32,7 @@ from core import devices
 from service import bento_models, gateway, tei
 from service.answers import ClassifyShape, ClientError, Shape, error_response, render, shorten
 from service.batching import ModelFailed, Overloaded, Retired
-from service.bento_image import service_image
+from service.bento_image import requirements_for, service_image
 from service.metrics import get_metrics
 from service.models import LoadedModel, by_path, check_entries, load_all
 from service.schema import REQUEST_STATE_KEY, ClassifyRequest, ClassifyResponse
@@ -51,6 +51,8 @@ SERVER = ServerSettings.from_env()
 # The store models a Bento of this service carries, named at build time by
 # `bentoml build --arg models=NAME:VERSION,...` (service/bento_models.py); () otherwise.
 PACKED = bento_models.declared_models()
+# `bentoml build --arg device=cuda`: the GPU Bento (its lock, one GPU, CUDA by default).
+BUILT_FOR = bento_models.read_arguments().device
 # Set by `preflight` in the process that checked the configuration; the workers it starts
 # inherit it and skip the check (each verifies its models again when it loads them).
 PREFLIGHT_ENV = "SMALLCLS_PREFLIGHT_DONE"
@@ -70,7 +72,7 @@ def preflight() -> None:
     if os.environ.get(PREFLIGHT_ENV) or not (configured or serving):
         return
     try:
-        settings = Settings.from_env(packed=bento_models.entries(PACKED))
+        settings = Settings.from_env(packed=bento_models.entries(PACKED), device=BUILT_FOR)
         devices.resolve(settings.device)  # CUDA asked for but unusable: say so, once
         check_entries(settings.models)
     except (ValueError, OSError, devices.DeviceError) as exc:  # ManifestError: a ValueError
@@ -105,8 +107,8 @@ def request_limits() -> dict[str, Any]:
 
 
 @bentoml.service(
-    image=service_image(),
-    resources=SERVER.resources,
+    image=service_image(requirements_for(BUILT_FOR)),
+    resources=bento_models.resources(SERVER.resources, BUILT_FOR),
     workers=SERVER.workers,
     traffic={"timeout": SERVER.timeout_s, "max_concurrency": SERVER.max_concurrency},
     logging={"access": {"enabled": SERVER.access_log}},
@@ -118,7 +120,7 @@ class Classifier:
     def __init__(self) -> None:
         show_info_logs()
         packed = bento_models.packed_entries(Classifier)
-        self.settings = Settings.from_env(packed=packed)
+        self.settings = Settings.from_env(packed=packed, device=BUILT_FOR)
         if warning := bento_models.override_warning(self.settings, packed):
             logger.warning(warning)
         gateway.CONFIG.auth_token = (

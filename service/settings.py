@@ -262,10 +262,15 @@ class Settings:
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, packed: Sequence[str] = ()
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        packed: Sequence[str] = (),
+        device: str | None = None,
     ) -> Settings:
         """`packed`: the models a built Bento carries, served when neither SMALLCLS_MODELS_FILE
-        nor SMALLCLS_MODELS is set (the environment wins: one Bento, other models on a volume)."""
+        nor SMALLCLS_MODELS is set (the environment wins: one Bento, other models on a volume).
+        `device`: the Bento's device, used when SMALLCLS_DEVICE is not set."""
         env = os.environ if environ is None else environ
         models_file = env.get(ENV_MODELS_FILE, "").strip()
         if models_file:
@@ -292,7 +297,7 @@ class Settings:
             models_file=Path(models_file) if models_file else None,
             default_model=env.get(ENV_DEFAULT_MODEL, "").strip() or None,
             threads=_positive_int(env, ENV_THREADS, cls.threads),
-            device=env.get(ENV_DEVICE, "").strip() or cls.device,
+            device=env.get(ENV_DEVICE, "").strip() or device or cls.device,
             ort_spinning=_flag(env, ENV_ORT_SPINNING, cls.ort_spinning),
             max_texts=_positive_int(env, ENV_MAX_TEXTS, cls.max_texts),
             max_chars=_positive_int(env, ENV_MAX_CHARS, cls.max_chars),

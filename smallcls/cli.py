@@ -99,7 +99,7 @@ def _cmd_bento(args: argparse.Namespace) -> int:
 
     from service.bento_models import build_bento
 
-    tag = build_bento(args.models)
+    tag = build_bento(args.models, device=args.device)
     print(f"bento: {tag}")
     for service in bentoml.bentos.get(tag).info.services:
         for model in service.models:
@@ -120,6 +120,13 @@ def _add_bento_parser(sub: argparse._SubParsersAction) -> None:
         metavar="REF",
         help="store models NAME[:VERSION] to pack, the default model first (`smallcls models "
         "list`); the Bento serves them with no SMALLCLS_MODELS set",
+    )
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="cuda: the GPU Bento (onnxruntime-gpu from requirements/gpu.lock, one GPU asked "
+        "for, models on CUDA); auto: the GPU lock, CUDA where there is one",
     )
     p.set_defaults(func=_cmd_bento)
 

@@ -45,7 +45,8 @@ EXAMPLES: dict[str, str] = {
     "bento": """examples:
   smallcls models register models/minilm-int8
   smallcls bento build --models minilm-int8 minilm-fp32   # the first is the default model
-  bentoml serve smallcls-classifier:latest                # serves them, no SMALLCLS_MODELS""",
+  bentoml serve smallcls-classifier:latest                # serves them, no SMALLCLS_MODELS
+  smallcls bento build --models minilm-fp16 --device cuda  # the GPU Bento""",
     "serve": """examples:
   smallcls serve models/minilm-int8
   smallcls serve models/minilm-int8 models/smollm2-last-fp32 --port 3001 --threads 2""",

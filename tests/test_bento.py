@@ -268,3 +268,27 @@ def test_build_arguments_name_the_models(
                 bento_models.read_arguments()
     finally:
         set_arguments({})
+
+
+@pytest.mark.slow
+def test_the_gpu_bento_installs_onnxruntime_gpu_asks_for_a_gpu_and_refuses_cpu_only_hosts(
+    store: dict[str, Any],
+) -> None:
+    from core import devices
+
+    done = _smallcls("bento", "build", "--models", "alpha", "--device", "cuda", home=store["home"])
+    assert done.returncode == 0, done.stderr
+    tag = done.stdout.split("bento: ")[1].split()[0]
+    name, version = tag.split(":")
+    installed = store["home"] / "bentos" / name / version / "env" / "python" / "requirements.txt"
+    pins = {r.split("==")[0] for r in _requirements(installed.read_text(encoding="utf-8"))}
+    assert "onnxruntime-gpu" in pins and "onnxruntime" not in pins  # never both
+    info = _bentoml_json("get", tag, home=store["home"])
+    assert info["services"][0]["config"]["resources"] == {"cpu": "1", "gpu": 1}
+    assert info["args"]["device"] == "cuda"
+    if devices.cuda_provider_available():
+        return  # a GPU host: serving it is the GPU check's job
+    # Served where onnxruntime has no CUDA: the server stops at once with what is missing.
+    served = _run(sys.executable, "-m", "bentoml", "serve", tag, "--port", "0", home=store["home"])
+    assert served.returncode == 1
+    assert "device cuda:" in served.stderr and "Traceback" not in served.stderr
