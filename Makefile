@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install demo test lint clean locks
+.PHONY: install demo test lint clean locks gpu-check
 
 $(STAMP): requirements/dev.lock requirements-models.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# Everything that needs CUDA, within nine minutes, into bench_out/gpu_check/figures.md; on a
+# machine without CUDA it says so in one line and stops (bench/gpu_check.py, docs/gpu-check.md).
+gpu-check: $(STAMP)
+	$(BIN)/python -m bench.gpu_check --out bench_out/gpu_check $(GPU_CHECK_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

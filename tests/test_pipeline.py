@@ -108,6 +108,16 @@ def test_compare_on_a_csv_end_to_end_with_three_families(tiny_dirs, tmp_path):
         assert 0.0 <= float(row["accuracy"]) <= 1.0
         assert float(row["p95_ms"]) > 0
     assert (out / "report" / "report.html").is_file()
+    # The GPU check reads the same report and manifests into its figures (bench/gpu_check.py).
+    from bench.gpu_check import variant_rows
+
+    figures = {r["name"]: r for r in variant_rows(out / "report", models, usd_per_hour=3.6)}
+    assert set(figures) == accepted
+    for name, figure in figures.items():
+        assert figure["gate_checked_on"] == "cpu" and figure["accuracy"] is not None
+        rate = float(rows[name]["texts_per_s_at_slo"] or 0) or None
+        expected = None if rate is None else 3.6 / (rate * 3600) * 1e6
+        assert figure["usd_per_million"] == pytest.approx(expected)
     # The load test sent the carved test texts, not some default file, and says so.
     sweep = json.loads((out / "loadtests" / "enc-fp32" / "sweep.json").read_text())
     assert sweep["steps"][0]["texts_source"] == str((data / "test.jsonl").resolve())
