@@ -26,6 +26,7 @@ T = TypeVar("T")
 # 25,000 reviews, CPU) can take hours; a launcher that sees one process fail stops the others,
 # so a long wait never outlives a crash.
 WAIT_FOR_RANK_0 = timedelta(hours=6)
+_TORCH_DEVICE = "ACCELERATE_TORCH_DEVICE"  # the device accelerate gives this process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,17 +57,29 @@ def joined(device: str) -> Iterator[Processes]:
     interpreter's exit, gloo's threads were destroyed still running and aborted the process
     ("terminate called without an active exception") once in a dozen runs."""
     started = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    on_cpu = started and device != "cuda"
+    saved_device = os.environ.get(_TORCH_DEVICE)
+    if on_cpu:
+        # accelerate gives CPU process k the device "cpu:k", and the Trainer loads a
+        # checkpoint's optimizer state with map_location="cpu:k", which torch.load refuses
+        # ("don't know how to restore data location ... cpu:0"): resuming would fail.
+        os.environ[_TORCH_DEVICE] = "cpu"
     if started:
         from accelerate import PartialState
 
         # gloo named on CPU: left to itself accelerate would take MPI where torch has it.
-        backend = None if device == "cuda" else "gloo"
-        PartialState(cpu=device != "cuda", backend=backend, timeout=WAIT_FOR_RANK_0)
+        backend = "gloo" if on_cpu else None
+        PartialState(cpu=on_cpu, backend=backend, timeout=WAIT_FOR_RANK_0)
     try:
         yield current()
     finally:
         if started and dist.is_initialized():
             dist.destroy_process_group()
+        if on_cpu:
+            if saved_device is None:
+                os.environ.pop(_TORCH_DEVICE, None)
+            else:
+                os.environ[_TORCH_DEVICE] = saved_device
 
 
 def wait_for_all() -> None:
