@@ -15,8 +15,6 @@ pytest.importorskip("torch")
 
 from tests.tiny_models import REPO, SST2_TEST, SST2_TRAIN, sst2_slice
 
-pytestmark = pytest.mark.slow
-
 # 160 rows less 16 carved for validation: 9 steps of the global batch 16, 8 rows per process,
 # so every step holds the same rows with one process or two (no padded last batch).
 SETTINGS = {
@@ -86,6 +84,27 @@ def _budget(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())["train"]
 
 
+def test_batch_size_is_the_global_batch_split_over_the_processes():
+    from training.distributed import per_process_batch
+
+    assert per_process_batch(32, 1) == 32 and per_process_batch(32, 4) == 8
+    with pytest.raises(ValueError, match="must be a multiple of 4: set batch_size to 28 or 32"):
+        per_process_batch(30, 4)
+    with pytest.raises(ValueError, match=r"set batch_size to 3$"):
+        per_process_batch(2, 3)
+
+
+def test_a_single_process_starts_no_process_group():
+    import torch.distributed as dist
+
+    from training.distributed import joined
+
+    with joined("cpu") as processes:
+        assert (processes.rank, processes.world_size, processes.is_main) == (0, 1, True)
+        assert not dist.is_initialized()
+
+
+@pytest.mark.slow
 def test_two_processes_write_one_run_that_equals_a_single_process_run(setup, tmp_path):
     two = _launch(setup, tmp_path / "two", 2)
     assert two.returncode == 0, two.stderr[-3000:]
@@ -125,6 +144,7 @@ def test_two_processes_write_one_run_that_equals_a_single_process_run(setup, tmp
     assert predictions == (alone / "test_predictions.jsonl").read_text().splitlines()
 
 
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes_from_rank_0s_checkpoint(setup, tmp_path):
     runs = tmp_path / "runs"
     killed = _launch(setup, runs, 2, "--set", "save_steps=4", "--kill-after-save")

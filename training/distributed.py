@@ -42,7 +42,7 @@ class Processes:
 
 
 def current() -> Processes:
-    """This process's rank and the number of processes, once `start` has joined them."""
+    """This process's rank and the number of processes, once `joined` has joined them."""
     if dist.is_available() and dist.is_initialized():
         return Processes(rank=dist.get_rank(), world_size=dist.get_world_size())
     return Processes()
@@ -104,10 +104,10 @@ def per_process_batch(batch_size: int, world_size: int) -> int:
     share."""
     if batch_size % world_size:
         lower = batch_size - batch_size % world_size
+        choices = f"{lower} or {lower + world_size}" if lower else str(world_size)
         raise ValueError(
             f"batch_size {batch_size} is the global batch, split over {world_size} processes; "
-            f"it must be a multiple of {world_size}: set batch_size to "
-            f"{lower or world_size} or {lower + world_size}"
+            f"it must be a multiple of {world_size}: set batch_size to {choices}"
         )
     return batch_size // world_size
 
