@@ -214,7 +214,8 @@ def fit(
     # Forward 2N FLOPs per token, backward 4N (Kaplan et al. 2020, attention ignored); with
     # LoRA the frozen weights need no weight gradients, so backward is about 2N.
     per_token = 4 * total if config.lora_r else 6 * total
-    # All processes together: each row is seen once per epoch by one of them.
+    # All processes together: each row is seen once per epoch by one of them (the few rows
+    # accelerate repeats to give every process a last batch are not counted).
     budget.update(
         seconds=round(time.perf_counter() - start, 1),
         processes=processes.world_size,

@@ -114,7 +114,8 @@ def train(
     restored by the Trainer). `COMPLETE` is written last and the directory renamed only then,
     so a half-written run never looks complete. An unwritable `runs_dir` fails before
     training; a full disk fails with a `RunDirError` saying what to free, and keeps
-    `<name>.partial` for the rerun to resume."""
+    `<name>.partial` for the rerun to resume. Under `torchrun` or `accelerate launch` every
+    process calls this and returns the same path; global rank 0 alone writes the run."""
     final_dir = Path(runs_dir) / config.name
     run_dir = final_dir.with_name(final_dir.name + ".partial")
     with distributed.joined(pick_device(config.device)) as processes:
