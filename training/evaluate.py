@@ -22,6 +22,7 @@ from core.decision import DecisionRule, Decisions, sigmoid, softmax
 from core.metrics import decision_metrics
 from core.preprocessing import TextEncoder
 from core.run_record import RunRecord, write_predictions
+from training import distributed
 from training.families import Classifier
 from training.run_dir import environment, save_model_dir, write_json
 from training.thresholds import tune_label_thresholds, tune_rejection_threshold
@@ -147,7 +148,10 @@ def evaluate_and_save(
         "test": test_metrics,
     }
     write_json(run_dir / "metrics.json", metrics)
-    write_json(run_dir / "environment.json", {**environment(), "device": device})
+    world_size = distributed.current().world_size  # the processes that trained it
+    write_json(
+        run_dir / "environment.json", {**environment(), "device": device, "world_size": world_size}
+    )
     write_predictions(run_dir, rule.answers(test_decisions))
     RunRecord(
         name=config.name,

@@ -21,6 +21,7 @@ from core.data import Dataset, Split, read_text_column
 from core.decision import sigmoid, softmax
 from core.preprocessing import TextEncoder
 from core.run_record import RunRecord
+from training import distributed
 from training.adapters import add_lora, merge_lora
 from training.evaluate import gold, predict_logits
 from training.families import Classifier
@@ -159,9 +160,16 @@ def fit(
     encodings = {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
     train_data = EncodedTexts(encodings, labels, soft)
     use_cuda = device == "cuda"
+    processes = distributed.current()
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=config.batch_size,
+        # Each process takes its share of the config's (global) batch; the Trainer's
+        # data loader gives each one its own slice of every batch, so a step sees the same
+        # rows with any number of processes.
+        per_device_train_batch_size=distributed.per_process_batch(
+            config.batch_size, processes.world_size
+        ),
+        ddp_backend=distributed.ddp_backend(device, processes.world_size),
         group_by_length=config.group_by_length,
         num_train_epochs=config.epochs,
         learning_rate=config.learning_rate,
@@ -198,15 +206,20 @@ def fit(
         budget["resumed_from"] = Path(checkpoint).name
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    with open(run_dir / "trainer_log.jsonl", "w", encoding="utf-8") as fh:
-        for entry in trainer.state.log_history:
-            fh.write(json.dumps(entry) + "\n")
+    if processes.is_main:  # every process holds the same history (losses averaged over all)
+        with open(run_dir / "trainer_log.jsonl", "w", encoding="utf-8") as fh:
+            for entry in trainer.state.log_history:
+                fh.write(json.dumps(entry) + "\n")
     tokens = int(sum(len(ids) for ids in encodings["input_ids"]) * config.epochs)
     # Forward 2N FLOPs per token, backward 4N (Kaplan et al. 2020, attention ignored); with
     # LoRA the frozen weights need no weight gradients, so backward is about 2N.
     per_token = 4 * total if config.lora_r else 6 * total
+    # All processes together: each row is seen once per epoch by one of them (the few rows
+    # accelerate repeats to give every process a last batch are not counted).
     budget.update(
         seconds=round(time.perf_counter() - start, 1),
+        processes=processes.world_size,
+        batch_size=config.batch_size,
         examples_seen=int(len(train_data) * config.epochs),
         tokens_seen=tokens,
         estimated_flops=float(per_token * tokens),

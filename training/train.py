@@ -3,6 +3,8 @@
 The run resolves its preprocessing once (`resolve_preprocessing`), fine-tunes
 (`training/fit.py`), tunes its decision rule on validation and evaluates under it
 (`training/evaluate.py`), and is written atomically (`<name>.partial`, renamed when complete).
+Launched as several processes (`torchrun`, `accelerate launch`), they train together and
+global rank 0 alone writes the run (`training/distributed.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from core.config import TrainConfig, to_dict
 from core.data import Dataset, Split, benchmark, dataset_for
 from core.preprocessing import Preprocessing, TextEncoder
-from training import pretrained
+from training import distributed, pretrained
 from training.evaluate import evaluate_and_save
 from training.families import Classifier, ModelSpec, build_classifier, prepare_backbone
 from training.fit import fit, pick_device
@@ -112,20 +114,41 @@ def train(
     restored by the Trainer). `COMPLETE` is written last and the directory renamed only then,
     so a half-written run never looks complete. An unwritable `runs_dir` fails before
     training; a full disk fails with a `RunDirError` saying what to free, and keeps
-    `<name>.partial` for the rerun to resume."""
+    `<name>.partial` for the rerun to resume. Under `torchrun` or `accelerate launch` every
+    process calls this and returns the same path; global rank 0 alone writes the run."""
     final_dir = Path(runs_dir) / config.name
     run_dir = final_dir.with_name(final_dir.name + ".partial")
-    check_writable(Path(runs_dir))
+    with distributed.joined(pick_device(config.device)) as processes:
+        distributed.per_process_batch(config.batch_size, processes.world_size)  # before work
+        if processes.is_main:
+            _write_run(config, final_dir, run_dir, show_progress, callbacks or [])
+        else:
+            _train_beside_rank_0(config, run_dir, callbacks=callbacks or [])
+    return final_dir
+
+
+def _write_run(
+    config: TrainConfig,
+    final_dir: Path,
+    run_dir: Path,
+    show_progress: bool,
+    callbacks: list[TrainerCallback],
+) -> None:
+    """Global rank 0 (or the only process): prepares `<name>.partial`, trains in it with the
+    others, evaluates, completes and renames it; then lets the others go."""
+    check_writable(final_dir.parent)
     resume = _resumable(run_dir, config)
     try:
         if not resume:
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True)
+        # The other processes start training only now, into the prepared directory.
+        distributed.from_rank_0(resume)
         handler = attach_log_file(run_dir / "train.log")
         try:
             if resume:
                 log.info("%s: resuming from %s", config.name, run_dir)
-            _train_into(config, run_dir, show_progress, resume=resume, callbacks=callbacks or [])
+            _train_into(config, run_dir, show_progress, resume=resume, callbacks=callbacks)
         finally:
             detach_log_file(handler)
         # Checkpoints go only once the model is saved: if that save fails (a full disk),
@@ -143,7 +166,25 @@ def train(
         raise disk_full_error(run_dir, Path(last) if last else None) from exc
     shutil.rmtree(final_dir, ignore_errors=True)
     run_dir.rename(final_dir)
-    return final_dir
+    distributed.wait_for_all()  # the others return only once the run is complete
+
+
+def _train_beside_rank_0(
+    config: TrainConfig, run_dir: Path, *, callbacks: list[TrainerCallback]
+) -> None:
+    """A process other than global rank 0: it trains its share of every batch (the Trainer
+    writes only its RNG state into rank 0's checkpoints), then waits while rank 0 evaluates
+    and writes the run. It logs warnings only, so each line reaches the console once."""
+    resume = distributed.from_rank_0(False)
+    saved = {name: logging.getLogger(name).level for name in ("smallcls", "training")}
+    for name in saved:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        _train_into(config, run_dir, show_progress=False, resume=resume, callbacks=callbacks)
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+    distributed.wait_for_all()
 
 
 def few_shot_template(config: TrainConfig, train_split: Split, labels: list[str]) -> str:
@@ -227,7 +268,9 @@ def _train_into(
     torch.set_num_threads(config.threads)
     set_seed(config.seed)
     device = pick_device(config.device)
-    write_json(run_dir / "config.json", to_dict(config))
+    main = distributed.current().is_main
+    if main:
+        write_json(run_dir / "config.json", to_dict(config))
 
     dataset = dataset_for(config)
     train_split = dataset.train.subsample(config.train_rows, config.seed)
@@ -279,5 +322,9 @@ def _train_into(
             resume=resume,
             callbacks=callbacks or [],
         )
+    if not main:
+        # Rank 0 alone evaluates: validation and test are small next to training, and one
+        # process scoring them keeps the rows in order with no gathering across processes.
+        return
     model.to(device)  # evaluate where it trained; fp32 weights, so CPU export matches
     evaluate_and_save(config, run_dir, model, tokenizer, encoder, dataset, budget, device)
