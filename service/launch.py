@@ -69,12 +69,14 @@ def server_env(
     return env
 
 
-def serve_command(host: str, port: int, bento: str | None = None) -> list[str]:
+def serve_command(
+    host: str, port: int, bento: str | None = None, python: str = sys.executable
+) -> list[str]:
     """`bentoml serve` of the project's service, or of a built Bento (`name:version`), which
-    brings its own code."""
-    # The same interpreter as the caller, so the server sees the same packages.
+    brings its own code. `python`: by default the caller's interpreter, so the server sees
+    the same packages (another environment's, e.g. a service-only install on Python 3.12)."""
     target = [bento] if bento else [SERVICE_TARGET, "--working-dir", str(WORKING_DIR)]
-    return [sys.executable, "-m", "bentoml", "serve", *target, "--host", host, "--port", str(port)]
+    return [python, "-m", "bentoml", "serve", *target, "--host", host, "--port", str(port)]
 
 
 def serve(
@@ -136,8 +138,10 @@ class ServerProcess:
         startup_timeout: float = 90.0,
         stop_grace: float = 10.0,
         bento: str | None = None,
+        python: str = sys.executable,
     ) -> None:
         self.host = host
+        self.python = python
         self.port = port if port is not None else free_port(host)
         self.bento = bento
         self.env = server_env(model_dirs, threads=threads, extra_env=extra_env, bento=bento)
@@ -156,7 +160,7 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                serve_command(self.host, self.port, self.bento),
+                serve_command(self.host, self.port, self.bento, self.python),
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
