@@ -72,6 +72,8 @@ def working_tree_bytes(repo: Path) -> int:
 
 
 def check_ignored(repo: Path, out: Path) -> None:
+    if not out.is_relative_to(repo):
+        return  # a rehearsal elsewhere: nothing of it travels
     probe = out / bundle_parts.part_name(1)
     done = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=repo, check=False)
     if done.returncode != 0:
@@ -271,9 +273,15 @@ def unpack(args: argparse.Namespace) -> int:
     bundle: Path = args.bundle
     manifest = bundle_parts.read_manifest(bundle)
     state = bundle_parts.check_parts(bundle, manifest)
+    args.work.mkdir(parents=True, exist_ok=True)
     installed_dir = args.work / "installed"
     installed = {p.name for p in installed_dir.glob("*.whl")} if installed_dir.is_dir() else set()
-    new = bundle_parts.extract_ready(bundle, manifest, state, args.work / "new", installed)
+    # A damaged part stops the call before anything is extracted: it is rerun as a whole.
+    new = (
+        []
+        if state.damaged
+        else bundle_parts.extract_ready(bundle, manifest, state, args.work / "new", installed)
+    )
     pending = [
         w["file"]
         for w in manifest["wheels"]
