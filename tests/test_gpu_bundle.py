@@ -312,3 +312,29 @@ def test_unpack_exits_3_on_a_damaged_part(fake_bundle, tmp_path, capsys):
     assert "part-01 is damaged" in capsys.readouterr().err
     status = json.loads((tmp_path / "w" / "status.json").read_text())
     assert status["damaged"] == [1] and status["new"] == []
+
+
+def test_a_detached_command_outlives_its_call_and_a_later_call_waits_for_it(tmp_path):
+    detach = REPO / "bench" / "gpu_detach.sh"
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "GPU_DETACH_DIR": str(tmp_path / "state"), "OUT": str(out)}
+    marker = tmp_path / "figures.md"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(detach), *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    script = f"sleep 2; echo measured > {marker}; echo done; exit 7"
+    started = run("start", "bash", "-c", script)
+    assert started.returncode == 0 and "started pid" in started.stderr
+    assert not marker.exists()  # the call returned before the command ended
+    again = run("start", "bash", "-c", "echo twice")
+    assert "already running" in again.stderr
+    early = run("wait", "0")
+    assert early.returncode == 124 and "wait again in the next call" in early.stderr
+    waited = run("wait", "30", str(marker))
+    assert waited.returncode == 7 and "done" in waited.stdout
+    assert (out / "figures.md").read_text() == "measured\n"
+    assert "twice" not in (out / "detached.log").read_text()
