@@ -12,7 +12,7 @@
 #
 # Options: --bundle DIR (gpu_bundle)  --site DIR (/tmp/smallcls-site)  --work DIR
 # (/tmp/smallcls-bundle, the extracted wheels)  --python PY (python3)  --no-pip (check and
-# extract only: how the tests run it where pip cannot install these wheels).
+# extract only)  --libs-from DIR (where the nvidia wheels lie; default: PY's site-packages).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,6 +21,7 @@ site=/tmp/smallcls-site
 work=/tmp/smallcls-bundle
 python=python3
 use_pip=1
+libs_from=""  # where the nvidia wheels are: default, the python's site-packages
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) bundle=$2; shift 2 ;;
@@ -28,6 +29,7 @@ while [ $# -gt 0 ]; do
     --work) work=$2; shift 2 ;;
     --python) python=$2; shift 2 ;;
     --no-pip) use_pip=0; shift ;;
+    --libs-from) libs_from=$2; shift 2 ;;
     -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "gpu-install: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -98,10 +100,10 @@ fi
 # Libraries onnxruntime-gpu's CUDA provider links to (cuBLAS, cuFFT, cuRAND, the runtime,
 # cuDNN) live in the image's nvidia wheels, not on the loader's path: a process that has not
 # imported torch (the service) would otherwise fall back to the CPU.
-libs=$("$python" - <<'EOF'
-import glob, os, site
+libs=$("$python" - "$libs_from" <<'EOF'
+import glob, os, site, sys
 dirs = []
-for base in site.getsitepackages():
+for base in sys.argv[1:2] if sys.argv[1] else site.getsitepackages():
     for lib in sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib"))):
         if glob.glob(os.path.join(lib, "*.so*")):
             dirs.append(lib)
@@ -110,6 +112,9 @@ EOF
 )
 echo "export PYTHONPATH=$repo:$site\${PYTHONPATH:+:\$PYTHONPATH}"
 echo "export PATH=$site/bin:\$PATH"
+# As the Makefile sets for every target: nothing there can reach a hub, and a look-up would
+# only wait for its timeout.
+echo "export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BENTOML_DO_NOT_TRACK=true"
 if [ -n "$libs" ]; then
   echo "export LD_LIBRARY_PATH=$libs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 fi

@@ -338,3 +338,20 @@ def test_a_detached_command_outlives_its_call_and_a_later_call_waits_for_it(tmp_
     assert waited.returncode == 7 and "done" in waited.stdout
     assert (out / "figures.md").read_text() == "measured\n"
     assert "twice" not in (out / "detached.log").read_text()
+
+
+def test_install_puts_the_images_cuda_libraries_on_the_loader_path(fake_bundle, tmp_path):
+    """The service imports no torch, so nothing loads cuBLAS and cuDNN for onnxruntime-gpu:
+    their folders in the image's nvidia wheels go on LD_LIBRARY_PATH."""
+    out, _ = fake_bundle
+    nvidia = tmp_path / "image-site" / "nvidia"
+    for folder, library in (("cu13", "libcublasLt.so.13"), ("cudnn", "libcudnn.so.9")):
+        (nvidia / folder / "lib").mkdir(parents=True)
+        (nvidia / folder / "lib" / library).write_bytes(b"")
+    (nvidia / "empty" / "lib").mkdir(parents=True)  # no library: not listed
+    done = _install(out, tmp_path, "--no-pip", "--libs-from", str(tmp_path / "image-site"))
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("export LD_LIBRARY_PATH="))
+    assert line.startswith(f"export LD_LIBRARY_PATH={nvidia}/cu13/lib:{nvidia}/cudnn/lib$")
+    assert "empty" not in line
+    assert "export HF_HUB_OFFLINE=1" in done.stdout
