@@ -107,3 +107,22 @@ def test_gate_device_follows_the_setting(tmp_path):
     assert where_to_check("int8", model_dir, "cuda") == ("cuda", {"cpu": False, "gpu": True})
     device, verified_on = where_to_check("fp16", model_dir, "cpu")
     assert device == "cpu" and "device cpu asked for" in verified_on["notes"][0]
+
+
+def test_a_cuda_provider_whose_libraries_cannot_load_is_refused_at_once(tmp_path, monkeypatch):
+    """onnxruntime-gpu lists its CUDA provider even where cuBLAS or the driver are missing; the
+    provider's library is loaded first, so `cuda` is refused naming what is missing and `auto`
+    takes the CPU, instead of a session that silently falls back."""
+    assert devices.cuda_library_problem(tmp_path) is None  # no such library: nothing to check
+    (tmp_path / devices.CUDA_PROVIDER_LIBRARY).write_bytes(b"not a shared object")
+    problem = devices.cuda_library_problem(tmp_path)
+    assert problem and devices.CUDA_PROVIDER_LIBRARY in problem
+
+    monkeypatch.setattr(devices, "cuda_provider_available", lambda: True)
+    missing = "libcublasLt.so.13: cannot open shared object file: No such file or directory"
+    monkeypatch.setattr(devices, "cuda_library_problem", lambda capi_dir=None: missing)
+    assert devices.resolve("auto") == "cpu"
+    with pytest.raises(devices.DeviceError, match=r"cannot load here \(libcublasLt\.so\.13.*LD_"):
+        devices.resolve("cuda")
+    monkeypatch.setattr(devices, "cuda_library_problem", lambda capi_dir=None: None)
+    assert devices.resolve("auto") == "cuda"
