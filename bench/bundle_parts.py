@@ -151,7 +151,7 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     path = bundle / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} is missing: carry it in every call (carry: {bundle.name}/{MANIFEST_NAME})"
+            f"{path} is missing: send it with every part ({bundle.name}/{MANIFEST_NAME})"
         )
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT:
@@ -194,20 +194,20 @@ def describe(state: PartsState, manifest: dict[str, Any], bundle: Path) -> list[
     call that carries it; then one line for the next call, if any is left."""
     calls = manifest["calls"]
     lines = [
-        f"{part_name(i)} is damaged ({why}): rerun call {i} of {calls} "
-        f"(carry {bundle.name}/{part_name(i)})"
+        f"{part_name(i)} is damaged ({why}): send {bundle.name}/{part_name(i)} again "
+        f"(transfer {i} of {calls})"
         for i, why in sorted(state.damaged.items())
     ]
     arrived = max([*state.good, *state.damaged], default=0)
     lines += [
-        f"{part_name(i)} has not arrived: rerun call {i} of {calls} "
-        f"(carry {bundle.name}/{part_name(i)})"
+        f"{part_name(i)} has not arrived: send {bundle.name}/{part_name(i)} again "
+        f"(transfer {i} of {calls})"
         for i in state.missing
         if i < arrived
     ]
     if later := [i for i in state.missing if i > arrived]:
         lines.append(
-            f"next: call {later[0]} of {calls} (carry {bundle.name}/{part_name(later[0])})"
+            f"next: transfer {later[0]} of {calls} (send {bundle.name}/{part_name(later[0])})"
         )
     return lines
 

@@ -37,7 +37,7 @@ from bench import bundle_parts
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "gpu_bundle"
-LIMIT_MIB = 64  # what one call carries, working tree included (device README)
+LIMIT_MIB = 64  # what one transfer to the GPU machine may hold, working tree included
 DEFAULT_MARGIN_MIB = 1.5  # the manifest, and a commit or two between build and calls
 LOCKS = ("requirements/dev.lock", "requirements/gpu.lock")
 MODELS_FILE = "requirements-models.txt"
@@ -211,13 +211,14 @@ def plan_lines(manifest: dict[str, Any], out: Path, repo: Path) -> list[str]:
     lines = [
         f"{len(manifest['wheels'])} wheels, {manifest['wheels_bytes'] / MIB:.1f} MiB, in "
         f"{manifest['calls']} parts of at most {manifest['part_bytes'] / MIB:.1f} MiB: "
-        f"{manifest['calls']} calls (working tree {tree_mib:.1f} MiB each)",
+        f"{manifest['calls']} transfers (working tree {tree_mib:.1f} MiB each)",
     ]
     for part in manifest["parts"]:
         done = part["completes"]
         shown = ", ".join(done[:4]) + (f" and {len(done) - 4} more" if len(done) > 4 else "")
         lines.append(
-            f"call {part['call']}: carry {rel}/{bundle_parts.MANIFEST_NAME} {rel}/{part['file']} "
+            f"transfer {part['call']}: send {rel}/{bundle_parts.MANIFEST_NAME} "
+            f"{rel}/{part['file']} "
             f"({part['size'] / MIB:.1f} MiB + tree = {part['size'] / MIB + tree_mib:.1f} MiB); "
             f"completes {shown or 'no wheel (all continue in the next part)'}"
         )
@@ -226,7 +227,9 @@ def plan_lines(manifest: dict[str, Any], out: Path, repo: Path) -> list[str]:
         if wheels:
             last = max(w["parts"][1] for w in wheels)
             size = sum(w["size"] for w in wheels) / MIB
-            lines.append(f"{group}: {len(wheels)} wheels, {size:.1f} MiB, all in after call {last}")
+            lines.append(
+                f"{group}: {len(wheels)} wheels, {size:.1f} MiB, all in after transfer {last}"
+            )
     return lines
 
 
@@ -323,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="`pip list --format=freeze` read on the GPU machine: packages it has at "
-        "the lock's version are left out (default: the versions KINDS.md lists)",
+        "the lock's version are left out (default: the image's versions in bench/gpu_wheels.py)",
     )
     u = sub.add_parser("unpack", help="check parts, extract complete wheels (there)")
     u.add_argument("--bundle", type=Path, default=DEFAULT_OUT)

@@ -38,7 +38,7 @@ cd "$repo"
 mkdir -p "$work/installed" "$site"
 
 if [ ! -f "$bundle/MANIFEST.json" ]; then
-  echo "gpu-install: $bundle/MANIFEST.json is missing: carry it in every call" >&2
+  echo "gpu-install: $bundle/MANIFEST.json is missing: send it with every part" >&2
   exit 2
 fi
 if [ "$use_pip" = 1 ]; then

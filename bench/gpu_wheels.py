@@ -1,7 +1,7 @@
 """Which wheels the GPU machine needs: the project's imports, pinned by our locks, minus what
 its image already holds at the same version and minus torch's CUDA stack (the image's own).
 
-The GPU machine's image (the device tool's KINDS.md) has Python 3.12, CUDA torch 2.11,
+The GPU machine's image has Python 3.12, CUDA torch 2.11,
 transformers 5.x, huggingface_hub 1.x and a CPU onnxruntime, and no registry. Our code is
 tested with requirements/dev.lock (transformers 4.57.6, huggingface_hub 0.36.2, ...), and on a
 GPU with onnxruntime-gpu in place of onnxruntime. So the list is the dependency closure of what
@@ -50,7 +50,7 @@ NOT_EXCLUDED = ("nvidia-ml-py",)
 # Lint, packaging and fuzzing tools: nothing the GPU check runs imports them.
 NOT_RUN_THERE = ("uv", "ruff", "schemathesis", "hypothesis")
 
-# Versions the image holds, as read there (KINDS.md's pip list). A package is left out only
+# Versions the image holds, as read there (its pip list). A package is left out only
 # when the image has exactly the lock's version; an unknown version is carried, since only the
 # lock's versions are tested. Add a row here when `pip show` there tells more.
 IMAGE_VERSIONS = {

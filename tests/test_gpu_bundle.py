@@ -112,7 +112,7 @@ def test_wheels_are_extracted_once_their_parts_are_good_and_bad_parts_are_named(
     state = bundle_parts.check_parts(out, manifest)
     assert state.good == [1, 2, 3] and state.missing == [4] and not state.damaged
     lines = bundle_parts.describe(state, manifest, out)
-    assert lines == ["next: call 4 of 4 (carry gpu_bundle/part-04)"]
+    assert lines == ["next: transfer 4 of 4 (send gpu_bundle/part-04)"]
     new = bundle_parts.extract_ready(out, manifest, state, tmp_path / "new", skip=set())
     assert [p.name for p in new] == [w["file"] for w in manifest["wheels"][:2]]
     assert new[1].read_bytes() == (tmp_path / "wheels" / new[1].name).read_bytes()
@@ -131,10 +131,11 @@ def test_wheels_are_extracted_once_their_parts_are_good_and_bad_parts_are_named(
     state = bundle_parts.check_parts(out, manifest)
     lines = bundle_parts.describe(state, manifest, out)
     assert (
-        "part-02 is damaged (its sha256 differs from the manifest's): rerun call 2 of 4" in lines[0]
+        "part-02 is damaged (its sha256 differs from the manifest's): "
+        "send gpu_bundle/part-02 again (transfer 2 of 4)" in lines[0]
     )
     assert lines[1].startswith("part-04 is damaged (5 B instead of")
-    assert lines[2] == "part-03 has not arrived: rerun call 3 of 4 (carry gpu_bundle/part-03)"
+    assert lines[2] == "part-03 has not arrived: send gpu_bundle/part-03 again (transfer 3 of 4)"
 
 
 def _install(bundle: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -160,7 +161,7 @@ def test_install_across_calls_installs_each_wheel_once_and_prints_the_path(fake_
     _carry(out, device, 1)
     first = _install(device, tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "1 wheels new" in first.stderr and "next: call 2 of 4" in first.stderr
+    assert "1 wheels new" in first.stderr and "next: transfer 2 of 4" in first.stderr
     assert (site / "nsdemo" / "alpha" / "__init__.py").is_file()
     assert f"export PYTHONPATH={REPO}:{site}" in first.stdout
     for call in (2, 3, 4):
@@ -192,15 +193,15 @@ def test_install_refuses_a_damaged_part_and_installs_nothing(fake_bundle, tmp_pa
     done = _install(device, tmp_path)
     assert done.returncode == 3
     assert (
-        "part-02 is damaged (its sha256 differs from the manifest's): rerun call 2 of 4"
-        in done.stderr
+        "part-02 is damaged (its sha256 differs from the manifest's): "
+        "send gpu_bundle/part-02 again (transfer 2 of 4)" in done.stderr
     )
     assert "nothing installed" in done.stderr and done.stdout == ""
     assert not any((tmp_path / "site").iterdir())
 
     (device / bundle_parts.MANIFEST_NAME).unlink()
     missing = _install(device, tmp_path, "--no-pip")
-    assert missing.returncode == 2 and "MANIFEST.json is missing: carry it" in missing.stderr
+    assert missing.returncode == 2 and "MANIFEST.json is missing: send it" in missing.stderr
 
 
 def test_install_refuses_wheels_for_another_python(fake_bundle, tmp_path):
