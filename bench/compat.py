@@ -15,8 +15,8 @@ For each model directory (the first is the service's default model):
    labels against the directories' own (skipped with --no-bento).
 
 Prints one table row per model and check (rows compared, rows equal) and writes
-`compat.json` beside it. Run with HF_HUB_OFFLINE unset for the client (it refuses even
-127.0.0.1 in offline mode); this script unsets it for itself.
+`compat.json` beside it. The client refuses even 127.0.0.1 in offline mode
+(HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE): this script unsets both for itself.
 """
 
 from __future__ import annotations
@@ -123,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bento", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench_out/compat"))
     args = parser.parse_args(argv)
-    os.environ.pop("HF_HUB_OFFLINE", None)  # the client refuses 127.0.0.1 in offline mode
+    # The client refuses even 127.0.0.1 in offline mode, which either variable turns on; the
+    # model directories are local, so nothing here needs the hub.
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.pop(variable, None)
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     manifests = [Manifest.read(d) for d in args.model_dirs]
     texts_path = args.texts or Path(manifests[0].test_path or "")
