@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import pytest
 
@@ -39,3 +42,22 @@ def service_app():
         from service.service import Classifier
 
         return Classifier.to_asgi()
+
+
+# Variables a module's environment must not inherit from another module's app.
+INHERITED = ("SMALLCLS_DEFAULT_MODEL", "SMALLCLS_AUTH_TOKEN", "SMALLCLS_MODELS_FILE")
+
+
+@contextlib.contextmanager
+def app_client(service_app: Any, env: Mapping[str, str]) -> Iterator[Any]:
+    """A TestClient of the app entered with `env` set (and INHERITED unset): entering runs
+    BentoML's lifespan, which builds a Classifier from that environment."""
+    from starlette.testclient import TestClient
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        for key in INHERITED:
+            mp.delenv(key, raising=False)
+        with TestClient(service_app) as test_client:
+            yield test_client

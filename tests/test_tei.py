@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import prometheus_client
 import pytest
+from conftest import app_client
 from fakes import make_tiny_model_dir
 
 from service import gateway
@@ -116,13 +117,8 @@ def service_env(model_dirs: list[Path], **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def client(model_dirs: list[Path], service_app: Any) -> Iterator[TestClient]:
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in service_env(model_dirs).items():
-            mp.setenv(key, value)
-        for key in ("SMALLCLS_DEFAULT_MODEL", "SMALLCLS_AUTH_TOKEN", "SMALLCLS_MODELS_FILE"):
-            mp.delenv(key, raising=False)
-        with TestClient(service_app) as test_client:
-            yield test_client
+    with app_client(service_app, service_env(model_dirs)) as test_client:
+        yield test_client
 
 
 @pytest.fixture
