@@ -126,14 +126,14 @@ def test_yaml_file_plus_cli_overrides(tmp_path):
 
 
 def test_train_config_example_in_repo_is_valid():
-    from smallcls.cli import DEFAULT_DEMO_CONFIG
+    from smallcls.parser import DEFAULT_DEMO_CONFIG
 
     config = load_config(TrainConfig, DEFAULT_DEMO_CONFIG.parent / "train_minilm.yaml", {})
     assert config.family == "encoder" and config.base_model == "minilm-l6"
 
 
 def test_demo_config_in_repo_is_valid():
-    from smallcls.cli import DEFAULT_DEMO_CONFIG
+    from smallcls.parser import DEFAULT_DEMO_CONFIG
 
     config = load_config(DemoConfig, DEFAULT_DEMO_CONFIG, {})
     families = {m.family for m in config.models}
@@ -144,7 +144,7 @@ def test_demo_config_in_repo_is_valid():
 
 @pytest.mark.parametrize("name", ["train_goemotions.yaml", "train_imdb_lora.yaml"])
 def test_benchmark_train_configs_in_repo_are_valid(name):
-    from smallcls.cli import DEFAULT_DEMO_CONFIG
+    from smallcls.parser import DEFAULT_DEMO_CONFIG
 
     config = load_config(TrainConfig, DEFAULT_DEMO_CONFIG.parent / name, {})
     assert config.dataset in ("goemotions", "imdb")
