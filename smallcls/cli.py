@@ -30,7 +30,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.setdefault("test_path", None)
     config = load_config(TrainConfig, args.config, overrides)
     run_dir = train(config, args.runs_dir, show_progress=not args.quiet)
-    print(f"run: {run_dir}")
+    # One write, not print's text-then-newline: under torchrun every process prints this line
+    # into the same unbuffered pipe, and two prints could interleave into one line.
+    sys.stdout.write(f"run: {run_dir}\n")
+    sys.stdout.flush()
     return 0
 
 
