@@ -145,7 +145,7 @@ class ClassifyShape:
         return error_response(503, str(error), "model", **{"retry-after": "1"})
 
     def failed(self, error: ModelFailed) -> JSONResponse:
-        return error_response(500, f"{error}: retry, and report it if it persists", "model")
+        return error_response(500, f"{error}: retry, and report it if it persists", error.field)
 
 
 def render(

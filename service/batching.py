@@ -41,12 +41,16 @@ class Retired(Exception):
 
 
 class ModelFailed(RuntimeError):
-    """The model raised on a batch: every request in that batch fails with this (the original
-    error is its cause), and the batcher goes on with the next batch."""
+    """The model raised on this request's texts even when run apart from the rest of its batch
+    (the original error is its cause); `text_index`: the request's text it raised on alone,
+    None when no single text does. The batcher goes on with the next batch."""
 
-    def __init__(self, model: str, error: Exception) -> None:
-        super().__init__(f"model {model!r} failed on its batch: {type(error).__name__}: {error}")
+    def __init__(self, model: str, error: Exception, text_index: int | None = None) -> None:
+        where = "its texts" if text_index is None else f"text {text_index} of the request"
+        super().__init__(f"model {model!r} failed on {where}: {type(error).__name__}: {error}")
         self.model = model
+        self.text_index = text_index
+        self.field = "model"  # where the answer points; the service sets texts[i] when known
 
 
 @dataclasses.dataclass(eq=False)
@@ -146,6 +150,47 @@ class Batcher:
             self._observe.queue_changed(self.name, -taken)
         return jobs
 
+    async def _run_apart(self, jobs: list[_Job]) -> None:
+        """After a failed batch, each request alone: a text the model cannot take fails only
+        its own request, which is told which text it was; the others get their answers. When
+        nothing passes alone, the model itself is failing, and no text is blamed."""
+        loop = asyncio.get_running_loop()
+        failures: list[tuple[_Job, Exception]] = []
+        for job in jobs:
+            if job.future.done():
+                continue
+            try:
+                rows = await loop.run_in_executor(self._executor, self._run, list(job.texts))
+            except Exception as exc:
+                failures.append((job, exc))
+            else:
+                if not job.future.done():
+                    job.future.set_result(rows)
+        # A lone text that fails alone is to blame only if other requests passed.
+        some_passed = len(failures) < len(jobs)
+        for job, exc in failures:
+            if len(job.texts) > 1:
+                index = await self._failing_text(job.texts)
+            else:
+                index = 0 if some_passed else None
+            logger.error("model %r failed on a request (text %s): %r", self.name, index, exc)
+            failed = ModelFailed(self.name, exc, index)
+            failed.__cause__ = exc
+            if not job.future.done():
+                job.future.set_exception(failed)
+
+    async def _failing_text(self, texts: Sequence[str]) -> int | None:
+        """The first text the model raises on alone, where others pass alone; None when every
+        text passes alone (only their combination fails) or every text fails."""
+        loop = asyncio.get_running_loop()
+        failing = []
+        for index, text in enumerate(texts):
+            try:
+                await loop.run_in_executor(self._executor, self._run, [text])
+            except Exception:
+                failing.append(index)
+        return failing[0] if failing and len(failing) < len(texts) else None
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         wait_s = self.settings.batch_wait_ms / 1000
@@ -181,13 +226,9 @@ class Batcher:
                     self._observe.observe_batch(self.name, len(texts), waits)
                 try:
                     rows = await loop.run_in_executor(self._executor, self._run, texts)
-                except Exception as exc:  # the model failed: fail this batch, keep serving
+                except Exception:  # the model failed: find whose texts, keep serving
                     logger.exception("model %r failed on a batch of %d", self.name, len(texts))
-                    failed = ModelFailed(self.name, exc)
-                    failed.__cause__ = exc
-                    for job in live:
-                        if not job.future.done():
-                            job.future.set_exception(failed)
+                    await self._run_apart(live)
                     continue
                 start = 0
                 for job in live:

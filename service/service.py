@@ -359,12 +359,41 @@ class Classifier:
                         field,
                     )
         try:
-            logits, truncated = await loaded.batcher.submit(texts)
-        except Retired:  # replaced by a reload between resolving and submitting: use the new one
-            loaded = self.models.get(loaded.name, loaded)
-            logits, truncated = await loaded.batcher.submit(texts)
+            loaded, (logits, truncated) = await self._submit(loaded, texts)
+        except ModelFailed as exc:  # point at the text the model raised on, when one did
+            if exc.text_index is not None:
+                exc.field = fields[exc.text_index]
+            raise
         self.metrics.texts.labels(model=loaded.name).inc(len(texts))
         return render(loaded, logits, truncated, options)
+
+    async def _submit(self, loaded: LoadedModel, texts: list[str]) -> tuple[LoadedModel, Any]:
+        """The model that answered and its rows for these texts. A version a reload replaced
+        between resolving it and submitting to it hands over to its successor (whose rule
+        and version then answer); a model the reload removed is a 404 naming the models now
+        served, never a 500."""
+        for _ in range(3):  # a successor can itself be replaced by the next reload
+            try:
+                return loaded, await loaded.batcher.submit(texts)
+            except Retired:
+                successor = self.models.get(loaded.name)
+                if successor is None:
+                    raise ClientError(
+                        404,
+                        f"model {loaded.name!r} was removed by a reload while this request "
+                        f"waited; serving {sorted(self.models)}",
+                        "model",
+                    ) from None
+                if successor.classifier.labels != loaded.classifier.labels:
+                    # This request's options were checked against the old labels.
+                    raise ClientError(
+                        409,
+                        f"model {loaded.name!r} was replaced by a version with other labels "
+                        "while this request waited: send it again",
+                        "model",
+                    ) from None
+                loaded = successor
+        return loaded, await loaded.batcher.submit(texts)
 
     # ---- lifecycle ----------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.batching import Batcher, Overloaded, Retired
+from service.batching import Batcher, ModelFailed, Overloaded, Retired
 from service.settings import BatchingSettings
 
 
@@ -89,21 +89,54 @@ def test_texts_that_waited_too_long_are_refused_before_the_model() -> None:
 
 def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
     async def main() -> None:
-        calls = []
+        def broken(texts: list[str]) -> np.ndarray:
+            raise RuntimeError("boom")
 
-        def flaky(texts: list[str]) -> np.ndarray:
-            calls.append(texts)
-            if len(calls) == 1:
-                raise RuntimeError("boom")
-            return np.zeros((len(texts), 2), dtype=np.float32)
-
-        batcher = Batcher("m", flaky, BatchingSettings())
-        with pytest.raises(RuntimeError, match="boom"):
+        batcher = Batcher("m", broken, BatchingSettings())
+        with pytest.raises(ModelFailed, match="boom") as failed:
             await batcher.submit(["a"])
-        assert (await batcher.submit(["b"])).shape == (1, 2)
+        # Nothing passed alone: the model is failing, and no text is blamed.
+        assert failed.value.text_index is None and isinstance(failed.value.__cause__, RuntimeError)
+        batcher._run = lambda texts: np.zeros((len(texts), 2), dtype=np.float32)
+        assert (await batcher.submit(["b"])).shape == (1, 2)  # the batcher goes on
         batcher.close()
         with pytest.raises(Retired):
             await batcher.submit(["c"])
+
+    asyncio.run(main())
+
+
+class PoisonedModel(GatedModel):
+    """Raises on any batch holding the text "poison"; blocks on the gate like GatedModel."""
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        rows = super().__call__(texts)
+        if "poison" in texts:
+            raise ValueError("cannot take this text")
+        return rows
+
+
+def test_one_bad_text_fails_only_its_own_request_which_is_told_which_text() -> None:
+    async def main() -> None:
+        model = PoisonedModel()
+        batcher = Batcher("m", model, BatchingSettings(max_batch_size=16))
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await _until(lambda: len(model.calls) == 1)  # the next three queue into one batch
+        good = asyncio.ensure_future(batcher.submit(["bb", "ccc"]))
+        bad = asyncio.ensure_future(batcher.submit(["dd", "poison", "e"]))
+        other = asyncio.ensure_future(batcher.submit(["ffff"]))
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        assert (await first)[:, 0].tolist() == [1]
+        assert (await good)[:, 0].tolist() == [2, 3]
+        assert (await other)[:, 0].tolist() == [4]
+        with pytest.raises(ModelFailed, match="text 1 of the request") as failed:
+            await bad
+        assert failed.value.text_index == 1
+        # The shared batch failed once; then each request ran alone, then the bad one's texts.
+        assert model.calls[1] == ["bb", "ccc", "dd", "poison", "e", "ffff"]
+        assert ["dd", "poison", "e"] in model.calls[2:] and ["poison"] in model.calls[2:]
+        batcher.close()
 
     asyncio.run(main())
 

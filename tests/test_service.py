@@ -678,3 +678,60 @@ def test_bentoml_serve_reports_a_model_that_fails_to_load(
     with pytest.raises(RuntimeError, match=r"exited with code 1(.|\n)*model\.onnx has sha256"):
         server.start()
     assert server.process is None  # stopped, not left running
+
+
+def _active_service() -> Any:
+    from service.service import ACTIVE
+
+    return ACTIVE[-1]
+
+
+def _active_models() -> dict[str, Any]:
+    return _active_service().models
+
+
+def test_a_text_the_model_cannot_take_fails_its_request_by_position(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = _active_models()["beta"]
+    real = loaded.batcher._run
+
+    def poisoned(texts: list[str]) -> Any:
+        if "poison" in texts:
+            raise ValueError("cannot take this text")
+        return real(texts)
+
+    monkeypatch.setattr(loaded.batcher, "_run", poisoned)
+    failed = client.post("/classify", json={"texts": ["fun", "poison"], "model": "beta"})
+    assert failed.status_code == 500 and failed.json()["field"] == "texts[1]", failed.text
+    assert "failed on text 1 of the request: ValueError" in failed.json()["error"]
+    ok = client.post("/classify", json={"texts": ["fun", "boring plot"], "model": "beta"})
+    assert ok.status_code == 200, ok.text  # the model goes on serving every other text
+    tei = client.post("/predict?model=beta", json={"inputs": [["fun"], ["poison"]]})
+    assert (tei.status_code, tei.json()["error_type"]) == (424, "Backend")
+
+
+def test_a_model_retired_while_a_request_reached_it_hands_over_or_is_a_404(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.batching import Retired
+
+    models = _active_models()
+    successor = models["alpha"]
+    retired = type(successor)(
+        successor.classifier, successor.source, "old-version", successor.batcher
+    )
+
+    class ClosedBatcher:
+        async def submit(self, texts: Any) -> Any:
+            raise Retired("alpha")
+
+    retired.batcher = ClosedBatcher()  # type: ignore[assignment]
+    monkeypatch.setattr(_active_service(), "_resolve", lambda model: retired)
+    handed_over = client.post("/classify", json={"texts": ["fun"], "model": "alpha"})
+    assert handed_over.status_code == 200, handed_over.text
+    assert handed_over.json()["version"] == successor.version  # the successor answered
+    monkeypatch.delitem(models, "alpha")  # the reload removed the model altogether
+    removed = client.post("/classify", json={"texts": ["fun"], "model": "alpha"})
+    assert removed.status_code == 404 and removed.json()["field"] == "model", removed.text
+    assert "was removed by a reload while this request waited" in removed.json()["error"]
