@@ -28,9 +28,22 @@ from reports.rows import (
 FAMILY_COLOURS = {"encoder": "#0072B2", "extracted_encoder": "#E69F00", "causal_lm": "#009E73"}
 PRECISION_SYMBOLS = {"fp32": "circle", "fp16": "square", "int8": "diamond"}
 OTHER_COLOUR, OTHER_SYMBOL = "#777777", "x"
+# Summary columns shown in the second HTML table (report.md keeps one table).
+FACT_COLUMNS = frozenset(
+    {
+        "Throughput (req/s)",
+        "Server CPU (%)",
+        "Size (MB)",
+        "Params (M)",
+        "GFLOPs per example (est.)",
+        "Label agreement vs fp32 (%)",
+        "Train time (s)",
+    }
+)
 
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1280px; color: #222; }
+body { font-family: system-ui, sans-serif; color: #222; }
+body { margin: 2em auto; padding: 0 1em; max-width: 1280px; }
 h1 { margin-bottom: 0.2em; } .meta { color: #555; margin-top: 0; }
 table { border-collapse: collapse; font-size: 13px; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
@@ -39,6 +52,7 @@ td.text { text-align: left; }
 .rec { background: #eef6ee; border-left: 5px solid #2a7; padding: 0.7em 1em; }
 .rec.none { background: #fbeeee; border-left-color: #c33; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; } .plot { flex: 0 0 620px; }
+.table { max-width: 100%; overflow-x: auto; }
 code { font-size: 12px; } li { margin: 0.2em 0; }
 """
 
@@ -53,6 +67,10 @@ def render_html(ctx: ReportContext) -> str:
     ]  # fmt: skip
     rec = ctx.recommendation
     headers, cells = table_cells(ctx.rows, ctx.prices.measured_as)
+    # Twenty columns do not fit a laptop's width: what an analyst compares first, then the
+    # model facts and load figures beside the same names.
+    first = [i for i, h in enumerate(headers) if h not in FACT_COLUMNS]
+    facts = [0, *(i for i, h in enumerate(headers) if h in FACT_COLUMNS)]
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>smallcls: model comparison</title>",
@@ -67,7 +85,9 @@ def render_html(ctx: ReportContext) -> str:
         f"<div class='plots'><div class='plot'>{plots[0]}</div>"
         f"<div class='plot'>{plots[1]}</div></div>",
         "<h2>Summary</h2>",
-        _table(headers, cells),
+        _table([headers[i] for i in first], [[row[i] for i in first] for row in cells]),
+        "<h2>Models and load</h2>",
+        _table([headers[i] for i in facts], [[row[i] for i in facts] for row in cells]),
         "<h2>Accuracy cost of quantization</h2>",
         _quant_table(ctx),
         "<h2>Cost per instance type</h2>",
@@ -198,7 +218,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # In a scrolling box: a table wider than the window scrolls instead of being cut off.
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='table'>{table}</div>"
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -91,3 +91,45 @@ def test_screenshot_is_not_blank(report_html: Path, tmp_path: Path) -> None:
         sizes[name] = shot.stat().st_size
     # A white page compresses to a few kB; text, tables and plots do not.
     assert sizes["report"] > 10 * sizes["blank"], sizes
+
+
+LAYOUT_PROBE = """<script>
+window.addEventListener("load", () => setTimeout(() => {
+  const right = (element) => element.getBoundingClientRect().right;
+  const fits = (inner, outer) => right(inner) <= right(outer) + 1;
+  const out = {
+    page: document.documentElement.scrollWidth <= window.innerWidth,
+    tables: [...document.querySelectorAll("div.table")]
+      .map(d => d.scrollWidth <= d.clientWidth + 1),
+    legends: [...document.querySelectorAll("g.legend")].map(g => fits(g, g.closest("svg"))),
+  };
+  const pre = document.createElement("pre");
+  pre.id = "layout";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+}, 300));
+</script>"""
+
+
+@pytest.mark.parametrize("width", [1366, 1024])  # a desktop's and a small laptop's window
+def test_nothing_is_cut_off_at_desktop_and_laptop_widths(report_html: Path, tmp_path: Path, width):
+    import json
+
+    probed = tmp_path / "probed.html"
+    probed.write_text(report_html.read_text().replace("</body>", LAYOUT_PROBE + "</body>"))
+    flags = [f for f in FLAGS if not f.startswith("--window-size")]
+    assert CHROMIUM is not None
+    done = subprocess.run(
+        [CHROMIUM, *flags, f"--window-size={width},1500", "--dump-dom", probed.as_uri()],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r'<pre id="layout">(.*?)</pre>', done.stdout)
+    assert found, done.stdout[-2000:]
+    layout = json.loads(found.group(1))
+    assert layout["page"], "the page is wider than the window"
+    assert len(layout["legends"]) == 2 and all(layout["legends"]), layout  # no cut legend
+    assert len(layout["tables"]) == 5
+    if width >= 1366:  # on a desktop every table fits; narrower, a wide one may scroll
+        assert all(layout["tables"]), layout
+    assert _console(done.stderr) == [], _console(done.stderr)
