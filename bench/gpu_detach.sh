@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Run a long command on the GPU machine across calls: `start` launches it in a session of its
-# own (the device tool ends a call's other processes when the call returns, not those), so the
-# next calls can carry the last parts meanwhile; `wait`, in a later call, waits for it to end
-# and copies its results out.
+# Run a long command on the GPU machine across remote commands: `start` launches it in a
+# process session of its own (a remote runner that ends a command's other processes when the
+# command returns leaves such a session alone), so the next transfers can bring the last parts
+# meanwhile; `wait`, in a later command, waits for it to end and copies its results out.
 #
 #   bash bench/gpu_detach.sh start CMD [ARG...]   # once; a second start while it runs refuses
 #   bash bench/gpu_detach.sh wait [DEADLINE_S] [FILE...]
 #
 # `wait` prints the log's last 60 lines, copies the log and each FILE into $OUT (where set) and
-# exits with the command's status (124 past the deadline, default 580 s, inside a call's 600).
+# exits with the command's status (124 past the deadline, default 580 s, inside a 600 s limit
+# per remote command).
 # State lives in $GPU_DETACH_DIR (/tmp/gpu-detach): pid, log, exit status.
 set -euo pipefail
 
