@@ -65,15 +65,16 @@ def probe_cuda() -> Cuda:
     else:
         torch_gpu = torch.cuda.is_available()
         name = torch.cuda.get_device_name(0) if torch_gpu else None
-    ort_cuda = devices.cuda_provider_available()
+    # The service's own check: the CUDA provider is there and its libraries load.
+    try:
+        ort_cuda, ort_why = devices.resolve("cuda") == "cuda", ""
+    except devices.DeviceError as exc:
+        ort_cuda, ort_why = False, str(exc)
     why = ""
     if not torch_gpu:
         why = "torch sees no CUDA GPU here"
     elif not ort_cuda:
-        why = (
-            f"torch sees {name}, but onnxruntime has no CUDAExecutionProvider: install "
-            "onnxruntime-gpu in place of onnxruntime (requirements/gpu.lock)"
-        )
+        why = f"torch sees {name}, but {ort_why}"
     return Cuda(torch_gpu, ort_cuda, name, why)
 
 

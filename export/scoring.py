@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from core import devices
 from core.decision import DecisionRule
 from core.manifest import MODEL_NAME
 from core.metrics import decision_metrics, label_agreement
 from export import gate
-from export.variants import cuda_available
 from service.runtime import OnnxClassifier, make_session
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ def where_to_check(
         return "cuda", {"cpu": False, "gpu": True}
     if variant != "fp16":
         return "cpu", {"cpu": True, "gpu": False}
-    if device == "auto" and cuda_available():
+    # auto: CUDA where this onnxruntime has it and its libraries load (core/devices.py).
+    if device == "auto" and devices.resolve("auto") == "cuda":
         return "cuda", {"cpu": False, "gpu": True}
     why_cpu = "no CUDA here" if device == "auto" else "device cpu asked for"
     try:

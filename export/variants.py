@@ -266,12 +266,3 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> dict[str, Any]:
     converted = convert_float_to_float16(model, keep_io_types=True)
     onnx.save(converted, str(out_path))
     return {"method": "onnxruntime.transformers.float16", "keep_io_types": True}
-
-
-def cuda_available() -> bool:
-    """Whether this onnxruntime can run on CUDA (onnxruntime-gpu with CUDA libraries).
-
-    The provider list alone is not enough: onnxruntime-gpu lists CUDA and silently falls back
-    to CPU when the CUDA libraries are missing (shared/STACK.md), so the caller must also
-    check `session.get_providers()`."""
-    return "CUDAExecutionProvider" in ort.get_available_providers()

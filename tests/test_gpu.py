@@ -61,13 +61,13 @@ def test_cuda_training_then_cpu_export_matches(tiny_dirs, tmp_path, style, spec)
 def test_fp16_is_checked_on_cuda(tiny_dirs, tmp_path):
     """With onnxruntime-gpu, fp16 is scored by the gate on CUDA and says so."""
     from core.config import TrainConfig
+    from core.devices import cuda_provider_available
     from core.manifest import Manifest
     from export.onnx_export import export_run
-    from export.variants import cuda_available
     from tests.tiny_models import SST2_TEST, SST2_TRAIN, sst2_slice
     from training.train import train
 
-    if not cuda_available():
+    if not cuda_provider_available():
         pytest.skip("needs onnxruntime-gpu (CUDAExecutionProvider)")
     config = TrainConfig(
         name="gpu16",
