@@ -97,19 +97,12 @@ def bento_labels(model_dirs: list[Path], texts: list[str]) -> tuple[str, dict[st
     tags = [smallcls("models", "register", str(d)).split("registered: ")[1].split()[0]
             for d in model_dirs]  # fmt: skip
     bento = smallcls("bento", "build", "--models", *tags).split("bento: ")[1].split()[0]
-    old_home = os.environ.get("BENTOML_HOME")
-    os.environ["BENTOML_HOME"] = str(home)  # ServerProcess passes the environment on
-    try:
-        with ServerProcess([], bento=bento, threads=2) as server:
-            labels = {
-                Manifest.read(d).name: classify_labels(server.url, Manifest.read(d).name, texts)
-                for d in model_dirs
-            }
-    finally:
-        if old_home is None:
-            os.environ.pop("BENTOML_HOME", None)
-        else:
-            os.environ["BENTOML_HOME"] = old_home
+    # The server's environment is ours plus extra_env: it reads the private store from there.
+    with ServerProcess([], bento=bento, threads=2, extra_env={"BENTOML_HOME": str(home)}) as server:
+        labels = {
+            Manifest.read(d).name: classify_labels(server.url, Manifest.read(d).name, texts)
+            for d in model_dirs
+        }
     return bento, labels
 
 
