@@ -72,7 +72,8 @@ class OnnxClassifier:
         self.session = make_session(
             self.model_dir / MODEL_NAME, threads, spinning=spinning, device=device
         )
-        self.device = devices.resolve(device)
+        # Where it really runs: the session, not the setting, is the truth (core/devices.py).
+        self.device = "cuda" if self.session.get_providers()[0] == devices.CUDA_PROVIDER else "cpu"
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.encoder = TextEncoder.from_file(
             self.model_dir / TOKENIZER_NAME, self.manifest.preprocessing
