@@ -6,8 +6,11 @@ nothing; under load batches grow by themselves. This runs in the API process, ne
 HTTP server: no second process and no second HTTP hop per request (on 2 cores both cost as
 much CPU as MiniLM's inference itself).
 
-Overload is answered early: a request that would overfill the queue is refused at once, and
-a text that waited longer than `max_latency_ms` is refused before it uses the model.
+Overload is refused at the door by the worker's admission control (service/admission.py),
+which every batcher reports to; while it says the worker is overloaded, batches take the
+freshest requests first (adaptive LIFO). Two backstops stay: a request that would overfill
+the queue is refused at once, and a text that waited longer than `max_latency_ms` is refused
+before it uses the model.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
+from service.admission import AdmissionControl
 from service.settings import BatchingSettings
 
 logger = logging.getLogger(__name__)
@@ -51,6 +55,19 @@ class ModelFailed(RuntimeError):
         self.model = model
         self.text_index = text_index
         self.field = "model"  # where the answer points; the service sets texts[i] when known
+
+
+class InternalError(ModelFailed):
+    """The service's own code failed around the model (a bug): answered 500 like a model
+    failure, logged with its traceback and counted apart (reason "internal")."""
+
+    def __init__(self, model: str, error: Exception) -> None:
+        RuntimeError.__init__(
+            self, f"the service failed answering for model {model!r}: {type(error).__name__}"
+        )
+        self.model = model
+        self.text_index = None
+        self.field = "service"
 
 
 @dataclasses.dataclass(eq=False)
@@ -83,11 +100,16 @@ class Batcher:
         run: Callable[[list[str]], Rows],
         settings: BatchingSettings,
         observe: BatchObserver | None = None,
+        admission: AdmissionControl | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self._run = run
         self._observe = observe
+        self._admission = admission
+        # Seconds of model time per text, a moving average over recent batches: what the
+        # admission control prices this model's queue at.
+        self.seconds_per_text = 0.0
         self._jobs: collections.deque[_Job] = collections.deque()
         self._queued_texts = 0
         self._wakeup = asyncio.Event()
@@ -96,6 +118,8 @@ class Batcher:
         # oversubscribed by concurrent batches of the same model.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
         self.closed = False
+        if admission is not None:
+            admission.register(self)
 
     @property
     def queued_texts(self) -> int:
@@ -127,19 +151,26 @@ class Batcher:
     def close(self) -> None:
         """Refuse new texts; the queued ones are still answered, then the thread ends."""
         self.closed = True
+        if self._admission is not None:
+            self._admission.unregister(self)
         self._wakeup.set()
         if self._task is None:
             self._executor.shutdown(wait=False)
 
-    def _take_batch(self) -> list[_Job]:
+    def _take_batch(self, freshest_first: bool = False) -> list[_Job]:
+        """Jobs for one batch, oldest first, or with `freshest_first` newest first (adaptive
+        LIFO under overload: a fresh request can still be answered in time)."""
         jobs: list[_Job] = []
         size = 0
         taken = 0  # texts leaving the queue, cancelled jobs' included
         while self._jobs:
-            job = self._jobs[0]
+            job = self._jobs[-1] if freshest_first else self._jobs[0]
             if jobs and size + len(job.texts) > self.settings.max_batch_size:
                 break
-            self._jobs.popleft()
+            if freshest_first:
+                self._jobs.pop()
+            else:
+                self._jobs.popleft()
             self._queued_texts -= len(job.texts)
             taken += len(job.texts)
             if job.future.done():  # the client went away (request cancelled)
@@ -191,6 +222,13 @@ class Batcher:
                 failing.append(index)
         return failing[0] if failing and len(failing) < len(texts) else None
 
+    def _measured(self, seconds: float, texts: int) -> None:
+        per_text = seconds / texts
+        if self.seconds_per_text == 0.0:
+            self.seconds_per_text = per_text
+        else:  # recent batches weigh most: batch sizes, and so the cost per text, follow load
+            self.seconds_per_text += 0.2 * (per_text - self.seconds_per_text)
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         wait_s = self.settings.batch_wait_ms / 1000
@@ -204,8 +242,12 @@ class Batcher:
                     await self._wakeup.wait()
                 if wait_s and self._queued_texts < self.settings.max_batch_size:
                     await asyncio.sleep(wait_s)  # let a batch fill (tuned per model)
-                jobs = self._take_batch()
+                overloaded = self._admission is not None and self._admission.overloaded
+                jobs = self._take_batch(freshest_first=overloaded)
                 now = time.perf_counter()
+                if jobs and self._admission is not None:
+                    freshest = max(job.enqueued for job in jobs)
+                    self._admission.batch_started(self, now - freshest, self._queued_texts, now)
                 live: list[_Job] = []
                 for job in jobs:
                     if now - job.enqueued > max_queue_s:
@@ -230,6 +272,7 @@ class Batcher:
                     logger.exception("model %r failed on a batch of %d", self.name, len(texts))
                     await self._run_apart(live)
                     continue
+                self._measured(time.perf_counter() - now, len(texts))
                 start = 0
                 for job in live:
                     end = start + len(job.texts)

@@ -27,6 +27,7 @@ BATCH_SIZE = "smallcls_batch_size_texts"
 QUEUE_WAIT = "smallcls_queue_wait_seconds"
 QUEUE_DEPTH = "smallcls_queue_depth_texts"
 REJECTED = "smallcls_rejected_requests_total"
+SERVER_ERRORS = "smallcls_server_errors_total"
 TEXTS = "smallcls_texts_total"
 MODEL_INFO = "smallcls_model_info"
 # Labels of MODEL_INFO, from the model's manifest (see LoadedModel.info_labels).
@@ -41,6 +42,7 @@ class Metrics:
     queue_time: Any  # Histogram {model}: seconds a request waited for its batch
     queue_depth: Any  # Gauge {model}: texts waiting for a batch now
     rejected: Any  # Counter {model, reason}: answered 503 (or TEI's 429) because of overload
+    server_errors: Any  # Counter {model, reason}: 5xx of ours (model_failed, internal)
     texts: Any  # Counter {model}: texts classified
     model_info: Any  # Gauge {MODEL_INFO_LABELS}: 1 per served model version
 
@@ -106,6 +108,11 @@ def get_metrics() -> Metrics:
         rejected=prom.Counter(
             REJECTED.removesuffix("_total"),
             "Requests refused because the model was overloaded",
+            ["model", "reason"],
+        ),
+        server_errors=prom.Counter(
+            SERVER_ERRORS.removesuffix("_total"),
+            "Requests the service failed (5xx): the model raised, or the service's own code",
             ["model", "reason"],
         ),
         texts=prom.Counter(TEXTS.removesuffix("_total"), "Texts classified", ["model"]),

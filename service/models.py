@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core.manifest import MODEL_NAME, Manifest, ManifestError, verify_files
+from service import admission
 from service.batching import Batcher, BatchObserver
 from service.runtime import OnnxClassifier
 from service.settings import Settings
@@ -135,6 +136,7 @@ def load(
         classifier.score_batch,
         settings.batching_for(classifier.name),
         observe,
+        admission.CONTROL,
     )
     logger.info(
         "loaded model %r version %s from %s (labels %s)",

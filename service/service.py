@@ -29,9 +29,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from core import devices
-from service import bento_models, gateway, tei
+from service import admission, bento_models, door, gateway, tei
 from service.answers import ClassifyShape, ClientError, Shape, error_response, render, shorten
-from service.batching import ModelFailed, Overloaded, Retired
+from service.batching import InternalError, ModelFailed, Overloaded, Retired
 from service.bento_image import requirements_for, service_image
 from service.metrics import get_metrics
 from service.models import LoadedModel, by_path, check_entries, load_all
@@ -129,6 +129,7 @@ class Classifier:
         gateway.CONFIG.max_body_bytes = self.settings.max_body_bytes
         gateway.CONFIG.body_timeout_s = self.settings.body_timeout_s
         gateway.CONFIG.max_requests_per_connection = self.settings.max_requests_per_connection
+        admission.CONTROL.configure(self.settings.admission)
         self.metrics = get_metrics()
         self.models = load_all(self.settings.models, self.settings, self.metrics)
         self.metrics.show_models(m.info_labels() for m in self.models.values())
@@ -336,7 +337,12 @@ class Classifier:
             self.metrics.rejected.labels(model=name, reason=exc.reason).inc()
             response = shape.overloaded(exc)
         except ModelFailed as exc:
+            self.metrics.server_errors.labels(model=name, reason="model_failed").inc()
             response = shape.failed(exc)
+        except Exception as exc:  # a bug of ours: still an answer, logged and counted
+            logger.exception("internal error answering %s for model %r", shape.route, name)
+            self.metrics.server_errors.labels(model=name, reason="internal").inc()
+            response = shape.failed(InternalError(name, exc))
         status = str(response.status_code)
         self.metrics.requests.labels(model=name, route=shape.route, status=status).inc()
         self.metrics.latency.labels(model=name).observe(time.perf_counter() - started)
@@ -485,3 +491,4 @@ Classifier.mount_asgi_app(
     name="smallcls-routes",
 )
 Classifier.add_asgi_middleware(gateway.Gateway)
+door.install(Classifier)  # outside BentoML's own middleware: overload refused cheapest

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from core import devices
+from service.admission import AdmissionSettings
 
 ENV_MODELS = "SMALLCLS_MODELS"
 ENV_MODELS_FILE = "SMALLCLS_MODELS_FILE"
@@ -34,6 +35,9 @@ ENV_TIMEOUT_S = "SMALLCLS_TIMEOUT_S"
 ENV_RELOAD_POLL_S = "SMALLCLS_RELOAD_POLL_S"
 ENV_ACCESS_LOG = "SMALLCLS_ACCESS_LOG"
 ENV_ORT_SPINNING = "SMALLCLS_ORT_SPINNING"
+ENV_ADMISSION = "SMALLCLS_ADMISSION"
+ENV_QUEUE_TARGET_MS = "SMALLCLS_QUEUE_TARGET_MS"
+ENV_QUEUE_INTERVAL_MS = "SMALLCLS_QUEUE_INTERVAL_MS"
 # Settings.models_origin when the models are the store models a Bento carries, named by
 # `bentoml build --arg models=...` (or `bentoml serve service.service:Classifier --arg ...`).
 ORIGIN_BENTO = "--arg models"
@@ -231,6 +235,9 @@ class Settings:
     reload_poll_s: float = 2.0  # how often each worker looks at models_file
     batching: BatchingSettings = dataclasses.field(default_factory=BatchingSettings)
     model_batching: dict[str, BatchingSettings] = dataclasses.field(default_factory=dict)
+    # When to refuse requests at the door (service/admission.py): a queue delay standing
+    # above target for an interval.
+    admission: AdmissionSettings = dataclasses.field(default_factory=AdmissionSettings)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -313,7 +320,20 @@ class Settings:
             reload_poll_s=_non_negative_float(env, ENV_RELOAD_POLL_S, cls.reload_poll_s),
             batching=batching,
             model_batching=per_model_batching(env, batching),
+            admission=admission_from_env(env),
         )
+
+
+def admission_from_env(env: Mapping[str, str]) -> AdmissionSettings:
+    default = AdmissionSettings()
+    target = _non_negative_float(env, ENV_QUEUE_TARGET_MS, default.target_ms)
+    interval = _non_negative_float(env, ENV_QUEUE_INTERVAL_MS, default.interval_ms)
+    for name, value in ((ENV_QUEUE_TARGET_MS, target), (ENV_QUEUE_INTERVAL_MS, interval)):
+        if value == 0:
+            raise ValueError(f"{name} must be > 0 ms, got {value:g}")
+    return AdmissionSettings(
+        target_ms=target, interval_ms=interval, enabled=_flag(env, ENV_ADMISSION, default.enabled)
+    )
 
 
 def read_models_file(path: Path) -> tuple[str, ...]:

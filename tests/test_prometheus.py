@@ -29,6 +29,7 @@ KINDS = {  # name -> the type Prometheus is told
     m.QUEUE_WAIT: "histogram",
     m.QUEUE_DEPTH: "gauge",
     m.REJECTED: "counter",
+    m.SERVER_ERRORS: "counter",
     m.TEXTS: "counter",
     m.MODEL_INFO: "gauge",
 }

@@ -735,3 +735,23 @@ def test_a_model_retired_while_a_request_reached_it_hands_over_or_is_a_404(
     removed = client.post("/classify", json={"texts": ["fun"], "model": "alpha"})
     assert removed.status_code == 404 and removed.json()["field"] == "model", removed.text
     assert "was removed by a reload while this request waited" in removed.json()["error"]
+
+
+def test_a_failure_of_our_own_code_is_an_answer_logged_and_counted(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import service.service as service_module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+    metrics = _active_service().metrics
+    counter = metrics.server_errors.labels(model="alpha", reason="internal")
+    before = counter._value.get()
+    monkeypatch.setattr(service_module, "render", broken)
+    with caplog.at_level("ERROR", logger="service.service"):
+        failed = client.post("/classify", json={"texts": ["fun"], "model": "alpha"})
+    assert failed.status_code == 500 and failed.json()["field"] == "service", failed.text
+    assert "KeyError" in failed.json()["error"] and "a bug" not in failed.json()["error"]
+    assert counter._value.get() == before + 1
+    assert any("internal error answering /classify" in r.message for r in caplog.records)

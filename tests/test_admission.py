@@ -1,0 +1,264 @@
+"""Admission control on synthetic arrival traces with known answers, the door that refuses
+before the body is read, and the batcher's freshest-first order under overload."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+
+import numpy as np
+import pytest
+
+from service import admission, door
+from service.admission import AdmissionControl, AdmissionSettings
+from service.batching import Batcher
+from service.settings import BatchingSettings, Settings, admission_from_env
+from tests.test_batching import GatedModel, _until
+
+BATCH_S = 0.020  # one batch of up to MAX_BATCH texts takes this long in the simulation
+MAX_BATCH = 16
+CAPACITY = MAX_BATCH / BATCH_S  # texts per second with full batches
+
+
+@dataclasses.dataclass(eq=False)  # hashable by identity, as batchers are
+class FakeQueue:
+    queued_texts: int = 0
+    seconds_per_text: float = BATCH_S / MAX_BATCH
+
+
+@dataclasses.dataclass
+class Outcome:
+    admitted: list[float]  # arrival times of admitted requests
+    refused: list[float]
+    waits: list[float]  # queue wait of each admitted request
+    overloaded_at: float | None
+
+
+def simulate(arrivals: list[float], settings: AdmissionSettings | None = None) -> Outcome:
+    """A one-model batcher in virtual time: one text per request, a batch takes everything
+    queued up to MAX_BATCH (oldest first, freshest first while overloaded) and runs BATCH_S;
+    the controller sees what the real batcher reports."""
+    clock = [0.0]
+    control = AdmissionControl(settings or AdmissionSettings(), clock=lambda: clock[0])
+    queue = FakeQueue()
+    control.register(queue)
+    waiting: list[float] = []  # arrival times, oldest first
+    out = Outcome([], [], [], None)
+    busy_until = 0.0
+    pending = iter(sorted(arrivals))
+    nxt = next(pending, None)
+    while nxt is not None or waiting:
+        if waiting and (nxt is None or busy_until <= nxt):
+            now = clock[0] = max(busy_until, clock[0])
+            if control.overloaded:
+                batch, waiting = waiting[-MAX_BATCH:], waiting[:-MAX_BATCH]
+            else:
+                batch, waiting = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+            queue.queued_texts = len(waiting)
+            control.batch_started(queue, now - max(batch), len(waiting), now)
+            if control.overloaded and out.overloaded_at is None:
+                out.overloaded_at = now
+            out.waits += [now - t for t in batch]
+            busy_until = now + BATCH_S
+            continue
+        assert nxt is not None
+        clock[0] = nxt
+        if control.admit():
+            waiting.append(nxt)
+            queue.queued_texts = len(waiting)
+            out.admitted.append(nxt)
+        else:
+            out.refused.append(nxt)
+        nxt = next(pending, None)
+    return out
+
+
+def poisson(rate: float, seconds: float, seed: int = 0, start: float = 0.0) -> list[float]:
+    rng = random.Random(seed)
+    times, t = [], start
+    while True:
+        t += rng.expovariate(rate)
+        if t >= start + seconds:
+            return times
+        times.append(t)
+
+
+def test_poisson_arrivals_at_70_percent_of_capacity_are_all_admitted() -> None:
+    out = simulate(poisson(0.7 * CAPACITY, 60, seed=1))
+    assert out.refused == [] and out.overloaded_at is None
+    assert len(out.admitted) > 0.9 * 0.7 * CAPACITY * 60
+
+
+def test_a_burst_queues_instead_of_being_refused() -> None:
+    # 3x capacity for 30 ms on top of 50% load: about 60 ms of extra work, a backlog that
+    # drains within the interval.
+    trace = poisson(0.5 * CAPACITY, 10, seed=2) + poisson(3 * CAPACITY, 0.03, seed=3, start=5)
+    out = simulate(trace)
+    assert out.refused == []
+    assert max(out.waits) > AdmissionSettings().target_ms / 1000  # it did queue
+
+
+def test_sustained_overload_is_refused_within_the_interval_and_admitted_waits_stay_short() -> None:
+    settings = AdmissionSettings()
+    trace = poisson(3 * CAPACITY, 10, seed=4)
+    out = simulate(trace, settings)
+    assert out.overloaded_at is not None
+    # The queue stands once waits pass the target; an interval later it is refused.
+    assert out.overloaded_at <= (settings.interval_ms + settings.target_ms) / 1000 + 2 * BATCH_S
+    share = len(out.refused) / len(trace)
+    assert 0.55 < share < 0.75  # about 2/3 of 3x the capacity is refused
+    late = [w for t, w in zip(sorted(out.admitted), out.waits, strict=False) if t > 1.0]
+    assert np.percentile(late, 99) <= settings.target_ms / 1000 + 2 * BATCH_S
+    # Without the controller the same trace queues for seconds.
+    unbounded = simulate(trace, AdmissionSettings(enabled=False))
+    assert unbounded.refused == [] and max(unbounded.waits) > 5
+
+
+def test_refusals_stop_within_an_interval_after_the_load_drops() -> None:
+    trace = poisson(3 * CAPACITY, 5, seed=5) + poisson(0.5 * CAPACITY, 10, seed=6, start=5)
+    out = simulate(trace)
+    assert out.refused and max(out.refused) < 5 + AdmissionSettings().interval_ms / 1000
+    assert [t for t in out.refused if t > 5.2] == []
+
+
+def test_an_idle_gap_does_not_count_as_a_standing_queue() -> None:
+    control = AdmissionControl(AdmissionSettings(target_ms=10, interval_ms=100))
+    queue = FakeQueue()
+    control.batch_started(queue, 0.05, 3, now=0.0)  # standing for a moment
+    control.batch_started(queue, 0.05, 0, now=0.01)  # then drained
+    control.batch_started(queue, 0.05, 3, now=1.0)  # a new burst, a second later
+    control.batch_started(queue, 0.05, 3, now=1.05)
+    assert not control.overloaded
+    control.batch_started(queue, 0.05, 3, now=1.11)
+    assert control.overloaded
+
+
+def test_settings_read_from_the_environment() -> None:
+    got = admission_from_env({"SMALLCLS_QUEUE_TARGET_MS": "30", "SMALLCLS_ADMISSION": "false"})
+    assert got == AdmissionSettings(target_ms=30, interval_ms=100, enabled=False)
+    with pytest.raises(ValueError, match="SMALLCLS_QUEUE_INTERVAL_MS"):
+        admission_from_env({"SMALLCLS_QUEUE_INTERVAL_MS": "0"})
+    settings = Settings.from_env({"SMALLCLS_MODELS": "/m", "SMALLCLS_QUEUE_TARGET_MS": "15"})
+    assert settings.admission.target_ms == 15
+
+
+# ---- the door ---------------------------------------------------------------------------
+
+
+def _asgi_call(app, path: str, method: str = "POST") -> tuple[list[dict], list[str]]:
+    sent: list[dict] = []
+    received: list[str] = []
+
+    async def receive() -> dict:
+        received.append("body")
+        return {"type": "http.request", "body": b'{"texts": "hi"}', "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "path": path, "method": method, "headers": []}
+    asyncio.run(app(scope, receive, send))
+    return sent, received
+
+
+class InnerApp:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.calls += 1
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+@pytest.fixture
+def overloaded(monkeypatch):
+    control = AdmissionControl(AdmissionSettings(target_ms=10))
+    queue = FakeQueue(queued_texts=100, seconds_per_text=0.001)  # 100 ms queued
+    control.register(queue)
+    control.overloaded = True
+    monkeypatch.setattr(admission, "CONTROL", control)
+    return control, queue
+
+
+def test_the_door_refuses_overload_without_reading_the_body(overloaded) -> None:
+    inner = InnerApp()
+    sent, received = _asgi_call(door.Door(inner), "/classify")
+    assert inner.calls == 0 and received == []
+    start, body = sent
+    assert start["status"] == 503
+    assert (b"retry-after", b"1") in start["headers"]
+    assert json.loads(body["body"])["field"] == "model"
+    # Text Embeddings Inference's routes answer its 429 and error body.
+    sent, _ = _asgi_call(door.Door(inner), "/predict")
+    assert sent[0]["status"] == 429
+    assert json.loads(sent[1]["body"])["error_type"] == "Overloaded"
+
+
+def test_the_door_lets_probes_and_admin_through_and_admits_when_the_queue_is_short(
+    overloaded,
+) -> None:
+    control, queue = overloaded
+    inner = InnerApp()
+    for path, method in (("/readyz", "GET"), ("/metrics", "GET"), ("/models", "GET")):
+        sent, _ = _asgi_call(door.Door(inner), path, method)
+        assert sent[0]["status"] == 200
+    queue.queued_texts = 2  # 2 ms queued: under the 10 ms target
+    sent, received = _asgi_call(door.Door(inner), "/classify")
+    assert sent[0]["status"] == 200 and received == ["body"]
+    assert inner.calls == 4 and control.refused == 0
+
+
+def test_install_puts_the_door_outside_the_service_app() -> None:
+    import bentoml
+
+    @bentoml.service
+    class Echo:
+        @bentoml.api
+        def echo(self, x: int) -> int:
+            return x
+
+    door.install(Echo)
+    assert isinstance(Echo, bentoml.Service)
+    assert isinstance(Echo.to_asgi(), door.Door)
+
+
+# ---- the batcher under overload -----------------------------------------------------------
+
+
+def test_batches_take_the_freshest_requests_first_while_overloaded() -> None:
+    async def main() -> None:
+        control = AdmissionControl()
+        model = GatedModel()
+        batcher = Batcher("m", model, BatchingSettings(max_batch_size=2), admission=control)
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await _until(lambda: len(model.calls) == 1)
+        queued = [asyncio.ensure_future(batcher.submit([t])) for t in ("b", "c", "d")]
+        await asyncio.sleep(0.01)
+        control.overloaded = True
+        model.gate.set()
+        await asyncio.gather(first, *queued)
+        assert model.calls == [["a"], ["d", "c"], ["b"]]
+        assert batcher.seconds_per_text > 0  # measured from the batches
+        batcher.close()
+
+    asyncio.run(main())
+
+
+def test_batches_stay_oldest_first_when_not_overloaded() -> None:
+    async def main() -> None:
+        model = GatedModel()
+        batcher = Batcher("m", model, BatchingSettings(max_batch_size=2), admission=None)
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await _until(lambda: len(model.calls) == 1)
+        queued = [asyncio.ensure_future(batcher.submit([t])) for t in ("b", "c", "d")]
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await asyncio.gather(first, *queued)
+        assert model.calls == [["a"], ["b", "c"], ["d"]]
+        batcher.close()
+
+    asyncio.run(main())
