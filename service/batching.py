@@ -20,6 +20,8 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -70,6 +72,16 @@ class InternalError(ModelFailed):
         self.field = "service"
 
 
+def _lower_priority(nice: int) -> None:
+    """Run in the model thread when it starts: Linux keeps a niceness per thread, so this
+    thread yields the CPU to the event loop's thread, which parses, admits and refuses."""
+    if nice and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as exc:  # not permitted: serve anyway, at the same priority
+            logger.warning("could not lower the model thread's priority: %s", exc)
+
+
 @dataclasses.dataclass(eq=False)
 class _Job:
     texts: Sequence[str]
@@ -116,7 +128,12 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         # One thread: one batch at a time per model, so ORT's intra-op threads are not
         # oversubscribed by concurrent batches of the same model.
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1,
+            thread_name_prefix=name,
+            initializer=_lower_priority,
+            initargs=(settings.thread_nice,),
+        )
         self.closed = False
         if admission is not None:
             admission.register(self)

@@ -19,6 +19,7 @@ from typing import Any
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 QUEUE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
 
 # The names as scraped (a Counter's `_total` included), for docs, alert rules and tests.
 REQUESTS = "smallcls_requests_total"
@@ -30,6 +31,7 @@ REJECTED = "smallcls_rejected_requests_total"
 SERVER_ERRORS = "smallcls_server_errors_total"
 TEXTS = "smallcls_texts_total"
 MODEL_INFO = "smallcls_model_info"
+GC_PAUSE = "smallcls_gc_pause_seconds"
 # Labels of MODEL_INFO, from the model's manifest (see LoadedModel.info_labels).
 MODEL_INFO_LABELS = ("model", "version", "variant", "precision", "family", "base_model")
 
@@ -45,6 +47,7 @@ class Metrics:
     server_errors: Any  # Counter {model, reason}: 5xx of ours (model_failed, internal)
     texts: Any  # Counter {model}: texts classified
     model_info: Any  # Gauge {MODEL_INFO_LABELS}: 1 per served model version
+    gc_pause: Any  # Histogram {generation}: seconds each garbage collection stopped a worker
 
     def observe_batch(self, model: str, size: int, waits: list[float]) -> None:
         self.batch_size.labels(model=model).observe(size)
@@ -121,5 +124,11 @@ def get_metrics() -> Metrics:
             "1 for each served model version (0: replaced by a reload); facts as labels",
             list(MODEL_INFO_LABELS),
             multiprocess_mode="livemax",
+        ),
+        gc_pause=prom.Histogram(
+            GC_PAUSE,
+            "Seconds each garbage collection stopped a worker's event loop",
+            ["generation"],
+            buckets=GC_BUCKETS,
         ),
     )

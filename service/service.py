@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from core import devices
-from service import admission, bento_models, door, gateway, tei
+from service import admission, bento_models, door, gateway, gc_pauses, tei
 from service.answers import ClassifyShape, ClientError, Shape, error_response, render, shorten
 from service.batching import InternalError, ModelFailed, Overloaded, Retired
 from service.bento_image import requirements_for, service_image
@@ -134,14 +134,17 @@ class Classifier:
         self.models = load_all(self.settings.models, self.settings, self.metrics)
         self.metrics.show_models(m.info_labels() for m in self.models.values())
         self.default_model = self._check_default(self.settings.default_model, self.models)
+        frozen = gc_pauses.freeze()  # what loading made stays: later collections skip it
+        gc_pauses.watch()
         self._models_file_mtime = self._file_mtime()
         self._reload_lock = asyncio.Lock()
         ACTIVE.append(self)  # the /models and /admin routes reach this worker's models here
         logger.info(
-            "serving models %s (from %s), default %r",
+            "serving models %s (from %s), default %r; %d objects exempt from collection",
             list(self.models),
             self.settings.models_origin,
             self.default_model,
+            frozen,
         )
         if self.settings.auth_token:
             logger.info("auth on: every route but /livez, /readyz, /healthz needs the token")
@@ -194,6 +197,15 @@ class Classifier:
                 (m.info_labels() for m in new.values()), (m.info_labels() for m in retired)
             )
             logger.info("reloaded: models %s, default %r", list(new), default)
+
+    @bentoml.on_startup
+    async def report_gc_pauses(self) -> None:
+        async def every_second() -> None:
+            while True:
+                await asyncio.sleep(1)
+                gc_pauses.report(self.metrics.gc_pause)
+
+        self._gc_task = asyncio.get_running_loop().create_task(every_second())
 
     @bentoml.on_startup
     async def watch_models_file(self) -> None:

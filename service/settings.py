@@ -24,6 +24,7 @@ ENV_MAX_BATCH_SIZE = "SMALLCLS_MAX_BATCH_SIZE"
 ENV_MAX_LATENCY_MS = "SMALLCLS_MAX_LATENCY_MS"
 ENV_BATCH_WAIT_MS = "SMALLCLS_BATCH_WAIT_MS"
 ENV_MAX_QUEUE = "SMALLCLS_MAX_QUEUE"
+ENV_MODEL_THREAD_NICE = "SMALLCLS_MODEL_THREAD_NICE"
 ENV_MODEL_BATCHING = "SMALLCLS_MODEL_BATCHING"
 ENV_AUTH_TOKEN = "SMALLCLS_AUTH_TOKEN"
 ENV_AUTH_TOKEN_FILE = "SMALLCLS_AUTH_TOKEN_FILE"
@@ -54,6 +55,16 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {raw!r}")
     return value
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
 def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -108,6 +119,10 @@ class BatchingSettings:
     # grow with load by themselves, and a lone request pays no wait).
     batch_wait_ms: float = 0.0
     max_queue: int = 256  # texts waiting per model; beyond it requests get 503 at once
+    # Niceness (0-19) of the thread that runs the model, relative to the event loop's 0: a
+    # loaded worker's model thread would otherwise take the CPU the event loop needs to read,
+    # admit and refuse requests, and every answer and refusal would wait for it.
+    thread_nice: int = 0
 
     def __post_init__(self) -> None:
         for field in ("max_batch_size", "max_latency_ms", "max_queue"):
@@ -115,6 +130,8 @@ class BatchingSettings:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
         if not self.batch_wait_ms >= 0:
             raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if not 0 <= self.thread_nice <= 19:
+            raise ValueError(f"thread_nice must be in 0..19, got {self.thread_nice}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BatchingSettings:
@@ -124,6 +141,7 @@ class BatchingSettings:
             max_latency_ms=_positive_int(env, ENV_MAX_LATENCY_MS, cls.max_latency_ms),
             batch_wait_ms=_non_negative_float(env, ENV_BATCH_WAIT_MS, cls.batch_wait_ms),
             max_queue=_positive_int(env, ENV_MAX_QUEUE, cls.max_queue),
+            thread_nice=_int(env, ENV_MODEL_THREAD_NICE, cls.thread_nice),
         )
 
 

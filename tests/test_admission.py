@@ -262,3 +262,44 @@ def test_batches_stay_oldest_first_when_not_overloaded() -> None:
         batcher.close()
 
     asyncio.run(main())
+
+
+def test_the_model_thread_runs_at_the_niceness_asked_for() -> None:
+    import os
+    import threading
+
+    seen: list[int] = []
+
+    def model(texts: list[str]) -> np.ndarray:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+    async def main() -> None:
+        batcher = Batcher("m", model, BatchingSettings(thread_nice=7))
+        await batcher.submit(["a"])
+        batcher.close()
+
+    asyncio.run(main())
+    assert seen == [7]  # the model thread only: the caller's stays where it was
+    with pytest.raises(ValueError, match="thread_nice"):
+        BatchingSettings(thread_nice=20)
+
+
+def test_gc_pauses_are_measured_and_reported_outside_the_collector() -> None:
+    import gc
+
+    import prometheus_client
+
+    from service import gc_pauses
+
+    registry = prometheus_client.CollectorRegistry()
+    histogram = prometheus_client.Histogram(
+        "pause_seconds", "test", ["generation"], registry=registry
+    )
+    gc_pauses.watch()
+    gc_pauses.watch()  # once per process, however often asked
+    assert sum(type(cb).__name__ == "_Watch" for cb in gc.callbacks) == 1
+    gc.collect()
+    assert registry.get_sample_value("pause_seconds_count", {"generation": "2"}) is None
+    gc_pauses.report(histogram)  # only now, from the caller
+    assert registry.get_sample_value("pause_seconds_count", {"generation": "2"}) >= 1

@@ -32,6 +32,7 @@ KINDS = {  # name -> the type Prometheus is told
     m.SERVER_ERRORS: "counter",
     m.TEXTS: "counter",
     m.MODEL_INFO: "gauge",
+    m.GC_PAUSE: "histogram",
 }
 
 
