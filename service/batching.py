@@ -174,6 +174,18 @@ class Batcher:
         if self._task is None:
             self._executor.shutdown(wait=False)
 
+    def _take_expired(self, enqueued_before: float) -> list[_Job]:
+        """The oldest jobs, queued before `enqueued_before`, out of the queue."""
+        expired = []
+        while self._jobs and self._jobs[0].enqueued < enqueued_before:
+            job = self._jobs.popleft()
+            self._queued_texts -= len(job.texts)
+            if self._observe is not None:
+                self._observe.queue_changed(self.name, -len(job.texts))
+            if not job.future.done():
+                expired.append(job)
+        return expired
+
     def _take_batch(self, freshest_first: bool = False) -> list[_Job]:
         """Jobs for one batch, oldest first, or with `freshest_first` newest first (adaptive
         LIFO under overload: a fresh request can still be answered in time)."""
@@ -260,13 +272,16 @@ class Batcher:
                 if wait_s and self._queued_texts < self.settings.max_batch_size:
                     await asyncio.sleep(wait_s)  # let a batch fill (tuned per model)
                 overloaded = self._admission is not None and self._admission.overloaded
-                jobs = self._take_batch(freshest_first=overloaded)
                 now = time.perf_counter()
+                # Freshest first leaves the oldest behind: they are refused as soon as they
+                # are too old, not when (if ever) a batch takes them.
+                expired = self._take_expired(now - max_queue_s) if overloaded else []
+                jobs = self._take_batch(freshest_first=overloaded)
                 if jobs and self._admission is not None:
                     freshest = max(job.enqueued for job in jobs)
                     self._admission.batch_started(self, now - freshest, self._queued_texts, now)
                 live: list[_Job] = []
-                for job in jobs:
+                for job in [*expired, *jobs]:
                     if now - job.enqueued > max_queue_s:
                         job.future.set_exception(
                             Overloaded(

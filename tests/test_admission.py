@@ -303,3 +303,46 @@ def test_gc_pauses_are_measured_and_reported_outside_the_collector() -> None:
     assert registry.get_sample_value("pause_seconds_count", {"generation": "2"}) is None
     gc_pauses.report(histogram)  # only now, from the caller
     assert registry.get_sample_value("pause_seconds_count", {"generation": "2"}) >= 1
+
+
+def test_freshest_first_refuses_the_old_ones_left_behind_once_too_old() -> None:
+    import threading
+
+    from service.batching import Overloaded
+
+    class StepModel:
+        """Each call blocks until its own gate opens."""
+
+        def __init__(self) -> None:
+            self.calls: list[list[str]] = []
+            self.gates = [threading.Event() for _ in range(4)]
+
+        def __call__(self, texts: list[str]) -> np.ndarray:
+            self.calls.append(list(texts))
+            self.gates[len(self.calls) - 1].wait(5)
+            return np.zeros((len(texts), 2), dtype=np.float32)
+
+    async def main() -> None:
+        control = AdmissionControl()
+        model = StepModel()
+        settings = BatchingSettings(max_batch_size=2, max_latency_ms=50)
+        batcher = Batcher("m", model, settings, admission=control)
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await _until(lambda: len(model.calls) == 1)
+        old = asyncio.ensure_future(batcher.submit(["b"]))
+        await asyncio.sleep(0.08)  # b is now older than max_latency_ms
+        fresh = [asyncio.ensure_future(batcher.submit([t])) for t in ("c", "d")]
+        await asyncio.sleep(0.01)
+        control.overloaded = True
+        model.gates[0].set()
+        await _until(lambda: len(model.calls) == 2)  # the freshest batch is running...
+        await _until(old.done)  # ...and the old request is already answered
+        with pytest.raises(Overloaded):
+            old.result()
+        assert model.calls == [["a"], ["d", "c"]]
+        model.gates[1].set()
+        await asyncio.gather(first, *fresh)
+        assert batcher.queued_texts == 0
+        batcher.close()
+
+    asyncio.run(main())
