@@ -87,6 +87,7 @@ class _Job:
     texts: Sequence[str]
     future: asyncio.Future[Rows]
     enqueued: float  # time.perf_counter()
+    longest: int = 0  # tokens of its longest text (after truncation); 0: not counted
 
 
 # What a model returns for a batch: one array, or a tuple of arrays, with one row per text.
@@ -142,9 +143,10 @@ class Batcher:
     def queued_texts(self) -> int:
         return self._queued_texts
 
-    async def submit(self, texts: Sequence[str]) -> Rows:
-        """The rows of `run`'s output for these texts. Raises Overloaded, Retired, or
-        ModelFailed (caused by what the model raised)."""
+    async def submit(self, texts: Sequence[str], longest: int = 0) -> Rows:
+        """The rows of `run`'s output for these texts. `longest`: tokens of the longest text
+        as the model will read it, which `max_batch_tokens` needs. Raises Overloaded,
+        Retired, or ModelFailed (caused by what the model raised)."""
         if self.closed:
             raise Retired(self.name)
         limit = self.settings.max_queue
@@ -157,7 +159,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self._loop(), name=f"batcher-{self.name}")
-        job = _Job(texts, loop.create_future(), time.perf_counter())
+        job = _Job(texts, loop.create_future(), time.perf_counter(), longest)
         self._jobs.append(job)
         self._queued_texts += len(texts)
         if self._observe is not None:
@@ -191,10 +193,17 @@ class Batcher:
         LIFO under overload: a fresh request can still be answered in time)."""
         jobs: list[_Job] = []
         size = 0
+        longest = 0  # tokens of the batch's longest text: every row is padded to it
+        budget = self.settings.max_batch_tokens
         taken = 0  # texts leaving the queue, cancelled jobs' included
         while self._jobs:
             job = self._jobs[-1] if freshest_first else self._jobs[0]
             if jobs and size + len(job.texts) > self.settings.max_batch_size:
+                break
+            # Padded tokens bound the batch as well (TEI's max_batch_tokens): a few long texts
+            # would otherwise make a full batch of rows that long, and everyone in it wait.
+            padded = (size + len(job.texts)) * max(longest, job.longest)
+            if jobs and budget and padded > budget:
                 break
             if freshest_first:
                 self._jobs.pop()
@@ -206,6 +215,7 @@ class Batcher:
                 continue
             jobs.append(job)
             size += len(job.texts)
+            longest = max(longest, job.longest)
         if self._observe is not None and taken:
             self._observe.queue_changed(self.name, -taken)
         return jobs

@@ -154,3 +154,27 @@ def test_bucketed_batches_match_one_text_at_a_time(tmp_path) -> None:
     one_by_one = np.concatenate([classifier.logits([t]) for t in texts])
     np.testing.assert_allclose(logits, one_by_one, atol=1e-5)
     assert truncated.tolist() == [t.startswith("a a") for t in texts]
+
+
+def test_batches_are_bounded_by_padded_tokens_as_well_as_texts() -> None:
+    async def main(budget: int) -> list[list[str]]:
+        model = GatedModel()
+        settings = BatchingSettings(max_batch_size=8, max_batch_tokens=budget)
+        batcher = Batcher("m", model, settings)
+        first = asyncio.ensure_future(batcher.submit(["a"], longest=5))
+        await _until(lambda: len(model.calls) == 1)
+        # Two short texts around a long one: padded to the long one, the three are 3 x 60.
+        queued = [
+            asyncio.ensure_future(batcher.submit([text], longest=n))
+            for text, n in (("s1", 10), ("long", 60), ("s2", 10))
+        ]
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await asyncio.gather(first, *queued)
+        batcher.close()
+        return model.calls
+
+    assert asyncio.run(main(0)) == [["a"], ["s1", "long", "s2"]]  # no bound: one batch
+    # 100 padded tokens: s1 + long would be 2 x 60; the long text runs without the others.
+    assert asyncio.run(main(100)) == [["a"], ["s1"], ["long"], ["s2"]]
+    assert asyncio.run(main(130)) == [["a"], ["s1", "long"], ["s2"]]

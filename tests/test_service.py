@@ -723,7 +723,9 @@ def test_a_model_retired_while_a_request_reached_it_hands_over_or_is_a_404(
     )
 
     class ClosedBatcher:
-        async def submit(self, texts: Any) -> Any:
+        settings = successor.batcher.settings
+
+        async def submit(self, texts: Any, longest: int = 0) -> Any:
             raise Retired("alpha")
 
     retired.batcher = ClosedBatcher()  # type: ignore[assignment]
@@ -755,3 +757,29 @@ def test_a_failure_of_our_own_code_is_an_answer_logged_and_counted(
     assert "KeyError" in failed.json()["error"] and "a bug" not in failed.json()["error"]
     assert counter._value.get() == before + 1
     assert any("internal error answering /classify" in r.message for r in caplog.records)
+
+
+def test_max_batch_tokens_counts_each_request_and_keeps_the_answers(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    loaded = _active_models()["alpha"]
+    texts = ["good movie", "awful boring plot, a lot of words"]
+    plain = client.post("/classify", json={"texts": texts, "model": "alpha"}).json()
+    seen: list[int] = []
+    real_submit = loaded.batcher.submit
+
+    async def spy(batch_texts: Any, longest: int = 0) -> Any:
+        seen.append(longest)
+        return await real_submit(batch_texts, longest)
+
+    bounded = dataclasses.replace(loaded.batcher.settings, max_batch_tokens=64)
+    monkeypatch.setattr(loaded.batcher, "settings", bounded)
+    monkeypatch.setattr(loaded.batcher, "submit", spy)
+    response = client.post("/classify", json={"texts": texts, "model": "alpha"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    counts = loaded.classifier.count_tokens(texts)
+    assert seen == [min(max(counts), loaded.classifier.manifest.max_length)] and seen[0] > 0
+    assert answer["predictions"] == plain["predictions"]

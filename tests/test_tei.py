@@ -304,7 +304,7 @@ def test_overload_is_429_and_a_failing_model_424(
 
     loaded = ACTIVE[-1].models["beta"]
 
-    async def overloaded(texts: Any) -> Any:
+    async def overloaded(texts: Any, longest: int = 0) -> Any:
         raise Overloaded("queue_full", "model 'beta' has 256 texts queued: retry shortly")
 
     monkeypatch.setattr(loaded.batcher, "submit", overloaded)
