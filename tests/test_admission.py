@@ -346,3 +346,74 @@ def test_freshest_first_refuses_the_old_ones_left_behind_once_too_old() -> None:
         batcher.close()
 
     asyncio.run(main())
+
+
+# ---- the door's deadline ------------------------------------------------------------------
+
+
+def test_install_takes_bentos_timeout_over_into_the_door() -> None:
+    import bentoml
+
+    @bentoml.service(traffic={"timeout": 7})
+    class Slow:
+        @bentoml.api
+        def echo(self, x: int) -> int:
+            return x
+
+    door.install(Slow)
+    app = Slow.to_asgi()
+    assert isinstance(app, door.Door) and app.timeout_s == 7.0
+    names = [m.cls.__name__ for m in app.app.user_middleware]
+    assert "TimeoutMiddleware" not in names and "OpenTelemetryMiddleware" in names
+
+
+def test_a_request_over_the_deadline_is_answered_504() -> None:
+    async def slow(scope, receive, send) -> None:
+        await asyncio.sleep(5)
+
+    sent, _ = _asgi_call(door.Door(slow, timeout_s=0.05), "/models", "GET")
+    assert sent[0]["status"] == 504
+    assert "0.05 seconds" in json.loads(sent[1]["body"])["error"]
+
+
+def test_nothing_of_a_finished_request_outlives_it() -> None:
+    """The deadline timer holds no reference to the request's context: BentoML's own kept
+    each request's context (with the trace span its outer middleware had set) alive for the
+    whole timeout."""
+    import contextvars
+    import gc
+    import weakref
+
+    current = contextvars.ContextVar("current")
+    refs: list[weakref.ref] = []
+
+    class RequestState:
+        pass
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def ignore(message: dict) -> None:
+        pass
+
+    gate = door.Door(app, timeout_s=60)
+
+    async def request() -> None:
+        state = RequestState()  # what an outer layer puts in the request's context
+        refs.append(weakref.ref(state))
+        current.set(state)
+        await gate({"type": "http", "path": "/models", "method": "GET"}, None, ignore)
+
+    async def main() -> None:
+        # A live timer due first (as a server has: keep-alive timers): cancelled timers
+        # behind it stay in the loop's heap instead of being dropped at once.
+        asyncio.get_running_loop().call_later(30, lambda: None)
+        for _ in range(20):  # each request in its own task, as uvicorn runs them
+            await asyncio.create_task(request())
+        await asyncio.sleep(0)  # the loop lets go of the last finished task
+        gc.collect()
+        alive = [i for i, ref in enumerate(refs) if ref() is not None]
+        assert len(refs) == 20 and alive == []
+
+    asyncio.run(main())
