@@ -13,10 +13,13 @@ queue is in trouble only when its delay stays above a target for a whole interva
 - **Overloaded**: entered when, for `interval`, every batch of a model left texts behind in
   its queue and even the freshest job it took had waited longer than `target` (a standing
   queue: arrivals outrun what the model serves, batches as large as they may be). The door
-  then admits a request only while the work already queued ahead of it, estimated from each
-  model's measured seconds per text, is under `target`; the rest is refused before its body
-  is read (service/door.py). So the queue stays about `target` deep, and an admitted request
-  waits about `target`.
+  then admits a request only while the work ahead of it, every admitted request not yet in
+  a running batch at the measured model time per request, is under `target`; the rest is
+  refused before its body is read (service/door.py). So the work ahead stays about `target`,
+  and an admitted request waits about `target`. The estimate is trusted only there: under
+  overload batches are full, so the time per request measured is that of full batches
+  (small batches cost more per request). Whether the worker is overloaded is decided by
+  the measured queue delay alone.
 - **Back to normal**: after an interval in which the door refused nothing (the load fits
   again by itself).
 
@@ -25,10 +28,10 @@ same article): a request at the back of an old backlog is likely already given u
 client, while a fresh one can still be answered in time.
 
 Written here rather than taken from a library: the decision needs this service's own queue
-(texts waiting per model, seconds per text of each model's batches) and must run inside the
-worker's event loop on every request at a cost of microseconds; the proxies that implement
-adaptive concurrency (Envoy) or CoDel (the kernel's fq_codel) sit outside the process and
-see neither.
+(requests admitted and not yet in a batch, the model time per request of its batches) and
+must run inside the worker's event loop on every request at a cost of microseconds; the
+proxies that implement adaptive concurrency (Envoy) or CoDel (the kernel's fq_codel) sit
+outside the process and see neither.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ import dataclasses
 import time
 import weakref
 from collections.abc import Callable
-from typing import Protocol
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -57,19 +59,9 @@ class AdmissionSettings:
                 raise ValueError(f"{field} must be > 0 ms, got {getattr(self, field)}")
 
 
-class Queue(Protocol):
-    """What the controller reads from each model's batcher."""
-
-    @property
-    def queued_texts(self) -> int: ...
-
-    @property
-    def seconds_per_text(self) -> float: ...
-
-
 class AdmissionControl:
-    """One per worker process; every batcher of the worker reports to it. Not thread-safe:
-    used from the worker's event loop only (the batchers call it from there too)."""
+    """One per worker process; the door and every batcher of the worker report to it. Not
+    thread-safe: used from the worker's event loop only (the batchers report from there)."""
 
     def __init__(
         self,
@@ -78,10 +70,14 @@ class AdmissionControl:
     ) -> None:
         self._clock = clock
         self.configure(settings or AdmissionSettings())
-        self._queues: weakref.WeakSet[Queue] = weakref.WeakSet()
-        # Per queue: when its queue started standing (None: it drained or waits are short).
-        self._above_since: weakref.WeakKeyDictionary[Queue, float] = weakref.WeakKeyDictionary()
+        # Per batcher: when its queue started standing (absent: it drained, or waits are short).
+        self._above_since: weakref.WeakKeyDictionary[object, float] = weakref.WeakKeyDictionary()
         self._last_refusal = 0.0
+        self.in_flight = 0  # admitted classification requests not answered yet
+        self.running = 0  # of those, the ones in a batch the model is running now
+        # Seconds of model time per request, a moving average over recent batches (all
+        # models of the worker: they share its cores).
+        self.seconds_per_request = 0.0
         self.overloaded = False
         self.refused = 0  # since start, for logs and tests
 
@@ -90,20 +86,20 @@ class AdmissionControl:
         self._target_s = settings.target_ms / 1000
         self._interval_s = settings.interval_ms / 1000
 
-    def register(self, queue: Queue) -> None:
-        self._queues.add(queue)
-
-    def unregister(self, queue: Queue) -> None:
-        self._queues.discard(queue)
+    def forget(self, queue: object) -> None:
+        """A batcher closed."""
         self._above_since.pop(queue, None)
 
     def backlog_s(self) -> float:
-        """Estimated seconds of model work queued in this worker, all models together: they
-        share the worker's cores, so one model's backlog delays the others too."""
-        return sum(q.queued_texts * q.seconds_per_text for q in list(self._queues))
+        """Estimated seconds of model work ahead of a request arriving now: every admitted
+        request not yet in a running batch, queued for a model or still in the HTTP pipeline
+        (body read, validation), at the measured model time per request."""
+        return max(0, self.in_flight - self.running) * self.seconds_per_request
+
+    # -- what the batchers report
 
     def batch_started(
-        self, queue: Queue, freshest_wait_s: float, left_texts: int, now: float | None = None
+        self, queue: object, freshest_wait_s: float, left_texts: int, now: float | None = None
     ) -> None:
         """`queue`'s batch started: `freshest_wait_s`, how long the most recently queued job
         it took had waited; `left_texts`, the texts still queued after it. CoDel's test: the
@@ -114,13 +110,27 @@ class AdmissionControl:
             self._above_since.pop(queue, None)
             return
         since = self._above_since.setdefault(queue, now)
-        if not self.overloaded and now - since >= self._interval_s:
-            self.overloaded = True
-            self._last_refusal = now  # the interval without refusals starts now
+        if now - since >= self._interval_s:
+            self._enter_overload(now)
+
+    def batch_running(self, requests: int) -> None:
+        self.running += requests
+
+    def batch_done(self, requests: int, seconds: float) -> None:
+        self.running -= requests
+        if requests:
+            per_request = seconds / requests
+            if self.seconds_per_request == 0.0:
+                self.seconds_per_request = per_request
+            else:  # recent batches weigh most: batch sizes, and the cost per request, follow load
+                self.seconds_per_request += 0.2 * (per_request - self.seconds_per_request)
+
+    # -- what the door asks and reports
 
     def admit(self, now: float | None = None) -> bool:
-        """Whether a new classification request may enter. Called before its body is read."""
-        if not self.settings.enabled or not self.overloaded:
+        """Whether a new classification request may enter. Called before its body is read;
+        an admitted request is reported with `entered` and `left`."""
+        if not self.overloaded:
             return True
         now = self._clock() if now is None else now
         if self.backlog_s() < self._target_s:
@@ -131,6 +141,17 @@ class AdmissionControl:
         self._last_refusal = now
         self.refused += 1
         return False
+
+    def entered(self) -> None:
+        self.in_flight += 1
+
+    def left(self) -> None:
+        self.in_flight -= 1
+
+    def _enter_overload(self, now: float) -> None:
+        if self.settings.enabled and not self.overloaded:
+            self.overloaded = True
+            self._last_refusal = now  # the interval without refusals starts now
 
 
 # The worker's controller (one service instance per worker process), configured from the

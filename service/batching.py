@@ -120,9 +120,6 @@ class Batcher:
         self._run = run
         self._observe = observe
         self._admission = admission
-        # Seconds of model time per text, a moving average over recent batches: what the
-        # admission control prices this model's queue at.
-        self.seconds_per_text = 0.0
         self._jobs: collections.deque[_Job] = collections.deque()
         self._queued_texts = 0
         self._wakeup = asyncio.Event()
@@ -136,8 +133,6 @@ class Batcher:
             initargs=(settings.thread_nice,),
         )
         self.closed = False
-        if admission is not None:
-            admission.register(self)
 
     @property
     def queued_texts(self) -> int:
@@ -171,7 +166,7 @@ class Batcher:
         """Refuse new texts; the queued ones are still answered, then the thread ends."""
         self.closed = True
         if self._admission is not None:
-            self._admission.unregister(self)
+            self._admission.forget(self)
         self._wakeup.set()
         if self._task is None:
             self._executor.shutdown(wait=False)
@@ -261,13 +256,6 @@ class Batcher:
                 failing.append(index)
         return failing[0] if failing and len(failing) < len(texts) else None
 
-    def _measured(self, seconds: float, texts: int) -> None:
-        per_text = seconds / texts
-        if self.seconds_per_text == 0.0:
-            self.seconds_per_text = per_text
-        else:  # recent batches weigh most: batch sizes, and so the cost per text, follow load
-            self.seconds_per_text += 0.2 * (per_text - self.seconds_per_text)
-
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         wait_s = self.settings.batch_wait_ms / 1000
@@ -308,13 +296,18 @@ class Batcher:
                 if self._observe is not None:
                     waits = [now - job.enqueued for job in live]
                     self._observe.observe_batch(self.name, len(texts), waits)
+                if self._admission is not None:
+                    self._admission.batch_running(len(live))
+                started = time.perf_counter()
                 try:
                     rows = await loop.run_in_executor(self._executor, self._run, texts)
                 except Exception:  # the model failed: find whose texts, keep serving
                     logger.exception("model %r failed on a batch of %d", self.name, len(texts))
                     await self._run_apart(live)
                     continue
-                self._measured(time.perf_counter() - now, len(texts))
+                finally:
+                    if self._admission is not None:
+                        self._admission.batch_done(len(live), time.perf_counter() - started)
                 start = 0
                 for job in live:
                     end = start + len(job.texts)

@@ -71,13 +71,20 @@ class Door:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if (
-            scope["path"] in CLASSIFY_PATHS
-            and scope["method"] == "POST"
-            and not admission.CONTROL.admit()
-        ):
-            await self._refuse(scope["path"], send)
-            return
+        if scope["path"] in CLASSIFY_PATHS and scope["method"] == "POST":
+            control = admission.CONTROL
+            if not control.admit():
+                await self._refuse(scope["path"], send)
+                return
+            control.entered()
+            try:
+                await self._serve(scope, receive, send)
+            finally:
+                control.left()
+        else:
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.timeout_s is None:
             await self.app(scope, receive, send)
         else:

@@ -22,56 +22,63 @@ MAX_BATCH = 16
 CAPACITY = MAX_BATCH / BATCH_S  # texts per second with full batches
 
 
-@dataclasses.dataclass(eq=False)  # hashable by identity, as batchers are
 class FakeQueue:
-    queued_texts: int = 0
-    seconds_per_text: float = BATCH_S / MAX_BATCH
+    """Stands for a batcher: the controller keys its per-queue state by identity."""
 
 
 @dataclasses.dataclass
 class Outcome:
     admitted: list[float]  # arrival times of admitted requests
     refused: list[float]
-    waits: list[float]  # queue wait of each admitted request
+    waits: list[tuple[float, float]]  # (arrival, queue wait) of each admitted request
     overloaded_at: float | None
 
 
 def simulate(arrivals: list[float], settings: AdmissionSettings | None = None) -> Outcome:
     """A one-model batcher in virtual time: one text per request, a batch takes everything
     queued up to MAX_BATCH (oldest first, freshest first while overloaded) and runs BATCH_S;
-    the controller sees what the real batcher reports."""
-    clock = [0.0]
-    control = AdmissionControl(settings or AdmissionSettings(), clock=lambda: clock[0])
+    the controller is told what the door and the real batcher tell it."""
+    control = AdmissionControl(settings or AdmissionSettings())
     queue = FakeQueue()
-    control.register(queue)
     waiting: list[float] = []  # arrival times, oldest first
+    running: list[float] = []
+    batch_end = float("inf")
     out = Outcome([], [], [], None)
-    busy_until = 0.0
-    pending = iter(sorted(arrivals))
-    nxt = next(pending, None)
-    while nxt is not None or waiting:
-        if waiting and (nxt is None or busy_until <= nxt):
-            now = clock[0] = max(busy_until, clock[0])
-            if control.overloaded:
-                batch, waiting = waiting[-MAX_BATCH:], waiting[:-MAX_BATCH]
-            else:
-                batch, waiting = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
-            queue.queued_texts = len(waiting)
-            control.batch_started(queue, now - max(batch), len(waiting), now)
-            if control.overloaded and out.overloaded_at is None:
-                out.overloaded_at = now
-            out.waits += [now - t for t in batch]
-            busy_until = now + BATCH_S
-            continue
-        assert nxt is not None
-        clock[0] = nxt
-        if control.admit():
-            waiting.append(nxt)
-            queue.queued_texts = len(waiting)
-            out.admitted.append(nxt)
+
+    def start_batch(now: float) -> float:
+        nonlocal waiting, running
+        if control.overloaded:
+            running, waiting = waiting[-MAX_BATCH:], waiting[:-MAX_BATCH]
         else:
-            out.refused.append(nxt)
-        nxt = next(pending, None)
+            running, waiting = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+        control.batch_started(queue, now - max(running), len(waiting), now)
+        control.batch_running(len(running))
+        if control.overloaded and out.overloaded_at is None:
+            out.overloaded_at = now
+        out.waits.extend((t, now - t) for t in running)
+        return now + BATCH_S
+
+    for t in sorted(arrivals):
+        while batch_end <= t:  # batches that end before this arrival
+            control.batch_done(len(running), BATCH_S)
+            for _ in running:
+                control.left()
+            running = []
+            batch_end = start_batch(batch_end) if waiting else float("inf")
+        if not control.admit(t):
+            out.refused.append(t)
+            continue
+        control.entered()
+        waiting.append(t)
+        out.admitted.append(t)
+        if not running:
+            batch_end = start_batch(t)
+    while running:  # serve what is left
+        control.batch_done(len(running), BATCH_S)
+        for _ in running:
+            control.left()
+        running = []
+        batch_end = start_batch(batch_end) if waiting else float("inf")
     return out
 
 
@@ -97,7 +104,7 @@ def test_a_burst_queues_instead_of_being_refused() -> None:
     trace = poisson(0.5 * CAPACITY, 10, seed=2) + poisson(3 * CAPACITY, 0.03, seed=3, start=5)
     out = simulate(trace)
     assert out.refused == []
-    assert max(out.waits) > AdmissionSettings().target_ms / 1000  # it did queue
+    assert max(w for _, w in out.waits) > AdmissionSettings().target_ms / 1000  # it queued
 
 
 def test_sustained_overload_is_refused_within_the_interval_and_admitted_waits_stay_short() -> None:
@@ -109,11 +116,11 @@ def test_sustained_overload_is_refused_within_the_interval_and_admitted_waits_st
     assert out.overloaded_at <= (settings.interval_ms + settings.target_ms) / 1000 + 2 * BATCH_S
     share = len(out.refused) / len(trace)
     assert 0.55 < share < 0.75  # about 2/3 of 3x the capacity is refused
-    late = [w for t, w in zip(sorted(out.admitted), out.waits, strict=False) if t > 1.0]
+    late = [w for t, w in out.waits if t > 1.0]
     assert np.percentile(late, 99) <= settings.target_ms / 1000 + 2 * BATCH_S
     # Without the controller the same trace queues for seconds.
     unbounded = simulate(trace, AdmissionSettings(enabled=False))
-    assert unbounded.refused == [] and max(unbounded.waits) > 5
+    assert unbounded.refused == [] and max(w for _, w in unbounded.waits) > 5
 
 
 def test_refusals_stop_within_an_interval_after_the_load_drops() -> None:
@@ -177,11 +184,10 @@ class InnerApp:
 @pytest.fixture
 def overloaded(monkeypatch):
     control = AdmissionControl(AdmissionSettings(target_ms=10))
-    queue = FakeQueue(queued_texts=100, seconds_per_text=0.001)  # 100 ms queued
-    control.register(queue)
+    control.in_flight, control.seconds_per_request = 100, 0.001  # 100 ms of work ahead
     control.overloaded = True
     monkeypatch.setattr(admission, "CONTROL", control)
-    return control, queue
+    return control
 
 
 def test_the_door_refuses_overload_without_reading_the_body(overloaded) -> None:
@@ -201,15 +207,16 @@ def test_the_door_refuses_overload_without_reading_the_body(overloaded) -> None:
 def test_the_door_lets_probes_and_admin_through_and_admits_when_the_queue_is_short(
     overloaded,
 ) -> None:
-    control, queue = overloaded
+    control = overloaded
     inner = InnerApp()
     for path, method in (("/readyz", "GET"), ("/metrics", "GET"), ("/models", "GET")):
         sent, _ = _asgi_call(door.Door(inner), path, method)
         assert sent[0]["status"] == 200
-    queue.queued_texts = 2  # 2 ms queued: under the 10 ms target
+    control.in_flight = 2  # 2 ms of work ahead: under the 10 ms target
     sent, received = _asgi_call(door.Door(inner), "/classify")
     assert sent[0]["status"] == 200 and received == ["body"]
     assert inner.calls == 4 and control.refused == 0
+    assert control.in_flight == 2  # the admitted request was counted in, then out
 
 
 def test_install_puts_the_door_outside_the_service_app() -> None:
@@ -242,7 +249,7 @@ def test_batches_take_the_freshest_requests_first_while_overloaded() -> None:
         model.gate.set()
         await asyncio.gather(first, *queued)
         assert model.calls == [["a"], ["d", "c"], ["b"]]
-        assert batcher.seconds_per_text > 0  # measured from the batches
+        assert control.seconds_per_request > 0 and control.running == 0  # told every batch
         batcher.close()
 
     asyncio.run(main())
