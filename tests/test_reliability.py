@@ -265,3 +265,13 @@ def test_the_bento_requires_auth() -> None:
     envs = {e["name"]: e["value"] for e in bentofile["envs"]}
     assert envs["SMALLCLS_REQUIRE_AUTH"] == "true"
     assert bentofile["envs"][0].get("stage", "all") != "runtime"  # runtime-only: not in the image
+
+
+def test_the_bento_carries_the_measured_production_settings() -> None:
+    import yaml
+
+    from bench.reliability import PRODUCTION_ENV
+
+    bentofile = yaml.safe_load((Path(__file__).resolve().parents[1] / "bentofile.yaml").read_text())
+    envs = {e["name"]: e["value"] for e in bentofile["envs"]}
+    assert {k: envs.get(k) for k in PRODUCTION_ENV} == PRODUCTION_ENV
