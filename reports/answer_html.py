@@ -32,7 +32,8 @@ DASHES = {"fp32": "solid", "fp16": "dash", "int8": "dot"}
 PLOT_WIDTH, PLOT_HEIGHT = 620, 470
 EXTRA_CSS = """
 .answer { background: #eef6ee; border-left: 5px solid #2a7; padding: 0.5em 1em; margin: 0.4em 0; }
-.ref { color: #333; } details { margin: 0.3em 0 0.8em; } summary { cursor: pointer; }
+.ref { color: #333; } .words td, .words th { text-align: left; }
+details { margin: 0.3em 0 0.8em; } summary { cursor: pointer; }
 section { border-top: 1px solid #ddd; margin-top: 1.5em; }
 """
 
@@ -58,7 +59,7 @@ def render_answer_html(page: AnswerPage) -> str:
         "<h2>Answers</h2>",
         *(f"<div class='answer'>{html.escape(page.answers[d].text)}</div>" for d in names),
         f"<h2>Summary: dataset x family (p95 &le; {c.primary_target:g} ms)</h2>",
-        _table(matrix_table(page.cells, names, c.primary_target)),
+        _table(matrix_table(page.cells, names, c.primary_target), "words"),
     ]
     quant = [q for d in names for q in page.quant[d]]
     if any(q.points is not None and q.cost_ratio is not None for q in quant):
@@ -126,13 +127,15 @@ def _curves(dataset: str, entries: Sequence[Entry], targets: Sequence[float]) ->
                 + "</extra>",
             )
         )
+    # Targets as traces, not shapes: shapes on a log axis take log10 coordinates.
+    right = max((p.texts_per_s for e in entries for p in e.curve), default=1.0) * 1.05
     for t in targets:
-        fig.add_hline(
-            y=t,
-            line={"dash": "dot", "color": "#c33"},
-            annotation_text=f"p95 {t:g} ms",
-            annotation_position="top left",
-        )
+        fig.add_trace(
+            go.Scatter(
+                x=[0, right], y=[t, t], mode="lines", hoverinfo="skip",
+                line={"dash": "dot", "color": "#c33", "width": 1}, name=f"target p95 {t:g} ms",
+            )
+        )  # fmt: skip
     fig.update_layout(
         title=f"{dataset}: p95 latency by load (one point per sweep step)",
         xaxis_title="throughput (texts/s)",
@@ -198,11 +201,13 @@ def _confusions(entries: Sequence[Entry]) -> str:
     return ("<h3>Confusion matrices</h3>" + "".join(parts)) if parts else ""
 
 
-def _table(table: Table) -> str:
+def _table(table: Table, css_class: str = "") -> str:
     headers, rows = table
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
-    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = (
+        f"<table class='{css_class}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
     return f"<div class='table'>{table}</div>"

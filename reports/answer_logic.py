@@ -144,8 +144,10 @@ def answer(
                 "load, so none has a cost; load-test at fewer users or name a looser target."
             ),
         )
-    where = f"p95 <= {target:g} ms" + (
-        f" (none close to the best met {targets[0]:g} ms)" if target != targets[0] else ""
+    where = f"at p95 <= {target:g} ms" + (
+        f", since nothing within {100 * tolerance:g} point of the best met {targets[0]:g} ms"
+        if target != targets[0]
+        else ""
     )
     others = [e for e in entries if e.family != winner.family]
     rival = _best(others, target)
@@ -153,7 +155,7 @@ def answer(
     assert win_cost is not None
     head = (
         f"{dataset}: {family_label(winner.family)} wins with {winner.name}, {_pct(winner.score)} "
-        f"{label} at ${win_cost:.4f} per million ({where})"
+        f"{label}, ${win_cost:.4f} per million {where}"
     )
     if rival is None or rival.score is None:
         text = head + "; no other family was measured on this dataset."
@@ -171,7 +173,7 @@ def answer(
     rival_cost = cost_at(rival, target)
     multiple = None if rival_cost is None else rival_cost / win_cost
     text = (
-        f"{head}: {_signed(points)} against the best {family_label(rival.family)} "
+        f"{head}: {_signed(points)} than the best {family_label(rival.family)} "
         f"({rival.name}, {_pct(rival.score)}), "
         + (
             f"which has no cost at {target:g} ms (no load met it)"

@@ -274,7 +274,9 @@ def _cost_table(ctx: ReportContext) -> str:
     )  # fmt: skip
     note = (
         f"<p>{left_out} published figure(s) in the price table name no publication (title and "
-        "url) and are not shown.</p>" if left_out else ""
+        "url) and are not shown.</p>"
+        if left_out
+        else ""
     )
     return (
         _table(headers, rows)

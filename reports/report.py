@@ -263,8 +263,11 @@ def _markdown_document(table: str, ctx: ReportContext) -> str:
             f"published | {ref['citation']} |"
         )
     if left_out:
-        parts += ["", f"{left_out} published figure(s) in the price table name no publication "
-                  "(title and url) and are not shown."]
+        parts += [
+            "",
+            f"{left_out} published figure(s) in the price table name no publication "
+            "(title and url) and are not shown.",
+        ]
     parts += ["", "## Method", ""] + [f"- {n}" for n in method_notes(ctx)]
     parts += ["", "## Sources", "", *source_lines(ctx.rows)]
     return "\n".join(parts) + "\n"

@@ -17,6 +17,8 @@ from core.preprocessing import Preprocessing
 from loadtests.run import LoadSummary
 from loadtests.sweep import SweepSummary
 
+SST2 = ["negative", "positive"]
+TREC = ["ABBR", "DESC", "NUM"]
 Steps = list[tuple[int, float, float]]  # (users, texts/s, p95 ms)
 
 
@@ -78,10 +80,21 @@ def sweep_dir(out: Path, model: str, texts: Path, steps: Steps, slo: float = 50.
     step_dicts = []
     for users, tps, p95 in steps:
         summary = LoadSummary(
-            model=model, users=users, run_time_s=5, batch=1, requests=500, failures=0,
-            failure_rate=0.0, rps=tps, texts_per_s=tps, p50_ms=p95 / 2, p95_ms=p95,
-            p99_ms=p95 * 1.2, mean_ms=p95 / 2, texts_source=str(texts),
-        )  # fmt: skip
+            model=model,
+            users=users,
+            run_time_s=5,
+            batch=1,
+            requests=500,
+            failures=0,
+            failure_rate=0.0,
+            rps=tps,
+            texts_per_s=tps,
+            p50_ms=p95 / 2,
+            p95_ms=p95,
+            p99_ms=p95 * 1.2,
+            mean_ms=p95 / 2,
+            texts_source=str(texts),
+        )
         step = folder / f"users-{users:03d}"
         step.mkdir()
         summary.write(step)
@@ -105,13 +118,99 @@ def run_dir(out: Path, name: str, test_path: Path, labels: list[str], answers: l
     )
     (folder / "config.json").write_text(json.dumps({"seed": 0}))
     (folder / "contract.json").write_text(
-        json.dumps({
-            "task": "single_label", "labels": labels,
-            "dataset": {"name": "x", "train_path": "t", "test_path": str(test_path),
-                        "text_column": "text", "label_column": "label", "test_rows": None},
-        })  # fmt: skip
+        json.dumps(
+            {
+                "task": "single_label",
+                "labels": labels,
+                "dataset": {
+                    "name": "x",
+                    "train_path": "t",
+                    "test_path": str(test_path),
+                    "text_column": "text",
+                    "label_column": "label",
+                    "test_rows": None,
+                },
+            }
+        )
     )
     (folder / "test_predictions.jsonl").write_text(
         "".join(json.dumps({"label": a}) + "\n" for a in answers)
     )
     return folder
+
+
+def two_datasets(tmp_path: Path) -> tuple[Path, Path]:
+    """Two pipeline output dirs, sst2 and trec, with the same three model names each."""
+    a, b = tmp_path / "sst2_out", tmp_path / "trec_out"
+    sst2 = write_test_file(a, "sst2", [("good", "positive"), ("bad", "negative")])
+    model_dir(
+        a,
+        "minilm-fp32",
+        dataset="sst2",
+        test_path=sst2,
+        labels=SST2,
+        accuracy=0.90,
+        confusion=[[9, 1], [1, 9]],
+    )
+    model_dir(
+        a,
+        "minilm-int8",
+        dataset="sst2",
+        test_path=sst2,
+        labels=SST2,
+        accuracy=0.895,
+        precision="int8",
+        confusion=[[9, 1], [2, 8]],
+    )
+    model_dir(
+        a,
+        "smollm2-last-fp32",
+        dataset="sst2",
+        test_path=sst2,
+        labels=SST2,
+        family="causal_lm",
+        accuracy=0.93,
+        confusion=[[10, 0], [1, 9]],
+    )
+    sweep_dir(a, "minilm-fp32", sst2, [(1, 100.0, 10.0), (4, 300.0, 40.0), (8, 400.0, 90.0)])
+    sweep_dir(a, "minilm-int8", sst2, [(1, 150.0, 8.0), (4, 450.0, 30.0), (8, 500.0, 120.0)])
+    sweep_dir(a, "smollm2-last-fp32", sst2, [(1, 30.0, 60.0), (4, 60.0, 150.0)])
+
+    rows = [("q1", "ABBR"), ("q2", "DESC"), ("q3", "DESC"), ("q4", "NUM")]
+    trec = write_test_file(b, "trec", rows)
+    # This run recorded no confusion matrix: it is computed from its answers per test row.
+    lm_run = run_dir(b, "smollm2-last", trec, TREC, ["ABBR", "NUM", "DESC", "NUM"])
+    model_dir(
+        b,
+        "minilm-fp32",
+        dataset="trec",
+        test_path=trec,
+        labels=TREC,
+        accuracy=0.96,
+        confusion=[[1, 0, 0], [0, 2, 0], [0, 0, 1]],
+    )
+    model_dir(
+        b,
+        "minilm-int8",
+        dataset="trec",
+        test_path=trec,
+        labels=TREC,
+        accuracy=0.955,
+        precision="int8",
+        confusion=[[1, 0, 0], [0, 2, 0], [0, 0, 1]],
+    )
+    model_dir(
+        b,
+        "smollm2-last-fp32",
+        dataset="trec",
+        test_path=trec,
+        labels=TREC,
+        family="causal_lm",
+        accuracy=0.962,
+        run_dir=lm_run,
+        per_class=False,
+    )
+    sweep_dir(b, "minilm-fp32", trec, [(1, 200.0, 10.0), (4, 500.0, 30.0)])
+    sweep_dir(b, "minilm-int8", trec, [(1, 250.0, 8.0), (4, 600.0, 25.0)])
+    sweep_dir(b, "smollm2-last-fp32", trec, [(1, 40.0, 30.0), (4, 80.0, 70.0)])
+    return a, b  # fmt: skip

@@ -15,11 +15,9 @@ from reports.answer_logic import answer, cheapest_within, matrix
 from reports.answer_page import answer_page, build_answer_page
 from reports.cost import DEFAULT_PRICES, load_prices
 from reports.inputs import ReportError
-from tests.answer_fixtures import model_dir, run_dir, sweep_dir, write_test_file
+from tests.answer_fixtures import model_dir, sweep_dir, two_datasets, write_test_file
 
 PRICE = load_prices(DEFAULT_PRICES).measured.usd_per_hour  # $/h of the measured instance
-SST2 = ["negative", "positive"]
-TREC = ["ABBR", "DESC", "NUM"]
 
 
 def usd(texts_per_s: float) -> float:
@@ -28,33 +26,7 @@ def usd(texts_per_s: float) -> float:
 
 @pytest.fixture
 def outputs(tmp_path: Path) -> tuple[Path, Path]:
-    """Two pipeline output dirs, sst2 and trec, with the same three model names each."""
-    a, b = tmp_path / "sst2_out", tmp_path / "trec_out"
-    sst2 = write_test_file(a, "sst2", [("good", "positive"), ("bad", "negative")])
-    model_dir(a, "minilm-fp32", dataset="sst2", test_path=sst2, labels=SST2, accuracy=0.90,
-              confusion=[[9, 1], [1, 9]])
-    model_dir(a, "minilm-int8", dataset="sst2", test_path=sst2, labels=SST2, accuracy=0.895,
-              precision="int8", confusion=[[9, 1], [2, 8]])
-    model_dir(a, "smollm2-last-fp32", dataset="sst2", test_path=sst2, labels=SST2,
-              family="causal_lm", accuracy=0.93, confusion=[[10, 0], [1, 9]])
-    sweep_dir(a, "minilm-fp32", sst2, [(1, 100.0, 10.0), (4, 300.0, 40.0), (8, 400.0, 90.0)])
-    sweep_dir(a, "minilm-int8", sst2, [(1, 150.0, 8.0), (4, 450.0, 30.0), (8, 500.0, 120.0)])
-    sweep_dir(a, "smollm2-last-fp32", sst2, [(1, 30.0, 60.0), (4, 60.0, 150.0)])
-
-    rows = [("q1", "ABBR"), ("q2", "DESC"), ("q3", "DESC"), ("q4", "NUM")]
-    trec = write_test_file(b, "trec", rows)
-    # This run recorded no confusion matrix: it is computed from its answers per test row.
-    lm_run = run_dir(b, "smollm2-last", trec, TREC, ["ABBR", "NUM", "DESC", "NUM"])
-    model_dir(b, "minilm-fp32", dataset="trec", test_path=trec, labels=TREC, accuracy=0.96,
-              confusion=[[1, 0, 0], [0, 2, 0], [0, 0, 1]])
-    model_dir(b, "minilm-int8", dataset="trec", test_path=trec, labels=TREC, accuracy=0.955,
-              precision="int8", confusion=[[1, 0, 0], [0, 2, 0], [0, 0, 1]])
-    model_dir(b, "smollm2-last-fp32", dataset="trec", test_path=trec, labels=TREC,
-              family="causal_lm", accuracy=0.962, run_dir=lm_run, per_class=False)
-    sweep_dir(b, "minilm-fp32", trec, [(1, 200.0, 10.0), (4, 500.0, 30.0)])
-    sweep_dir(b, "minilm-int8", trec, [(1, 250.0, 8.0), (4, 600.0, 25.0)])
-    sweep_dir(b, "smollm2-last-fp32", trec, [(1, 40.0, 30.0), (4, 80.0, 70.0)])
-    return a, b  # fmt: skip
+    return two_datasets(tmp_path)
 
 
 def _flat(outputs: tuple[Path, ...]) -> InputGroup:
@@ -135,14 +107,14 @@ def test_answer_names_the_winning_family_its_margin_and_cost_multiple(outputs) -
     assert trec.points_vs_rival == pytest.approx(-0.7)
     assert trec.cost_multiple == pytest.approx(600.0 / 40.0)
     assert trec.text.startswith("trec: encoder wins with minilm-int8, 95.50% accuracy")
-    assert "0.70 points less against the best causal LM (smollm2-last-fp32, 96.20%)" in trec.text
+    assert "0.70 points less than the best causal LM (smollm2-last-fp32, 96.20%)" in trec.text
     assert "1/15.0 of its cost" in trec.text
 
     # On sst2 only the causal LM is within 1 point of the best, and it has no cost at 50 ms:
     # the answer moves to the next target and says so.
     sst2 = page.answers["sst2"]
     assert sst2.winner.name == "smollm2-last-fp32" and sst2.target_ms == 100
-    assert "none close to the best met 50 ms" in sst2.text
+    assert "since nothing within 1 point of the best met 50 ms" in sst2.text
     assert sst2.points_vs_rival == pytest.approx(3.0)
     assert sst2.cost_multiple == pytest.approx(30.0 / 400.0)  # it costs 13 times as much
     assert "3.00 points more" in sst2.text and "13.3 times its cost" in sst2.text
@@ -221,7 +193,15 @@ def test_cli_report_from_output_dirs_writes_one_page(outputs, tmp_path: Path, ca
     from smallcls.cli import main
 
     out = tmp_path / "page"
-    args = ["report", "--from", *map(str, outputs), "--latency-targets", "50,100", "--out", str(out)]
+    args = [
+        "report",
+        "--from",
+        *map(str, outputs),
+        "--latency-targets",
+        "50,100",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "trec: encoder wins with minilm-int8" in printed
@@ -237,3 +217,27 @@ def test_cli_refuses_bad_latency_targets(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["report", "--from", "x", "--latency-targets", "50,-1"])
     assert "expected distinct targets > 0 ms" in capsys.readouterr().err
+
+
+def test_report_shows_only_price_figures_that_name_their_publication(tmp_path: Path) -> None:
+    from reports.report import build_report
+    from tests.test_report import _model_dir
+
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "measured_as: cpu-2\n"
+        "instances:\n  - {name: cpu-2, provider: x, vcpus: 2, usd_per_hour: 0.09}\n"
+        "references:\n"
+        "  - {what: uncited figure, usd_per_million: 0.25, source: not recorded}\n"
+        "  - {what: cited figure, usd_per_million: 0.5, title: A Paper, url: 'https://x.org/p'}\n"
+    )
+    result = build_report(
+        model_dirs=[_model_dir(tmp_path, "m-fp32")], loadtest_dirs=[], out_dir=tmp_path / "r",
+        prices=prices,
+    )  # fmt: skip
+    md = result.markdown_path.read_text()
+    assert "| (reference) cited figure | | 0.5 | published | “A Paper” (https://x.org/p) |" in md
+    assert "uncited figure" not in md
+    assert "1 published figure(s) in the price table name no publication" in md
+    html = result.html_path.read_text()
+    assert "cited figure" in html and "uncited figure" not in html
