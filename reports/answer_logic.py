@@ -186,7 +186,7 @@ def answer(
         best_cost = cost_at(best, target)
         text += (
             f" The most accurate, {best.name} ({_pct(best.score)}), is "
-            f"{100 * (best.score - winner.score):.1f} points better"  # type: ignore[operator]
+            f"{100 * (best.score - winner.score):.2f} points better"  # type: ignore[operator]
             + (
                 f" at {best_cost / win_cost:.1f} times the cost."
                 if best_cost is not None
