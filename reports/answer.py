@@ -34,6 +34,7 @@ class InputGroup:
 
     model_dirs: list[Path]
     loadtest_dirs: list[Path] = dataclasses.field(default_factory=list)
+    refused_dirs: list[Path] = dataclasses.field(default_factory=list)  # the gate's refusals
 
 
 def group_from_output(out_dir: Path) -> InputGroup:
@@ -48,7 +49,30 @@ def group_from_output(out_dir: Path) -> InputGroup:
         for p in out_dir.glob("loadtests/*")
         if (p / SWEEP_NAME).is_file() or (p / SUMMARY_NAME).is_file()
     )
-    return InputGroup(model_dirs=models, loadtest_dirs=tests)
+    refused = sorted(p.parent for p in out_dir.glob(f"models/refused/*/{MANIFEST_NAME}"))
+    return InputGroup(model_dirs=models, loadtest_dirs=tests, refused_dirs=refused)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Refused:
+    """An export the accuracy gate refused: not served, so not load-tested or priced."""
+
+    dataset: str
+    name: str
+    precision: str
+    reasons: list[str]
+    source: str  # its manifest.json
+
+
+def _refused(model_dir: Path) -> Refused:
+    manifest = read_manifest(model_dir)
+    gate = manifest.gate or {}
+    reasons = gate.get("reasons") if isinstance(gate, dict) else None
+    return Refused(
+        dataset=manifest.dataset.get("name") or "test", name=manifest.name,
+        precision=manifest.precision, reasons=[str(r) for r in reasons or []],
+        source=str(model_dir / MANIFEST_NAME),
+    )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -115,6 +139,7 @@ class Entry:
 class Collected:
     datasets: dict[str, list[Entry]]  # dataset -> entries, in the order given
     references: dict[str, Reference | None]
+    refused: dict[str, list[Refused]]  # dataset -> exports the gate refused
     targets: list[float]  # ms, ascending
     primary_target: float  # the first target named: the one the summary and answers use
     prices: PriceTable
@@ -140,9 +165,13 @@ def collect(
     for model_dir, manifest, loadtest_dir in joined:
         entry = _entry(model_dir, manifest, loadtest_dir, sorted(set(targets)), prices)
         datasets.setdefault(entry.dataset, []).append(entry)
+    refused: dict[str, list[Refused]] = {}
+    for r in (_refused(Path(d)) for g in groups for d in g.refused_dirs):
+        refused.setdefault(r.dataset, []).append(r)
     return Collected(
         datasets=datasets,
         references={d: reference_for(d) for d in datasets},
+        refused=refused,
         targets=sorted(set(targets)),
         primary_target=targets[0],
         prices=prices,

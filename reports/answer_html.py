@@ -24,6 +24,7 @@ from reports.answer_tables import (
     models_table,
     per_class_table,
     quant_table,
+    refused_lines,
 )
 from reports.html import CSS, FAMILY_COLOURS, OTHER_COLOUR, _md_code
 from reports.references import Reference
@@ -81,6 +82,10 @@ def render_answer_html(page: AnswerPage) -> str:
                 "<h3>Quantization</h3>",
                 _table(quant_table(page.quant[dataset], entries[0].metric)),
             ]
+        refused = refused_lines(c.refused.get(dataset, []))
+        if refused:
+            parts += ["<h3>Refused by the accuracy gate</h3><ul>",
+                      *(f"<li>{_md_code(r)}</li>" for r in refused), "</ul>"]  # fmt: skip
         per_class = per_class_table(entries)
         if per_class is not None:
             parts += ["<h3>Per-class F1 (%)</h3>", _table(per_class)]

@@ -31,6 +31,7 @@ from reports.answer_tables import (
     models_table,
     per_class_table,
     quant_table,
+    refused_lines,
 )
 from reports.cost import PriceTable
 
@@ -122,6 +123,9 @@ def render_markdown(page: AnswerPage) -> str:
                 markdown(quant_table(page.quant[dataset], entries[0].metric)),
                 "",
             ]
+        refused = refused_lines(page.collected.refused.get(dataset, []))
+        if refused:
+            parts += ["### Refused by the accuracy gate", "", *(f"- {r}" for r in refused), ""]
         per_class = per_class_table(entries)
         if per_class is not None:
             parts += ["### Per-class F1 (%)", "", markdown(per_class), ""]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reports.answer import Collected, Entry
+from reports.answer import Collected, Entry, Refused
 from reports.answer_logic import Cell, QuantRow, cost_at, family_label
 from reports.references import label as metric_label
 from reports.rows import NA
@@ -145,3 +145,12 @@ def markdown(table: Table) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def refused_lines(refused: Sequence[Refused]) -> list[str]:
+    """One line per export the gate refused, with why and where it says so."""
+    return [
+        f"{r.name} ({r.precision}) was refused by the accuracy gate, so it is not served or "
+        f"priced: {'; '.join(r.reasons) or 'no reason recorded'} (`{r.source}`)"
+        for r in refused
+    ]

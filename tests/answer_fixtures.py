@@ -43,9 +43,11 @@ def model_dir(
     confusion: list[list[int]] | None = None,
     run_dir: Path | None = None,
     per_class: bool = True,
+    gate: dict | None = None,
+    folder: str | None = None,
 ) -> Path:
-    folder = out / "models" / name
-    folder.mkdir(parents=True)
+    folder_path = out / "models" / (folder or name)
+    folder_path.mkdir(parents=True)
     metrics: dict = {"accuracy": accuracy, "macro_f1": macro_f1 or accuracy, "rows": 10}
     if per_class:
         metrics["per_class"] = {
@@ -69,9 +71,11 @@ def model_dir(
         parameters=10_000_000,
         metrics=metrics,
         parity={"label_agreement_vs_fp32": 0.99} if precision != "fp32" else {},
-    ).write(folder)
-    (folder / "model.onnx").write_bytes(b"\0" * (1_000_000 if precision == "int8" else 4_000_000))
-    return folder
+        gate=gate or {},
+    ).write(folder_path)
+    size = 1_000_000 if precision == "int8" else 4_000_000
+    (folder_path / "model.onnx").write_bytes(b"\0" * size)
+    return folder_path
 
 
 def sweep_dir(out: Path, model: str, texts: Path, steps: Steps, slo: float = 50.0) -> Path:
@@ -171,6 +175,18 @@ def two_datasets(tmp_path: Path) -> tuple[Path, Path]:
         family="causal_lm",
         accuracy=0.93,
         confusion=[[10, 0], [1, 9]],
+    )
+    model_dir(
+        a,
+        "smollm2-last-int8",
+        dataset="sst2",
+        test_path=sst2,
+        labels=SST2,
+        family="causal_lm",
+        precision="int8",
+        accuracy=0.9,
+        folder="refused/smollm2-last-int8",
+        gate={"passed": False, "reasons": ["agrees with fp32 on 97.00% of test rows"]},
     )
     sweep_dir(a, "minilm-fp32", sst2, [(1, 100.0, 10.0), (4, 300.0, 40.0), (8, 400.0, 90.0)])
     sweep_dir(a, "minilm-int8", sst2, [(1, 150.0, 8.0), (4, 450.0, 30.0), (8, 500.0, 120.0)])

@@ -241,3 +241,17 @@ def test_report_shows_only_price_figures_that_name_their_publication(tmp_path: P
     assert "1 published figure(s) in the price table name no publication" in md
     html = result.html_path.read_text()
     assert "cited figure" in html and "uncited figure" not in html
+
+
+def test_exports_the_gate_refused_are_listed_with_the_reason(outputs, tmp_path: Path) -> None:
+    result = build_answer_page([group_from_output(o) for o in outputs], tmp_path / "page",
+                               latency_targets=[50], html=False)  # fmt: skip
+    (refused,) = result.page.collected.refused["sst2"]
+    assert refused.name == "smollm2-last-int8"
+    assert "smollm2-last-int8" not in {e.name for e in result.page.datasets["sst2"]}
+    md = result.markdown_path.read_text()
+    assert (
+        "refused by the accuracy gate, so it is not served or priced: agrees with fp32 on "
+        "97.00% of test rows" in md
+    )
+    assert str(outputs[0] / "models/refused/smollm2-last-int8/manifest.json") in md
