@@ -31,6 +31,7 @@ from reports.references import Reference
 
 DASHES = {"fp32": "solid", "fp16": "dash", "int8": "dot"}
 PLOT_WIDTH, PLOT_HEIGHT = 620, 470
+LOG_TICKS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 EXTRA_CSS = """
 .answer { background: #eef6ee; border-left: 5px solid #2a7; padding: 0.5em 1em; margin: 0.4em 0; }
 .ref { color: #333; } .words td, .words th { text-align: left; }
@@ -146,6 +147,8 @@ def _curves(dataset: str, entries: Sequence[Entry], targets: Sequence[float]) ->
         xaxis_title="throughput (texts/s)",
         yaxis_title="p95 latency (ms, log scale)",
         yaxis_type="log",
+        # Whole-number ticks: plotly's log ticks label 200 ms as a bare "2".
+        yaxis_tickvals=LOG_TICKS,
         template="plotly_white",
         width=PLOT_WIDTH,
         height=PLOT_HEIGHT,
