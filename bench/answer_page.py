@@ -8,8 +8,9 @@ on a CPU-sized slice, then one page across the datasets (reports/answer_page.py)
 
 Budgets (per dataset; the page's figures are NOT comparable to full-data results):
 - cpu:   MiniLM 4,000 training rows, each SmolLM2 1,500; test and validation capped at 500
-         rows; the sweep 1, 4 and 8 users, 5 s per step. Estimated 8-10 minutes a dataset on 2
-         cores (AG News' 128 tokens take longer), so about 40 minutes for four.
+         rows; the sweep 1, 4 and 8 users, 5 s per step. TREC took 431 s on 2 cores (train
+         302 s, of it SmolLM2 last-token 237 s; export 54 s; serve + load tests 71 s; one run),
+         so about 30-40 minutes for four datasets (AG News' 128 tokens train slower).
 - micro: 64 training rows, 64 test rows, one 3 s step at 1 user: checks the grid runs.
 `--train-rows`/`--test-rows` override a budget's rows. To keep each locked measurement short,
 run one dataset per command with the same `--out`, then `--page-only` with all of them.
