@@ -13,6 +13,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from reports.references import cited_price_references
 from reports.rows import (
     FAMILY_LABELS,
     NA,
@@ -262,16 +263,25 @@ def _cost_table(ctx: ReportContext) -> str:
         for r in ctx.rows
         for c in ctx.costs[row_key(r)]
     ]
-    for ref in ctx.prices.references:
+    cited, left_out = cited_price_references(ctx.prices.references)
+    for ref in cited:
         rows.append([f"(reference) {ref.get('what', '')}", "", str(ref.get("usd_per_million", NA)),
-                     "published", str(ref.get("source", ""))])  # fmt: skip
+                     "published", ref["citation"]])  # fmt: skip
     prices = _table(
         ["Instance", "vCPUs", "GPU", "$ / hour", "Price source"],
         [[i.name, str(i.vcpus), i.gpu or "-", f"{i.usd_per_hour:g}", i.source]
          for i in ctx.prices.instances],
     )  # fmt: skip
+    note = (
+        f"<p>{left_out} published figure(s) in the price table name no publication (title and "
+        "url) and are not shown.</p>"
+        if left_out
+        else ""
+    )
     return (
-        _table(headers, rows) + f"<p>Price table: <code>{html.escape(ctx.prices.path)}</code>"
+        _table(headers, rows)
+        + note
+        + f"<p>Price table: <code>{html.escape(ctx.prices.path)}</code>"
         f" (measured as {html.escape(ctx.prices.measured_as)})</p>" + prices
     )
 

@@ -31,6 +31,7 @@ from reports.inputs import (
     read_load_point,
     read_manifest,
 )
+from reports.references import cited_price_references
 from reports.rows import (
     NA,
     ReportContext,
@@ -255,11 +256,18 @@ def _markdown_document(table: str, ctx: ReportContext) -> str:
                 f"| {row.name} | {c.instance} | {_num(c.usd_per_million, '.4f')} | {c.basis} | "
                 f"{c.note} |"
             )
-    for ref in ctx.prices.references:
+    cited, left_out = cited_price_references(ctx.prices.references)
+    for ref in cited:
         parts.append(
             f"| (reference) {ref.get('what', '')} | | {ref.get('usd_per_million', NA)} | "
-            f"published | {ref.get('source', '')} |"
+            f"published | {ref['citation']} |"
         )
+    if left_out:
+        parts += [
+            "",
+            f"{left_out} published figure(s) in the price table name no publication "
+            "(title and url) and are not shown.",
+        ]
     parts += ["", "## Method", ""] + [f"- {n}" for n in method_notes(ctx)]
     parts += ["", "## Sources", "", *source_lines(ctx.rows)]
     return "\n".join(parts) + "\n"

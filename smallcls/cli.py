@@ -157,8 +157,13 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from reports.answer_page import wants_answer_page
     from reports.report import build_report
 
+    if not args.models and not args.from_dirs:
+        raise SystemExit("smallcls report: error: give --models DIR... or --from OUT_DIR...")
+    if wants_answer_page(args.models, args.from_dirs, args.latency_targets):
+        return _answer_page(args)
     result = build_report(
         model_dirs=args.models,
         loadtest_dirs=args.loadtests or [],
@@ -174,6 +179,28 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(result.recommendation.message)
     print(f"report: {result.markdown_path}")
     print(f"csv: {result.csv_path}")
+    if result.html_path is not None:
+        print(f"html: {result.html_path}")
+    return 0
+
+
+def _answer_page(args: argparse.Namespace) -> int:
+    """Several datasets (or several latency targets): one answer page."""
+    from reports.answer import InputGroup, group_from_output
+    from reports.answer_page import build_answer_page
+
+    groups = [group_from_output(d) for d in args.from_dirs]
+    if args.models:
+        groups.append(InputGroup(model_dirs=args.models, loadtest_dirs=args.loadtests or []))
+    targets = args.latency_targets or ([args.latency_target_ms] if args.latency_target_ms else None)
+    result = build_answer_page(
+        groups, args.out, prices=args.prices, latency_targets=targets, html=not args.no_html
+    )
+    for text in (a.text for a in result.page.answers.values()):
+        print(text)
+    print(f"answer page: {result.markdown_path}")
+    print(f"csv: {result.csv_path}")
+    print(f"json: {result.json_path}")
     if result.html_path is not None:
         print(f"html: {result.html_path}")
     return 0

@@ -55,7 +55,8 @@ EXAMPLES: dict[str, str] = {
   smallcls loadtest --host http://127.0.0.1:3000 --model minilm-int8 --users 8 --seconds 30""",
     "report": """examples:
   smallcls report --models models/* --loadtests loadtests_out/*
-  smallcls report --models models/* --metric macro_f1 --no-html""",
+  smallcls report --models models/* --metric macro_f1 --no-html
+  smallcls report --from out/sst2 out/trec --latency-targets 50,100,200 --out answer""",
     "compare": """examples:
   smallcls compare data/sst2/train.jsonl data/sst2/test.jsonl --out demo_output
   smallcls compare tickets.csv --text-column body --label-column queue --families encoder

@@ -56,6 +56,17 @@ def _user_counts(text: str) -> list[int]:
     return counts
 
 
+def _targets(text: str) -> list[float]:
+    """Latency targets in ms, in the order given: the first is the one the summary uses."""
+    try:
+        targets = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ms like 50,100,200; got {text!r}") from None
+    if not targets or any(t <= 0 for t in targets) or len(set(targets)) != len(targets):
+        raise argparse.ArgumentTypeError(f"expected distinct targets > 0 ms; got {text!r}")
+    return targets
+
+
 def build_parser(commands: Commands) -> argparse.ArgumentParser:
     """Every subcommand's options; `commands` maps each subcommand to the function it runs."""
     parser = argparse.ArgumentParser(
@@ -261,8 +272,24 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "report", help="accuracy, latency, cost: Markdown, CSV and an HTML page with plots"
     )
-    p.add_argument("--models", nargs="+", type=Path, required=True, help="model directories")
+    p.add_argument("--models", nargs="+", type=Path, default=[], help="model directories")
     p.add_argument("--loadtests", nargs="*", type=Path, help="smallcls loadtest output dirs")
+    p.add_argument(
+        "--from",
+        dest="from_dirs",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="pipeline output dirs (smallcls compare --out), one per dataset: their models/ "
+        "and loadtests/; with several datasets, one answer page (answer.html)",
+    )
+    p.add_argument(
+        "--latency-targets",
+        type=_targets,
+        default=None,
+        help="p95 targets in ms, e.g. 50,100,200: every model priced at each (the first is "
+        "the one the summary uses); writes the answer page",
+    )
     p.add_argument("--out", type=Path, default=Path("report"))
     p.add_argument("--prices", type=Path, default=None, help="price table (configs/prices.yaml)")
     p.add_argument(

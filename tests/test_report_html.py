@@ -1,5 +1,6 @@
-"""The HTML report in a real browser: headless Chromium opens it from disk, with no network,
-and the Pareto plots must have rendered (plotly's SVG with points) without console errors.
+"""The HTML report and the answer page in a real browser: headless Chromium opens each from
+disk, with no network, and the plots must have rendered (plotly's SVG with points) without
+console errors, with nothing cut off at a desktop's and a laptop's width.
 
 Skips where Chromium is absent; `.ci/run` installs it, so CI always runs it.
 """
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from reports.answer import group_from_output
+from reports.answer_page import build_answer_page
 from reports.report import build_report
+from tests.answer_fixtures import two_datasets
 from tests.test_report import _model_dir, _sweep_dir
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -102,6 +106,8 @@ window.addEventListener("load", () => setTimeout(() => {
     tables: [...document.querySelectorAll("div.table")]
       .map(d => d.scrollWidth <= d.clientWidth + 1),
     legends: [...document.querySelectorAll("g.legend")].map(g => fits(g, g.closest("svg"))),
+    plots: [...document.querySelectorAll("div.plotly-graph-div")]
+      .map(p => fits(p, document.body) && p.getBoundingClientRect().left >= 0),
   };
   const pre = document.createElement("pre");
   pre.id = "layout";
@@ -133,3 +139,58 @@ def test_nothing_is_cut_off_at_desktop_and_laptop_widths(report_html: Path, tmp_
     if width >= 1366:  # on a desktop every table fits; narrower, a wide one may scroll
         assert all(layout["tables"]), layout
     assert _console(done.stderr) == [], _console(done.stderr)
+
+
+@pytest.fixture(scope="module")
+def answer_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("answer")
+    outputs = two_datasets(root)
+    groups = [group_from_output(o) for o in outputs]
+    result = build_answer_page(groups, root / "page", latency_targets=[50, 100, 200])
+    assert result.html_path is not None
+    return result.html_path
+
+
+def _probe(page: Path, tmp_path: Path, width: int) -> tuple[dict, str]:
+    import json
+
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", LAYOUT_PROBE + "</body>"))
+    flags = [f for f in FLAGS if not f.startswith("--window-size")]
+    assert CHROMIUM is not None
+    done = subprocess.run(
+        [CHROMIUM, *flags, f"--window-size={width},1500", "--dump-dom", probed.as_uri()],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r'<pre id="layout">(.*?)</pre>', done.stdout)
+    assert found, done.stdout[-2000:]
+    return json.loads(found.group(1)), done.stderr
+
+
+def test_answer_page_plots_render_in_headless_chromium(answer_html: Path, tmp_path: Path) -> None:
+    page = answer_html.read_text()
+    assert not re.search(r"<script[^>]+src=", page)  # self-contained: opens offline
+    dom = _chromium("--dump-dom", answer_html.as_uri(), cwd=tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # A latency-throughput plot per dataset and the quantization plot, each drawn as SVG.
+    assert dom.stdout.count('class="plotly-graph-div') == 3
+    assert dom.stdout.count('class="scatterlayer mlayer"') == 3
+    # Curves: 3 models x (3 or 2 steps) on sst2, 3 x 2 on trec; quantization: 2 int8 points.
+    assert dom.stdout.count('class="point"') >= 8 + 6 + 2
+    assert "p95 latency (ms, log scale)" in dom.stdout and "throughput (texts/s)" in dom.stdout
+    assert "Convolutional Neural Networks for Sentence Classification" in dom.stdout
+    assert _console(dom.stderr) == [], _console(dom.stderr)
+
+
+@pytest.mark.parametrize("width", [1366, 1024])
+def test_answer_page_fits_desktop_and_laptop_widths(answer_html: Path, tmp_path: Path, width):
+    layout, stderr = _probe(answer_html, tmp_path, width)
+    assert layout["page"], "the page is wider than the window"
+    assert len(layout["plots"]) == 3 and all(layout["plots"]), layout  # no plot cut off
+    assert len(layout["legends"]) == 3 and all(layout["legends"]), layout  # no cut legend
+    # The summary matrix, per dataset the models, quantization and per-class tables; the
+    # folded confusion matrices count too (closed, they take no width).
+    assert len(layout["tables"]) >= 1 + 2 * 3
+    assert all(layout["tables"]), layout  # every table fits, at 1024 px too
+    assert _console(stderr) == [], _console(stderr)
