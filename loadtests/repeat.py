@@ -49,6 +49,10 @@ def price_sweep(sweep: Any, prices_path: Path | None = None) -> dict[str, Any]:
     }
 
 
+def _usd(value: float | None) -> str:
+    return "n/a" if value is None else f"${value:.4f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model_dir", type=Path)
@@ -92,12 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             priced = price_sweep(sweep)
             runs.append({"run": k, "line": sweep.line(), "method": sweep.method, **priced})
-            usd = priced["usd_per_million"]
             print(f"[run {k}/{args.runs}] {sweep.line()}")
-            print(f"[run {k}/{args.runs}] ${usd:.4f} per million on {priced['instance']} "
-                  f"({priced['basis']}); from throughput alone: "
-                  f"${priced['usd_per_million_from_throughput'] or float('nan'):.4f}",
-                  flush=True)  # fmt: skip
+            print(f"[run {k}/{args.runs}] {_usd(priced['usd_per_million'])} per million on "
+                  f"{priced['instance']} ({priced['basis']}); from throughput alone: "
+                  f"{_usd(priced['usd_per_million_from_throughput'])}", flush=True)  # fmt: skip
     prices = [r["usd_per_million"] for r in runs if r["usd_per_million"]]
     ratio = max(prices) / min(prices) if len(prices) == len(runs) and prices else None
     record = {"model": manifest.name, "points": points, "seconds": seconds, "runs": runs,
