@@ -28,10 +28,13 @@ DEFAULT_GROWTH = 1.25
 DEFAULT_REL_TOL = 0.04
 # Open-loop users: enough that a user is rarely still waiting for its last answer when its
 # next request is due (in flight on average: rate x latency). Each user then sends rate/users
-# requests per second; this many seconds of arrivals per user keeps pacing open even when
-# answers take four times the SLO.
+# requests per second; users for four times the SLO of arrivals keep pacing open even when
+# answers take that long. The latency counted is at most a quarter second and the users at
+# most 256: a generous SLO (a saturation test's) must not ask Locust for thousands of users.
 OPEN_LOOP_SLO_MULTIPLE = 4.0
+OPEN_LOOP_MAX_LATENCY_S = 0.25
 MIN_OPEN_LOOP_USERS = 8
+MAX_OPEN_LOOP_USERS = 256
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -112,8 +115,9 @@ def search_rate(
 
 def open_loop_users(rate: float, slo_p95_ms: float) -> int:
     """Users that offer `rate` requests/s as an open loop (see OPEN_LOOP_SLO_MULTIPLE)."""
-    in_flight_bound = rate * OPEN_LOOP_SLO_MULTIPLE * slo_p95_ms / 1000
-    return max(MIN_OPEN_LOOP_USERS, math.ceil(in_flight_bound))
+    latency_s = min(slo_p95_ms / 1000, OPEN_LOOP_MAX_LATENCY_S)
+    in_flight_bound = math.ceil(rate * OPEN_LOOP_SLO_MULTIPLE * latency_s)
+    return min(MAX_OPEN_LOOP_USERS, max(MIN_OPEN_LOOP_USERS, in_flight_bound))
 
 
 def meets_slo(step: LoadSummary, slo_p95_ms: float, max_failure_rate: float) -> bool:

@@ -157,9 +157,12 @@ def test_rate_search_against_a_tiny_model_service(
     assert len(rates) == 2 and rates[1] == pytest.approx(1.25 * rates[0], rel=1e-3)
     assert all(s["passed"] for s in sweep.steps)
     assert len({s["users"] for s in sweep.steps}) == 2  # one user count per point
-    assert sweep.at_slo is not None and sweep.at_slo["rate"] == rates[1]
-    # Open loop: the achieved rate follows the offered one, not the server's speed.
-    assert sweep.at_slo["rps"] == pytest.approx(rates[1], rel=0.35)
+    assert sweep.at_slo == max(sweep.steps, key=lambda s: s["texts_per_s"])
+    # Open loop: the achieved rate follows the offered one (the first point offers 85% of
+    # what the probe was served), not the server's speed.
+    first = sweep.steps[0]
+    assert first["rps"] == pytest.approx(first["rate"], rel=0.35)
+    assert first["users"] <= 256  # a 10 s SLO must not ask for thousands of users
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) >= 3:  # a core to spare: the server pinned alone to two
         assert sweep.cost_basis == "dedicated_cores" and sweep.server_cores == cores[:2]

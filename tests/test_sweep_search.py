@@ -93,6 +93,9 @@ def test_open_loop_users_cover_the_requests_in_flight() -> None:
     # 400 requests/s, answers up to 4 x 50 ms: up to 80 in flight, so 80 users.
     assert open_loop_users(400.0, SLO_MS) == 80
     assert open_loop_users(3.0, SLO_MS) == 8  # never fewer than 8
+    # A 10 s SLO counts a quarter second of latency, and never more than 256 users.
+    assert open_loop_users(100.0, 10_000) == 100
+    assert open_loop_users(900.0, 10_000) == 256
 
 
 def test_plan_cores_pins_apart_only_with_a_core_to_spare() -> None:
