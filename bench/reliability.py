@@ -463,6 +463,7 @@ class Bench:
             server_pid=self.pid,
             extra_env=self.locust_env(),
             echo=say,
+            search="users",  # closed-loop saturation: the most a set of users can be served
         )
         best = sweep.at_slo
         if best is None:

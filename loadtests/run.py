@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,10 @@ class LoadSummary:
     workers: int = 0  # local locust worker processes (0: one process)
     # CPU used by the server's process tree during the test; 100 = one core busy.
     server_cpu_percent: float | None = None
+    # The same CPU in CPU-seconds over the whole Locust run (start-up and stop included), and
+    # per text answered in it: what a classification costs the server, whatever else ran.
+    server_cpu_s: float | None = None
+    server_cpu_s_per_text: float | None = None
     # The file the texts were drawn from (a model's test split, as its manifest names it).
     texts_source: str | None = None
 
@@ -100,7 +104,8 @@ class LoadSummary:
         if self.failures > self.requests:
             raise LoadTestError(f"{self.failures} failures out of {self.requests} requests")
         numbers = ("failure_rate", "rps", "texts_per_s", "p50_ms", "p95_ms", "p99_ms", "mean_ms")
-        for name in (*numbers, "mean_words", "server_cpu_percent"):
+        for name in (*numbers, "mean_words", "server_cpu_percent", "server_cpu_s",
+                     "server_cpu_s_per_text"):  # fmt: skip
             value = getattr(self, name)
             if value is not None and not isinstance(value, int | float):
                 raise LoadTestError(f"LoadSummary.{name} must be a number, got {value!r}")
@@ -172,6 +177,7 @@ def run_loadtest(
     extra_env: Mapping[str, str] | None = None,
     config_dir: Path | None = None,
     progress: Callable[[LiveStats], None] | None = None,
+    generator_cores: Sequence[int] | None = None,
 ) -> LoadSummary:
     """Load-test `POST {host}/classify` for `run_time_s` seconds and write `summary.json`.
 
@@ -191,7 +197,8 @@ def run_loadtest(
     of users; `users` and `run_time_s` then only record the peak and bound the run.
     `extra_env` passes more SMALLCLS_LOADTEST_* settings to the locustfile (token, pacing, shed
     mode, request log; see loadtests/options.py). `progress` receives the live figures about
-    once a second while the test runs.
+    once a second while the test runs. `generator_cores`: run Locust (and its workers) on
+    these cores only (loadtests/cores.py), off the server's.
     """
     explicit = {"users": users, "spawn_rate": spawn_rate, "run_time_s": run_time_s}
     _check_counts(batch=batch, timeout_s=timeout_s, workers=workers, **explicit)
@@ -227,6 +234,10 @@ def run_loadtest(
     if shape:
         options.update({"shape": shape, "shape-scale": shape_scale})
     cmd = locust_command(host=host, options=options, shape=bool(shape))
+    if generator_cores:
+        # taskset execs Locust, so the process group, its signals and its exit code stay
+        # Locust's own; forked workers inherit the mask.
+        cmd = ["taskset", "-c", ",".join(map(str, generator_cores)), *cmd]
     # Below the config files: what nobody set (loadtests/options.py).
     defaults = {"num_users": DEFAULT_USERS, "spawn_rate": users or DEFAULT_USERS,
                 "run_time": DEFAULT_RUN_TIME_S}  # fmt: skip
@@ -253,7 +264,7 @@ def run_loadtest(
             )  # fmt: skip
         except TimeoutError as exc:
             raise LoadTestError(f"{exc}; see {log_path}") from exc
-    server_cpu = cpu.percent() if cpu is not None else None
+    cpu_s, wall_s = cpu.seconds() if cpu is not None else (None, None)
     # Exit code 1 means some requests failed; the summary records that. Locust opens its CSV
     # files before it loads the locustfile, so a crash at start leaves an empty stats file.
     stats_csv = _nonempty(out_dir / FINAL_STATS_CSV) or _nonempty(out_dir / STATS_CSV)
@@ -282,12 +293,21 @@ def run_loadtest(
         length=length,
         mean_words=round(mean_words(sent), 2),
         workers=workers,
-        server_cpu_percent=None if server_cpu is None else round(server_cpu, 1),
+        server_cpu_percent=None if cpu_s is None or not wall_s else round(100 * cpu_s / wall_s, 1),
+        server_cpu_s=None if cpu_s is None else round(cpu_s, 3),
+        server_cpu_s_per_text=_per_text(cpu_s, summary.requests * summary.batch),
         texts_source=str(texts_path),
     )
     summary.write(out_dir)
     logger.info("%s", summary.line())
     return summary
+
+
+def _per_text(cpu_s: float | None, texts: int) -> float | None:
+    """CPU-seconds per text sent; failed requests count too (the server did their work)."""
+    if cpu_s is None or texts <= 0:
+        return None
+    return float(f"{cpu_s / texts:.4g}")
 
 
 def _check_counts(

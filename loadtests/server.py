@@ -66,13 +66,18 @@ class ServerCpu:
             return None
         return times.user + times.system
 
-    def percent(self) -> float:
+    def seconds(self) -> tuple[float, float]:
+        """(CPU-seconds used by the tree, wall seconds) since construction."""
         elapsed = max(time.monotonic() - self._t0, 1e-9)
         used = 0.0
         for proc in self._procs:
             start, end = self._start.get(proc.pid), self._cpu(proc)
             if start is not None and end is not None:
                 used += end - start
+        return used, elapsed
+
+    def percent(self) -> float:
+        used, elapsed = self.seconds()
         return 100.0 * used / elapsed
 
 

@@ -1,14 +1,20 @@
-"""A concurrency sweep: the highest throughput whose p95 latency stays under a target (SLO).
+"""The throughput at a latency target (SLO), and how that figure is to be priced.
 
-One headless Locust run per step of concurrency (1, 2, 4, ... users), each in its own
-directory with Locust's CSVs and HTML report and a `summary.json` (`LoadSummary`). Separate
-runs rather than one run driven by a `LoadTestShape`: Locust's statistics accumulate over a
-run, so per-step percentiles would need the stats reset at every stage, and a stage cannot end
-the test early; separate runs give each step clean percentiles and its own files, and let the
-sweep stop as soon as p95 passes the SLO, failures appear, or throughput stops growing.
+Two searches, one `sweep.json`:
+- "rate" (default): a closed-loop probe, then open-loop points at set Poisson arrival rates,
+  bracketed and bisected to the highest rate whose p95 meets the SLO with few failures
+  (loadtests/rate_sweep.py, loadtests/search.py). Every point records the server's CPU-seconds
+  per text; `cost_basis` says whether the throughput (server pinned alone to its cores) or
+  the CPU-seconds (generator on the same cores) prices the figure (reports/cost.py), and
+  `method` says so in one sentence for the report.
+- "users": closed-loop steps of 1, 2, 4, ... users until one misses the SLO, fails, or adds
+  too little throughput (loadtests/user_steps.py). Coarse: kept for comparison.
 
-`sweep.json` in the sweep directory holds every step, the step chosen as the throughput at the
-SLO, why the sweep stopped, and the machine it ran on.
+Each run is a headless Locust run of its own, in its own directory with Locust's CSVs and
+HTML report and a `summary.json` (`LoadSummary`): Locust's statistics accumulate over a run,
+so separate runs give each point clean percentiles, and the search can pick the next rate
+from the last answer. `sweep.json` holds every point, the chosen one (`at_slo`), why the
+search stopped, and the machine it ran on.
 """
 
 from __future__ import annotations
@@ -22,14 +28,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from loadtests.rate_sweep import rate_fields, run_rate_search
 from loadtests.run import (
     SUMMARY_NAME,
-    LiveStats,
     LoadSummary,
     LoadTestError,
     read_json_object,
     run_loadtest,
 )
+from loadtests.search import DEFAULT_REL_TOL, best_at_slo, meets_slo
+from loadtests.user_steps import live_printer, user_steps
 from loadtests.web import DEFAULT_WEB_PORT, WebUI
 
 logger = logging.getLogger(__name__)
@@ -44,6 +52,15 @@ DEFAULT_MAX_FAILURE_RATE = 0.01
 # Stop when a step adds less than this fraction of throughput over the best so far: the server
 # is saturated, and more users only add queueing delay.
 DEFAULT_MIN_GAIN = 0.05
+SEARCHES = ("rate", "users")
+# Rate search: points after the probe (each narrows the bracket by about half once found),
+# and a point's length when nothing else sets it.
+DEFAULT_POINTS = 4
+DEFAULT_POINT_SECONDS = 5
+# The vCPUs of the instance the load-test machine stands for (configs/prices.yaml
+# measured_as: aws-c7i.large, 2 vCPUs): the server gets that many cores when it can have them
+# to itself.
+DEFAULT_SERVER_CORES = 2
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,6 +77,22 @@ class SweepSummary:
     stop_reason: str
     steps: list[dict[str, Any]]  # LoadSummary fields + "dir" (relative to the sweep directory)
     at_slo: dict[str, Any] | None  # the chosen step (same fields), None when none met the SLO
+    # Optional, with defaults, so sweeps written before they existed still load.
+    # "users": closed-loop steps of `users` each; "rate": open-loop points of an arrival rate
+    # (each step also holds "rate", the offered requests/s, and "passed").
+    search: str = "users"
+    probe: dict[str, Any] | None = None  # rate search: the closed-loop run that set the guess
+    # Rate search: the highest passing and the lowest failing rate (requests/s).
+    bracket: list[float | None] | None = None
+    # How the figure is to be priced (loadtests/rate_sweep.py): "dedicated_cores" (the server
+    # was pinned alone to `server_cores` cores: price its throughput) or "server_cpu_seconds"
+    # (the generator shared the cores: price `server_cpu_s_per_text` at the vCPU-second).
+    cost_basis: str = "throughput"
+    server_cores: list[int] | None = None  # pinned server cores, None when not pinned
+    generator_cores: list[int] | None = None
+    server_cpu_s_per_text: float | None = None  # at the chosen step
+    texts_per_cpu_s: float | None = None  # 1 / server_cpu_s_per_text
+    method: str = ""  # one sentence for the report: how the throughput was found and priced
 
     def write(self, out_dir: Path) -> Path:
         path = Path(out_dir) / SWEEP_NAME
@@ -70,11 +103,12 @@ class SweepSummary:
     def read(cls, out_dir: Path) -> SweepSummary:
         path = Path(out_dir) / SWEEP_NAME
         data = read_json_object(path, written_by="a sweep")
-        known = {f.name for f in dataclasses.fields(cls)}
-        if known - set(data):
-            raise LoadTestError(f"{path}: expected an object with keys {sorted(known)}")
+        fields = dataclasses.fields(cls)
+        required = {f.name for f in fields if f.default is dataclasses.MISSING}
+        if required - set(data):
+            raise LoadTestError(f"{path}: expected an object with keys {sorted(required)}")
         # Unknown keys are ignored: a newer sweep may record more than this reader knows.
-        return cls(**{k: data[k] for k in known})
+        return cls(**{f.name: data[f.name] for f in fields if f.name in data})
 
     def step_summaries(self, *, source: str = "sweep") -> list[LoadSummary]:
         fields = {f.name for f in dataclasses.fields(LoadSummary)}
@@ -87,15 +121,18 @@ class SweepSummary:
         if self.at_slo is None:
             best = f"no step met p95 <= {self.slo_p95_ms:g} ms"
         else:
+            at = (
+                f"{self.at_slo['rate']:.1f} req/s offered"
+                if self.search == "rate"
+                else f"{self.at_slo['users']} users"
+            )
             best = (
-                f"{self.at_slo['texts_per_s']:.1f} texts/s at {self.at_slo['users']} users "
+                f"{self.at_slo['texts_per_s']:.1f} texts/s at {at} "
                 f"(p95 {self.at_slo['p95_ms']:.0f} ms <= {self.slo_p95_ms:g} ms)"
             )
+            if self.server_cpu_s_per_text is not None:
+                best += f", server {1000 * self.server_cpu_s_per_text:.2f} CPU-ms per text"
         return f"{self.model}: {best}; {len(self.steps)} steps, stopped: {self.stop_reason}"
-
-
-def _live_printer(progress: Callable[[str], None], mark: str) -> Callable[[LiveStats], None]:
-    return lambda live: progress(f"{mark} {live.line()}")
 
 
 def machine_label() -> str:
@@ -111,26 +148,6 @@ def machine_label() -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{cores}-core {model} ({platform.system()} {platform.machine()})"
-
-
-def meets_slo(step: LoadSummary, slo_p95_ms: float, max_failure_rate: float) -> bool:
-    return (
-        step.requests > 0
-        and step.p95_ms is not None
-        and step.p95_ms <= slo_p95_ms
-        and step.failure_rate <= max_failure_rate
-    )
-
-
-def best_at_slo(
-    steps: Sequence[LoadSummary], slo_p95_ms: float, max_failure_rate: float
-) -> LoadSummary | None:
-    """The step with the most texts per second among those meeting the SLO; None if none do.
-    Ties go to fewer users (the same work with less queueing)."""
-    ok = [s for s in steps if meets_slo(s, slo_p95_ms, max_failure_rate)]
-    if not ok:
-        return None
-    return max(ok, key=lambda s: (s.texts_per_s, -s.users))
 
 
 def run_sweep(
@@ -155,12 +172,26 @@ def run_sweep(
     extra_env: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
     config_dir: Path | None = None,
+    search: str = "rate",
+    points: int = DEFAULT_POINTS,
+    point_seconds: int | None = None,
+    server_cores: int = DEFAULT_SERVER_CORES,
+    rel_tol: float = DEFAULT_REL_TOL,
 ) -> SweepSummary:
-    """Run the steps in order until one misses the SLO or adds < `min_gain` throughput.
+    """The throughput at the SLO, written to `sweep.json` in `out_dir`.
 
-    `extra_env`: more locustfile settings for every step (e.g. SMALLCLS_LOADTEST_TOKEN).
-    `echo` gets a summary line per step, `progress` a live line about once a second while a
-    step runs, both marked `[step k/n]`. `step_seconds` or `batch` None: `[tool.locust]`'s
+    `search="rate"` (default): a closed-loop probe at max(`steps`) users, then `points`
+    open-loop points of `point_seconds` each, bracketing and bisecting the arrival rate
+    (loadtests/rate_sweep.py). `point_seconds` None: the time the user steps would have taken,
+    len(steps) x step_seconds, shared by the probe and the points (at least 3 s each), so a
+    caller's time budget holds; more points of more seconds give a finer, steadier answer.
+    `server_cores`: the vCPUs of the instance the figure stands for; the server is pinned to
+    that many cores and Locust to the rest when the machine has more (loadtests/cores.py).
+
+    `search="users"`: the steps in order until one misses the SLO or adds < `min_gain`
+    throughput (closed loop). `extra_env`: more locustfile settings for every run (e.g.
+    SMALLCLS_LOADTEST_TOKEN). `echo` gets a summary line per run, `progress` a live line
+    about once a second while a run runs. `step_seconds` or `batch` None: `[tool.locust]`'s
     run-time or batch in `config_dir` (loadtests/run.py), else 20 s and 1.
     """
     steps = list(steps)
@@ -171,74 +202,71 @@ def run_sweep(
             f"need slo_p95_ms > 0 and 0 <= max_failure_rate <= 1; got {slo_p95_ms}, "
             f"{max_failure_rate}"
         )
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SWEEP_NAME).unlink(missing_ok=True)
-    done: list[tuple[str, LoadSummary]] = []
-    stop_reason = f"all {len(steps)} steps ran"
-    for i, users in enumerate(steps, 1):
-        step_dir = out_dir / f"users-{users:03d}"
-        mark = f"  [step {i}/{len(steps)}]"
-        summary = run_loadtest(
-            host=host,
-            model=model,
-            texts_path=texts_path,
-            text_column=text_column,
-            out_dir=step_dir,
-            users=users,
-            spawn_rate=users,  # all at once: a step is short, ramping would eat into it
-            run_time_s=step_seconds,
-            batch=batch,
-            timeout_s=timeout_s,
-            length=length,
-            max_length=max_length,
-            workers=workers,
-            server_pid=server_pid,
-            extra_env=extra_env,
-            config_dir=config_dir,
-            progress=None if progress is None else _live_printer(progress, mark),
-        )
-        if echo is not None:
-            echo(f"{mark} {summary.line()}")
-        best_before = best_at_slo([s for _, s in done], slo_p95_ms, max_failure_rate)
-        done.append((step_dir.name, summary))
-        if summary.failure_rate > max_failure_rate:
-            stop_reason = (
-                f"{summary.failure_rate:.1%} of requests failed at {users} users "
-                f"(limit {max_failure_rate:.1%})"
+    common: dict[str, Any] = dict(
+        host=host, model=model, texts_path=texts_path, text_column=text_column, batch=batch,
+        timeout_s=timeout_s, length=length, max_length=max_length, workers=workers,
+        server_pid=server_pid, extra_env=extra_env, config_dir=config_dir,
+    )  # fmt: skip
+    if search == "users":
+        done, stop_reason = user_steps(
+            common, out_dir, steps, step_seconds, slo_p95_ms, max_failure_rate, min_gain,
+            echo, progress,
+        )  # fmt: skip
+        extra: dict[str, Any] = {
+            "method": (
+                f"closed loop: the best of {len(done)} steps of users ({step_seconds} s each) "
+                f"with p95 <= {slo_p95_ms:g} ms and failures <= {max_failure_rate:.0%}; "
+                "the load generator shared the server's cores; priced from throughput"
             )
-            break
-        if summary.p95_ms is None or summary.p95_ms > slo_p95_ms:
-            p95 = "n/a" if summary.p95_ms is None else f"{summary.p95_ms:.0f} ms"
-            stop_reason = f"p95 {p95} > SLO {slo_p95_ms:g} ms at {users} users"
-            break
-        if best_before is not None and summary.texts_per_s < best_before.texts_per_s * (
-            1 + min_gain
-        ):
-            stop_reason = (
-                f"throughput stopped growing at {users} users ({summary.texts_per_s:.1f} vs "
-                f"{best_before.texts_per_s:.1f} texts/s, < +{min_gain:.0%})"
-            )
-            break
+        }
+        step_dicts = [{**dataclasses.asdict(s), "dir": d} for d, s in done]
+    else:
+        if point_seconds is None:
+            budget = len(steps) * (step_seconds or DEFAULT_POINT_SECONDS)
+            point_seconds = max(3, budget // (points + 1))
+        found = run_rate_search(
+            common=common, out_dir=out_dir, probe_users=max(steps), probe_seconds=point_seconds,
+            point_seconds=point_seconds, points=points, slo_p95_ms=slo_p95_ms,
+            max_failure_rate=max_failure_rate, server_cores=server_cores, rel_tol=rel_tol,
+            echo=echo, progress=progress,
+        )  # fmt: skip
+        stop_reason = found.stop_reason
+        done = [(name, summary) for name, _, summary in found.points]
+        step_dicts = [
+            {**dataclasses.asdict(s), "dir": d, "rate": round(rate, 3),
+             "passed": meets_slo(s, slo_p95_ms, max_failure_rate)}
+            for d, rate, s in found.points
+        ]  # fmt: skip
+        extra = rate_fields(found, slo_p95_ms, max_failure_rate, point_seconds)
+        step_seconds = point_seconds
 
     best = best_at_slo([s for _, s in done], slo_p95_ms, max_failure_rate)
-    step_dicts = [{**dataclasses.asdict(s), "dir": d} for d, s in done]
     at_slo = None
     if best is not None:
-        at_slo = next(d for d in step_dicts if d["users"] == best.users)
+        at_slo = next(d for (_, s), d in zip(done, step_dicts, strict=True) if s is best)
+        per_text = at_slo.get("server_cpu_s_per_text")
+        extra["server_cpu_s_per_text"] = per_text
+        extra["texts_per_cpu_s"] = round(1 / per_text, 2) if per_text else None
     result = SweepSummary(
         model=model,
         slo_p95_ms=slo_p95_ms,
         max_failure_rate=max_failure_rate,
-        batch=done[0][1].batch,  # as the steps resolved it
+        batch=(done[0][1].batch if done else batch) or 1,  # as the runs resolved it
         length=length,
-        step_seconds=done[0][1].run_time_s,
+        step_seconds=(done[0][1].run_time_s if done else step_seconds) or 0,
         workers=workers,
         machine=machine_label(),
         cpu_count=os.cpu_count() or 0,
         stop_reason=stop_reason,
         steps=step_dicts,
         at_slo=at_slo,
+        search=search,
+        **extra,
     )
     result.write(out_dir)
     # The chosen step's summary also sits at the top, so a plain load-test reader finds it.
@@ -272,6 +300,12 @@ class LoadTestPlan:
     workers: int = 0
     web: bool = False
     web_port: int = DEFAULT_WEB_PORT
+    # A sweep's search (run_sweep): "rate" (open loop, bisected; `steps`' largest is the
+    # probe) or "users" (closed-loop steps); its points and their length (None: the steps'
+    # time budget).
+    search: str = "rate"
+    points: int = DEFAULT_POINTS
+    point_seconds: int | None = None
 
 
 def load_test_models(
@@ -373,14 +407,15 @@ def _each(
         if plan.steps:
             sweep = run_sweep(
                 **common, steps=plan.steps, step_seconds=plan.seconds,
-                slo_p95_ms=plan.slo_p95_ms, echo=echo, progress=progress,
+                slo_p95_ms=plan.slo_p95_ms, echo=echo, progress=progress, search=plan.search,
+                points=plan.points, point_seconds=plan.point_seconds,
             )  # fmt: skip
             echo(f"[loadtest {i}/{len(models)}] {sweep.line()}")
         else:
             summary = run_loadtest(
                 **common, users=plan.users, spawn_rate=plan.users, run_time_s=plan.seconds,
                 shape=plan.shape, shape_scale=plan.shape_scale,
-                progress=None if progress is None else _live_printer(progress, mark),
+                progress=None if progress is None else live_printer(progress, mark),
             )  # fmt: skip
             echo(f"[loadtest {i}/{len(models)}] {summary.line()}")
         outs.append(out)

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from reports.cost import DEFAULT_PRICES, PriceError, costs_for, load_prices, usd_per_million
+from reports.cost import (
+    DEFAULT_PRICES,
+    PriceError,
+    costs_for,
+    cpu_texts_per_s,
+    cpu_usd_per_million,
+    load_prices,
+    usd_per_million,
+    usd_per_vcpu_second,
+)
 
 TABLE = """
 measured_as: cpu-2
@@ -72,3 +81,38 @@ def test_shipped_price_table_loads() -> None:
     assert table.measured.vcpus == 2 and table.measured.gpu is None
     assert any(i.gpu for i in table.instances)
     assert all(i.source for i in table.instances)  # every price says where it came from
+
+
+def test_cpu_seconds_price_on_known_inputs(prices) -> None:
+    cpu2 = next(i for i in prices.instances if i.name == "cpu-2")
+    # $0.09 an hour for 2 vCPUs: $0.045 per vCPU-hour, $1.25e-5 per vCPU-second.
+    assert usd_per_vcpu_second(cpu2) == pytest.approx(1.25e-5)
+    # 4 CPU-ms a text: a million texts take 4,000 vCPU-seconds, $0.05.
+    assert cpu_usd_per_million(0.004, cpu2) == pytest.approx(0.05)
+    # The same as pricing the throughput of 2 vCPUs at 4 ms each: 500 texts/s.
+    assert cpu_texts_per_s(0.004, 2) == pytest.approx(500.0)
+    assert usd_per_million(0.09, cpu_texts_per_s(0.004, 2)) == pytest.approx(0.05)
+    assert cpu_usd_per_million(0.0, cpu2) is None
+    with pytest.raises(ValueError):
+        cpu_texts_per_s(0.0, 2)
+    # The demo's shipped price: c7i.large, $0.08925 an hour, 2 vCPUs; 3.4 CPU-ms a text.
+    c7i = load_prices(DEFAULT_PRICES).measured
+    assert cpu_usd_per_million(0.0034, c7i) == pytest.approx(0.0034 * 0.08925 / 7200 * 1e6)
+
+
+def test_costs_for_prices_from_cpu_seconds_when_given(prices) -> None:
+    # 100 texts/s measured with the generator on the same cores, the server using 4 CPU-ms a
+    # text: priced from the CPU (as 500 texts/s on 2 vCPUs), not from the 100 texts/s.
+    costs = {c.instance: c for c in costs_for(100.0, prices, machine="2-core test CPU",
+                                              cpu_s_per_text=0.004)}  # fmt: skip
+    assert costs["cpu-2"].basis == "measured"
+    assert costs["cpu-2"].usd_per_million == pytest.approx(0.05)
+    assert "4.00 server CPU-ms per text" in costs["cpu-2"].note
+    assert costs["cpu-8"].basis == "derived"  # $0.36 / 8 vCPUs: the same vCPU-second price
+    assert costs["cpu-8"].usd_per_million == pytest.approx(0.05)
+    assert costs["gpu-1"].usd_per_million is None
+    # No throughput at the SLO: no price, whatever the CPU.
+    assert all(
+        c.usd_per_million is None
+        for c in costs_for(None, prices, machine="m", cpu_s_per_text=0.004)
+    )

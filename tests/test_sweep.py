@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_sweep_stops_at_the_slo(texts_path: Path, tmp_path: Path) -> None:
     host = _serve("slow")
     sweep = run_sweep(
         host=next(host), model=MODEL, texts_path=texts_path, out_dir=tmp_path / "sw",
-        steps=[1, 2, 4], step_seconds=2, slo_p95_ms=1.0, length="short",
+        steps=[1, 2, 4], step_seconds=2, slo_p95_ms=1.0, length="short", search="users",
     )  # fmt: skip
     host.close()
     assert len(sweep.steps) == 1 and sweep.at_slo is None
@@ -124,7 +125,7 @@ def test_sweep_against_a_tiny_model_service(
     sweep = run_sweep(
         host=url, model=model, texts_path=texts_path, out_dir=tmp_path / "sw",
         steps=[1, 2], step_seconds=2, slo_p95_ms=10_000, min_gain=-1.0, server_pid=pid,
-        batch=2,
+        batch=2, search="users",
     )  # fmt: skip
     assert [s["users"] for s in sweep.steps] == [1, 2]
     assert sweep.at_slo is not None and sweep.at_slo["failures"] == 0
@@ -137,6 +138,43 @@ def test_sweep_against_a_tiny_model_service(
     # The chosen step is also the directory's plain summary, for single-run readers.
     assert LoadSummary.read(tmp_path / "sw").users == sweep.at_slo["users"]
     assert (tmp_path / "sw" / SWEEP_NAME).is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_rate_search_against_a_tiny_model_service(
+    tiny_server: tuple[str, int, str], texts_path: Path, tmp_path: Path
+) -> None:
+    # A probe and two open-loop points; a generous SLO, so both points pass and the search
+    # grows the rate: the second point offers 1.25x the first.
+    url, pid, model = tiny_server
+    sweep = run_sweep(
+        host=url, model=model, texts_path=texts_path, out_dir=tmp_path / "rs", steps=[2],
+        step_seconds=2, point_seconds=2, points=2, slo_p95_ms=10_000, server_pid=pid,
+    )  # fmt: skip
+    assert sweep.search == "rate" and sweep.probe is not None and sweep.probe["users"] == 2
+    rates = [s["rate"] for s in sweep.steps]
+    assert len(rates) == 2 and rates[1] == pytest.approx(1.25 * rates[0], rel=1e-3)
+    assert all(s["passed"] for s in sweep.steps)
+    assert len({s["users"] for s in sweep.steps}) == 2  # one user count per point
+    assert sweep.at_slo == max(sweep.steps, key=lambda s: s["texts_per_s"])
+    # Open loop: the achieved rate follows the offered one (the first point offers 85% of
+    # what the probe was served), not the server's speed.
+    first = sweep.steps[0]
+    assert first["rps"] == pytest.approx(first["rate"], rel=0.35)
+    assert first["users"] <= 256  # a 10 s SLO must not ask for thousands of users
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= 3:  # a core to spare: the server pinned alone to two
+        assert sweep.cost_basis == "dedicated_cores" and sweep.server_cores == cores[:2]
+        assert sweep.generator_cores == cores[2:]
+    else:  # the generator shares the cores: priced from the server's CPU-seconds
+        assert sweep.cost_basis == "server_cpu_seconds" and sweep.server_cores is None
+    assert sweep.server_cpu_s_per_text == sweep.at_slo["server_cpu_s_per_text"] > 0
+    assert sweep.texts_per_cpu_s == pytest.approx(1 / sweep.server_cpu_s_per_text, rel=0.01)
+    assert "open loop" in sweep.method and "CPU-seconds" in sweep.method
+    assert SweepSummary.read(tmp_path / "rs") == sweep
+    for step in sweep.steps:
+        assert (tmp_path / "rs" / step["dir"] / "locust_final_stats.csv").is_file()
 
 
 @pytest.mark.slow
@@ -164,7 +202,7 @@ def test_sweep_prints_live_lines_marked_with_the_step(
     sweep = run_sweep(
         host=good_host, model=MODEL, texts_path=texts_path, out_dir=tmp_path / "sw",
         steps=[1, 2], step_seconds=2, slo_p95_ms=10_000, min_gain=-1.0, echo=echoed.append,
-        progress=live.append, config_dir=tmp_path,
+        progress=live.append, config_dir=tmp_path, search="users",
     )  # fmt: skip
     assert len(sweep.steps) == 2 and sweep.step_seconds == 2 and sweep.batch == 1
     for k, users in ((1, 1), (2, 2)):

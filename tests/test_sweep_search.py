@@ -1,0 +1,153 @@
+"""The rate search on synthetic latency curves (known answers), core planning and pinning, and
+the sweep summary's new fields. No timing: the curves are functions, not measurements."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loadtests.cores import pinned_tree, plan_cores
+from loadtests.search import first_guess, open_loop_users, search_rate
+from loadtests.sweep import SWEEP_NAME, SweepSummary
+
+SLO_MS = 50.0
+
+
+def queue_p95(capacity: float, service_ms: float):
+    """p95 of an M/M/1-like queue: service time / (1 - utilisation), infinite when saturated.
+    The rate where it crosses the SLO is known: capacity * (1 - service_ms / SLO)."""
+
+    def p95(rate: float) -> float:
+        load = rate / capacity
+        return float("inf") if load >= 1 else service_ms / (1 - load)
+
+    return p95
+
+
+@pytest.mark.parametrize(
+    ("capacity", "service_ms", "guess"),
+    [(500.0, 10.0, 425.0), (500.0, 10.0, 60.0), (40.0, 30.0, 34.0), (1000.0, 2.0, 5000.0)],
+)
+def test_search_finds_the_highest_rate_under_the_slo(
+    capacity: float, service_ms: float, guess: float
+) -> None:
+    p95 = queue_p95(capacity, service_ms)
+    answer = capacity * (1 - service_ms / SLO_MS)
+    calls: list[float] = []
+
+    def passes(rate: float) -> bool:
+        calls.append(rate)
+        return p95(rate) <= SLO_MS
+
+    result = search_rate(passes, guess=guess, points=20, rel_tol=0.02)
+    assert result.best_rate is not None
+    assert result.best_rate <= answer  # a rate that passed, never one past the threshold
+    assert result.best_rate >= answer / 1.02  # and within the tolerance of it
+    low, high = result.bracket
+    assert low == result.best_rate and high is not None and high > answer
+    assert result.resolution is not None and result.resolution <= 0.02
+    assert [t.rate for t in result.trials] == calls
+    assert result.stop_reason == "bracket within 2%"
+
+
+def test_search_stops_when_the_points_run_out_and_keeps_the_best_pass() -> None:
+    p95 = queue_p95(500.0, 10.0)  # answer: 400 requests/s
+    result = search_rate(lambda r: p95(r) <= SLO_MS, guess=340.0, points=3, rel_tol=0.01)
+    # 340 passes, 425 fails, 382.5 passes: three points, bracket (382.5, 425).
+    assert [t.rate for t in result.trials] == pytest.approx([340.0, 425.0, 382.5])
+    assert [t.passed for t in result.trials] == [True, False, True]
+    assert result.best_rate == pytest.approx(382.5)
+    assert result.stop_reason == "used all 3 points"
+
+
+def test_search_gives_up_below_the_minimum_rate() -> None:
+    result = search_rate(lambda r: False, guess=2.0, points=20, min_rate=0.5)
+    assert result.best_rate is None and result.bracket[0] is None
+    assert "no rate down to 0.5" in result.stop_reason
+    assert len(result.trials) < 20
+
+
+def test_search_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="growth > 1"):
+        search_rate(lambda r: True, guess=10.0, points=3, growth=1.0)
+    with pytest.raises(ValueError, match="points >= 1"):
+        search_rate(lambda r: True, guess=10.0, points=0)
+
+
+def test_first_guess_scales_down_with_the_probe_latency() -> None:
+    # A probe within the SLO: 85% of its throughput (random arrivals need headroom).
+    assert first_guess(400.0, 25.0, SLO_MS) == pytest.approx(340.0)
+    # A probe at 4x the SLO: a quarter of that (Little's law at the same throughput).
+    assert first_guess(400.0, 200.0, SLO_MS) == pytest.approx(85.0)
+    with pytest.raises(ValueError):
+        first_guess(0.0, 10.0, SLO_MS)
+
+
+def test_open_loop_users_cover_the_requests_in_flight() -> None:
+    # 400 requests/s, answers up to 4 x 50 ms: up to 80 in flight, so 80 users.
+    assert open_loop_users(400.0, SLO_MS) == 80
+    assert open_loop_users(3.0, SLO_MS) == 8  # never fewer than 8
+    # A 10 s SLO counts a quarter second of latency, and never more than 256 users.
+    assert open_loop_users(100.0, 10_000) == 100
+    assert open_loop_users(900.0, 10_000) == 256
+
+
+def test_plan_cores_pins_apart_only_with_a_core_to_spare() -> None:
+    assert plan_cores([0, 1], 2) is None  # this machine: the generator must share
+    plan = plan_cores([3, 0, 2, 1], 2)
+    assert plan is not None and plan.server == (0, 1) and plan.generator == (2, 3)
+    plan = plan_cores(range(16), 2)
+    assert plan is not None and plan.server == (0, 1) and len(plan.generator) == 14
+    with pytest.raises(ValueError):
+        plan_cores([0, 1, 2], 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux affinity only")
+def test_pinned_tree_pins_every_thread_and_gives_them_back() -> None:
+    # A child with a second thread: affinity is per thread on Linux, so both must move.
+    code = (
+        "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); "
+        "time.sleep(30)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(100):  # wait for the second thread
+            tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+            if len(tids) >= 2:
+                break
+            time.sleep(0.05)
+        before = {tid: os.sched_getaffinity(tid) for tid in tids}
+        core = min(os.sched_getaffinity(0))
+        with pinned_tree(child.pid, [core]) as pinned:
+            assert pinned >= 2
+            assert all(os.sched_getaffinity(tid) == {core} for tid in tids)
+        assert {tid: os.sched_getaffinity(tid) for tid in tids} == before
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_sweep_summary_reads_old_files_and_keeps_the_cost_fields(tmp_path: Path) -> None:
+    old = SweepSummary(
+        model="m", slo_p95_ms=50.0, max_failure_rate=0.01, batch=1, length="all",
+        step_seconds=8, workers=0, machine="2-core x", cpu_count=2, stop_reason="t",
+        steps=[], at_slo=None,
+    )  # fmt: skip
+    data = dataclasses.asdict(old)
+    for key in ("search", "probe", "bracket", "cost_basis", "server_cores", "generator_cores",
+                "server_cpu_s_per_text", "texts_per_cpu_s", "method"):  # fmt: skip
+        del data[key]  # as a sweep written before these fields existed
+    (tmp_path / SWEEP_NAME).write_text(__import__("json").dumps(data))
+    assert SweepSummary.read(tmp_path) == old
+    new = dataclasses.replace(
+        old, search="rate", cost_basis="server_cpu_seconds", server_cpu_s_per_text=0.004,
+        texts_per_cpu_s=250.0, method="open loop", bracket=[300.0, 320.0],
+    )  # fmt: skip
+    new.write(tmp_path)
+    assert SweepSummary.read(tmp_path) == new
