@@ -110,7 +110,9 @@ def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 
     root = tmp_path_factory.mktemp("sweep-server")
     model_dir = make_tiny_model_dir(root / "tiny-fp32", name="tiny-fp32")
-    env = {"BENTOML_HOME": str(root / "bentoml")}
+    # No admission control: these tests check the search, which must see every point's
+    # latency rather than refusals of a server the generator saturates.
+    env = {"BENTOML_HOME": str(root / "bentoml"), "SMALLCLS_ADMISSION": "false"}
     with ServerProcess([model_dir], extra_env=env, log_path=root / "server.log") as server:
         assert server.process is not None
         yield server.url, server.process.pid, "tiny-fp32"
