@@ -260,7 +260,9 @@ def _entry(
             machine = point.machine
             s = point.point
             tps = s.texts_per_s if point.meets_slo else None
-            cost = costs_for(tps, prices, machine=machine or "this machine")
+            cost = costs_for(
+                tps, prices, machine=machine or "this machine", cpu_s_per_text=point.cpu_s_per_text
+            )
             measured = next(c for c in cost if c.instance == prices.measured_as)
             step = None if point.step_dir is None else str(Path(point.step_dir) / SUMMARY_NAME)
             points.append(

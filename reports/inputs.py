@@ -50,6 +50,11 @@ class LoadPoint:
     latency_target_ms: float
     p95_lightest_ms: float | None
     machine: str | None
+    # The server's CPU-seconds per text at the chosen step, when the sweep says to price
+    # from it (cost_basis "server_cpu_seconds": the load generator shared the server's
+    # cores, so the throughput undercounts what the instance would serve); None otherwise.
+    cpu_s_per_text: float | None = None
+    method: str = ""  # the sweep's one-sentence method, for the report
 
 
 def read_load_point(loadtest_dir: Path, latency_target_ms: float | None) -> LoadPoint:
@@ -62,14 +67,19 @@ def read_load_point(loadtest_dir: Path, latency_target_ms: float | None) -> Load
                 raise ReportError(f"{loadtest_dir / SWEEP_NAME} has no steps")
             target = latency_target_ms or sweep.slo_p95_ms
             best = best_at_slo(steps, target, sweep.max_failure_rate)
-            lightest = min(steps, key=lambda s: s.users)
+            # The lightest load: fewest users, or for an open-loop search the lowest rate.
+            load = [s.get("rate") or s["users"] for s in sweep.steps]
+            lightest = steps[load.index(min(load))]
             point = best or lightest
-            step_dir = next(s["dir"] for s in sweep.steps if s["users"] == point.users)
+            step_dir = sweep.steps[next(i for i, s in enumerate(steps) if s is point)]["dir"]
+            by_cpu = sweep.cost_basis == "server_cpu_seconds"
             return LoadPoint(
                 model=sweep.model, source=str(loadtest_dir / SWEEP_NAME), point=point,
                 step_dir=str(loadtest_dir / step_dir), meets_slo=best is not None,
                 latency_target_ms=target, p95_lightest_ms=lightest.p95_ms,
                 machine=sweep.machine,
+                cpu_s_per_text=point.server_cpu_s_per_text if by_cpu else None,
+                method=sweep.method,
             )  # fmt: skip
         summary = LoadSummary.read(loadtest_dir)
     except LoadTestError as exc:  # its message names the file
@@ -132,7 +142,7 @@ def _load_fields(loadtest_dir: Path | None, point: LoadPoint | None) -> dict[str
         "texts_per_s_at_slo", "machine", "loadtest_dir", "step_dir",
     )  # fmt: skip
     if point is None:
-        return {**dict.fromkeys(keys), "meets_slo": False}
+        return {**dict.fromkeys(keys), "meets_slo": False, "load_method": ""}
     s = point.point
     return {
         "p50_ms": s.p50_ms,
@@ -153,6 +163,7 @@ def _load_fields(loadtest_dir: Path | None, point: LoadPoint | None) -> dict[str
         "machine": point.machine,
         "loadtest_dir": str(loadtest_dir),
         "step_dir": point.step_dir,
+        "load_method": point.method,
     }
 
 

@@ -152,7 +152,10 @@ def build_report(
         for loadtest_dir, point in loadtests[name] or [(None, None)]:
             load = _load_fields(loadtest_dir, point)
             row_costs = costs_for(
-                load["texts_per_s_at_slo"], price_table, machine=load["machine"] or "this machine"
+                load["texts_per_s_at_slo"],
+                price_table,
+                machine=load["machine"] or "this machine",
+                cpu_s_per_text=None if point is None else point.cpu_s_per_text,
             )
             measured = next(c for c in row_costs if c.instance == price_table.measured_as)
             row = ReportRow(

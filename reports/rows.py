@@ -62,6 +62,8 @@ class ReportRow:
     loadtest_dir: str | None
     step_dir: str | None  # the sweep step the operating point comes from
     run_dir: str | None
+    # How the sweep found and priced the throughput (its `method` sentence); "" when unknown.
+    load_method: str = ""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -186,6 +188,11 @@ def method_notes(ctx: ReportContext) -> list[str]:
         f"as {measured.name} (${measured.usd_per_hour}/h, {measured.vcpus} vCPUs; "
         f"{measured.source}). Other instance types: see the cost table (derived figures assume "
         "throughput scales with vCPUs; GPU types are not measured).",
+        *[f"Sweep: {m}" for m in sorted({r.load_method for r in ctx.rows if r.load_method})],
+        "A sweep priced from the server's CPU-seconds per classification (the load generator "
+        "shared the server's cores) gives $ per million = CPU-seconds per text x the "
+        "instance's $ per vCPU-second x 10^6 (docs/cost-method.md): a floor, the instance's "
+        "vCPUs busy at that operating point with no headroom.",
         "GFLOPs per example: an estimate, 2 x parameters x mean tokens of the test texts "
         "(template applied, truncated at max length); it counts embedding parameters as if "
         "they were matrix multiplies, so it overstates models with large vocabularies.",
