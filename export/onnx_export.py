@@ -16,6 +16,9 @@ Every directory also holds what the Hugging Face stack reads (export/hf_files.py
 tokenizer_config.json), so optimum's ORTModelForSequenceClassification and
 transformers.pipeline load it, and a model card (export/model_card.py) that says whether they
 give the served answers, as checked on test texts at export.
+
+A multi-task run (training/multitask.py) exports as one directory serving every task
+(export/multitask.py).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from core.data import Dataset, dataset_for
 from core.manifest import MANIFEST_NAME, MODEL_NAME, Manifest, sha256_of
 from core.preprocessing import TextEncoder
 from core.run_record import RunRecord, read_predictions
-from export import gate, hf_files, model_card
+from export import gate, hf_files, model_card, multitask
 from export import variants as variants_mod
 from export.scoring import Checked, Reference, check_variant
 from export.variants import PRECISION, parse_variants
@@ -123,10 +126,10 @@ class _Source:
 
 def _read_source(run_dir: Path, parity_rows: int) -> _Source:
     """The trained model, its contract and its test split, checked to be the run's own."""
-    if (run_dir / "tasks.json").is_file():
+    if (run_dir / "tasks.json").is_file():  # multi-task runs go to export/multitask.py
         raise ValueError(
-            f"{run_dir} is a multi-task run: a served model answers one task, so export one "
-            "run per task (train each task alone) to serve it"
+            f"{run_dir} is a multi-task run trained before task contracts were recorded "
+            "(no multitask.json): train it again to export it"
         )
     model, tokenizer, config, labels = load_run(run_dir)
     record = RunRecord.read(run_dir)
@@ -296,6 +299,19 @@ def export_model(
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     devices.resolve(device)  # `cuda` that cannot run here: one line now, not after the build
     wanted = parse_variants(tuple(variants))
+    if multitask.is_multitask_run(run_dir):  # one model dir serving every task
+        return ExportResult(
+            *multitask.export_multitask(
+                run_dir,
+                out_dir,
+                variants=wanted,
+                parity_rows=parity_rows,
+                force=force,
+                register=register,
+                max_accuracy_drop=max_accuracy_drop,
+                min_agreement=min_agreement,
+            )
+        )
     src = _read_source(run_dir, parity_rows)
     record = src.record
     base = dict(

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from core import devices
-from core.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, verify_files
+from core.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, TaskRule, verify_files
 from core.preprocessing import TextEncoder
 
 
@@ -79,6 +79,8 @@ class OnnxClassifier:
             self.model_dir / TOKENIZER_NAME, self.manifest.preprocessing
         )
         self.decision = self.manifest.decision
+        # Multi-task models (core/manifest.py's TaskRule): name -> prompt, columns, rule.
+        self.tasks: dict[str, TaskRule] = {t.name: t for t in self.manifest.tasks}
 
     @property
     def name(self) -> str:
@@ -106,9 +108,27 @@ class OnnxClassifier:
         (logits,) = self.session.run(["logits"], self.encode(texts))
         return logits
 
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        decisions = self.decision.decide(self.logits(texts))
-        labels = self.labels
+    def task(self, name: str | None) -> TaskRule | None:
+        """The task `name` of a multi-task model (None for a model of one task); raises
+        ValueError naming the tasks when it is missing or unknown, or given to a model of
+        one task."""
+        if not self.tasks:
+            if name is not None:
+                raise ValueError(f"{self.name} serves one task: it takes no task ({name!r})")
+            return None
+        if name not in self.tasks:
+            raise ValueError(f"{self.name} serves tasks {list(self.tasks)}: name one, got {name!r}")
+        return self.tasks[name]
+
+    def predict(self, texts: Sequence[str], task: str | None = None) -> list[Prediction]:
+        """Answers for `texts`; a multi-task model needs the `task` they belong to."""
+        rule = self.task(task)
+        if rule is None:
+            logits, decision = self.logits(texts), self.decision
+        else:
+            logits, decision = rule.select(self.logits(rule.prompts(texts))), rule.decision
+        decisions = decision.decide(logits)
+        labels = decision.labels
         return [
             Prediction(
                 label=labels[int(best)],
