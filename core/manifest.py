@@ -69,6 +69,9 @@ class Manifest:
     # A multi-task model (TaskRule, below): each task's prompt, label words, logit columns and
     # rule; `labels` are then every task's words. Empty for a model of one task.
     tasks: list[TaskRule] = dataclasses.field(default_factory=list)
+    # A prompted label-word model with a cached prompt prefix (export/prefix_cache.py): the
+    # graph with past keys/values, and its check against the plain graph. Empty without one.
+    prefix_cache: dict[str, Any] = dataclasses.field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -180,6 +183,7 @@ def verify_files(model_dir: Path, manifest: Manifest) -> None:
                 f"{path} has sha256 {actual[:12]}…, the manifest says {expected[:12]}…: "
                 "the file was altered or copied incompletely; re-export it"
             )
+
 
 # ---- multi-task models ----------------------------------------------------------------------
 # A multi-task causal LM (training/multitask.py) scores the union of every task's label WORDS

@@ -291,11 +291,13 @@ def export_model(
     min_agreement: float = gate.MIN_AGREEMENT,
     show_progress: bool = False,
     device: str = "auto",
+    prefix_cache: bool = False,
 ) -> ExportResult:
     """Write `<out_dir>/<run name>-<variant>/` for each variant that passes the gate.
     `show_progress`: bars for scoring the test split and for calibration. `device`: where the
     gate scores each variant (export/scoring.py `where_to_check`); `cuda` without a usable
-    CUDA provider is refused before anything is built."""
+    CUDA provider is refused before anything is built. `prefix_cache`: a prompted label-word
+    run's fp32 directory also gets the graph with past keys/values (export/prefix_cache.py)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     devices.resolve(device)  # `cuda` that cannot run here: one line now, not after the build
     wanted = parse_variants(tuple(variants))
@@ -381,6 +383,10 @@ def export_model(
             shutil.rmtree(partial, ignore_errors=True)
         raise
 
+    if prefix_cache and fp32_dir in accepted:  # before registering: the store copies it
+        from export.prefix_cache import add_prefix_cache
+
+        add_prefix_cache(fp32_dir, src.model, src.dataset.test.texts)
     if "fp32" not in wanted and fp32_dir in accepted:
         shutil.rmtree(fp32_dir, ignore_errors=True)
         accepted.remove(fp32_dir)
