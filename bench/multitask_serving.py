@@ -60,7 +60,7 @@ def train_multitask_model(args: argparse.Namespace) -> None:
         name=MULTI_NAME,
         family="causal_lm",
         head="last_token",
-        base_model="smollm2-135m",
+        base_model=args.base_model,
         learning_rate=args.learning_rate,
         train_rows=args.train_rows,
         test_rows=args.test_rows,
@@ -96,7 +96,7 @@ def train_encoders(args: argparse.Namespace) -> None:
         config = TrainConfig(
             name=f"minilm-{task}",
             family="encoder",
-            base_model="minilm-l6",
+            base_model=args.encoder_model,
             dataset=task,
             train_rows=args.train_rows,
             test_rows=args.test_rows,
@@ -207,7 +207,7 @@ def measure(args: argparse.Namespace) -> None:
     for task in args.tasks:
         from core.config import TrainConfig
 
-        dataset = dataset_for(TrainConfig(name="x", base_model="x", dataset=task))
+        dataset = dataset_for(TrainConfig(name="x", family="encoder", base_model="x", dataset=task))
         texts[task] = dataset.test.texts[: args.texts_per_task]
     setups = _setups(args.out, args.tasks, args.variant)
     for setup in setups:
@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("step", choices=["train", "encoders", "measure"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tasks", type=_tasks, default=["sst2", "trec"])
+    parser.add_argument("--base-model", default="smollm2-135m", help="the multi-task LM")
+    parser.add_argument("--encoder-model", default="minilm-l6", help="one per task")
     parser.add_argument("--train-rows", type=int, default=400, help="per task")
     parser.add_argument("--test-rows", type=int, default=None, help="per task (cap)")
     parser.add_argument("--epochs", type=float, default=1.0, help="SmolLM2's")
