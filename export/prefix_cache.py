@@ -157,6 +157,7 @@ def check_cache(model_dir: Path, texts: list[str], *, threads: int = 1) -> dict[
     same = plain.decision.decide(a).label_ids == cached.decision.decide(b).label_ids
     used = cached.prefix.rows_matching(cached.encoder.encode(texts).ids)
     return {
+        "prefix_tokens": cached.prefix.length,  # encoded once at load
         "rows": len(texts),
         "rows_cached": int(used.sum()),  # the others run whole (their prefix was cut)
         "answer_agreement_vs_uncached": float(same.mean()) if len(same) else 1.0,

@@ -99,4 +99,6 @@ def test_served_answers_with_the_cache_are_the_runs(cached_model, service_app):
         response = client.post("/classify", json={"texts": texts})
         assert response.status_code == 200, response.text
         served = [p["label"] for p in response.json()["predictions"]]
+        facts = client.get("/models").json()["models"][0]
+    assert facts["prefix_cache_tokens"] == Manifest.read(model_dir).prefix_cache["prefix_tokens"]
     assert served == [a["label"] for a in read_predictions(run)]
