@@ -150,6 +150,61 @@ def _files(model_dir: Path) -> tuple[dict[str, str], dict[str, int]]:
     )
 
 
+def _build_variant(
+    variant: str,
+    partial: Path,
+    src: MultitaskSource,
+    run_dir: Path,
+    fp32_dir: Path,
+    parent: dict[str, np.ndarray] | None,
+    gate_kw: dict[str, Any],
+    force: bool,
+) -> tuple[Manifest, dict[str, np.ndarray]]:
+    """Write one variant's graph and manifest into `partial` and check every task on it."""
+    from export.onnx_export import export_onnx  # that module dispatches multi-task runs here
+
+    start = time.perf_counter()
+    hf_files.write_tokenizer_files(partial, src.tokenizer, src.preprocessing)
+    built: dict[str, Any] = {}
+    if variant == "fp32":
+        export_onnx(src.model, src.tokenizer, partial / MODEL_NAME, src.config.max_length)
+    else:
+        built = variants_mod.quantize_int8_dynamic(fp32_dir / MODEL_NAME, partial / MODEL_NAME)
+    files, sizes = _files(partial)
+    manifest = Manifest(
+        name=partial.name.removesuffix(".partial"),
+        family="causal_lm",
+        head="label_words",
+        base_model=src.config.base_model,
+        labels=src.words,
+        precision=PRECISION[variant],
+        variant=variant,
+        preprocessing=src.preprocessing,
+        decision=DecisionRule(labels=src.words),
+        tasks=[s.rule for s in src.splits],
+        dataset={"name": "+".join(s.rule.name for s in src.splits)},
+        source_run=str(run_dir.resolve()),
+        parameters=sum(p.numel() for p in src.model.parameters()),
+        files=files,
+        file_sizes=sizes,
+        quantization=built,
+    )
+    manifest.write(partial)  # the serving runtime that scores it reads it
+    export_seconds = round(time.perf_counter() - start, 1)
+    metrics, parity, verdict, logits = _check_tasks(partial, src, parent, gate_kw)
+    verdict["forced"] = force and not verdict["passed"]
+    manifest = dataclasses.replace(
+        manifest,
+        metrics={"export_seconds": export_seconds, **metrics},
+        parity=parity,
+        gate=verdict,
+        verified_on={"cpu": True, "gpu": False},
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    manifest.write(partial)
+    return manifest, logits
+
+
 def export_multitask(
     run_dir: Path | str,
     out_dir: Path | str,
@@ -162,9 +217,7 @@ def export_multitask(
     min_agreement: float = gate.MIN_AGREEMENT,
 ) -> tuple[list[Path], list[Path], list[str], list[str]]:
     """Write `<out_dir>/<run name>-<variant>/` per variant that passes every task's gate:
-    (accepted, refused, messages, registered tags)."""
-    from export.onnx_export import export_onnx  # that module dispatches multi-task runs here
-
+    (accepted, refused, messages, registered tags). A refused one goes to `refused/`."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     wanted = parse_variants(tuple(variants))
     if unsupported := [v for v in wanted if v not in MULTITASK_VARIANTS]:
@@ -184,71 +237,34 @@ def export_multitask(
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         try:
-            start = time.perf_counter()
-            hf_files.write_tokenizer_files(partial, src.tokenizer, src.preprocessing)
-            built: dict[str, Any] = {}
-            if variant == "fp32":
-                export_onnx(src.model, src.tokenizer, partial / MODEL_NAME, src.config.max_length)
-            else:
-                built = variants_mod.quantize_int8_dynamic(
-                    fp32_dir / MODEL_NAME, partial / MODEL_NAME
-                )
-            files, sizes = _files(partial)
-            manifest = Manifest(
-                name=target.name,
-                family="causal_lm",
-                head="label_words",
-                base_model=src.config.base_model,
-                labels=src.words,
-                precision=PRECISION[variant],
-                variant=variant,
-                preprocessing=src.preprocessing,
-                decision=DecisionRule(labels=src.words),
-                tasks=[s.rule for s in src.splits],
-                dataset={"name": "+".join(s.rule.name for s in src.splits)},
-                source_run=str(run_dir.resolve()),
-                parameters=sum(p.numel() for p in src.model.parameters()),
-                files=files,
-                file_sizes=sizes,
-                quantization=built,
+            manifest, logits = _build_variant(
+                variant, partial, src, run_dir, fp32_dir, parent, gate_kw, force
             )
-            manifest.write(partial)
-            export_seconds = round(time.perf_counter() - start, 1)
-            metrics, parity, verdict, logits = _check_tasks(partial, src, parent, gate_kw)
-            verdict["forced"] = force and not verdict["passed"]
-            manifest = dataclasses.replace(
-                manifest,
-                metrics={"export_seconds": export_seconds, **metrics},
-                parity=parity,
-                gate=verdict,
-                verified_on={"cpu": True, "gpu": False},
-                created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            )
-            manifest.write(partial)
-        except BaseException:
+        except BaseException:  # nothing half-written stays behind
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        keep = verdict["passed"] or force
+        keep = manifest.gate["passed"] or force
         destination = target if keep else out_dir / "refused" / target.name
         shutil.rmtree(destination, ignore_errors=True)
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial.rename(destination)
+        reasons = "; ".join(manifest.gate["reasons"])
         if variant == "fp32":
             parent = logits
             if not keep:
                 raise ValueError(
-                    f"{target.name}: the fp32 graph does not match torch "
-                    f"({'; '.join(verdict['reasons'])}); kept in {destination}"
+                    f"{target.name}: the fp32 graph does not match torch ({reasons}); "
+                    f"kept in {destination}"
                 )
         if keep:
             accepted.append(destination)
-        else:
-            refused.append(destination)
-            messages.append(
-                f"{target.name} refused by the accuracy gate: {'; '.join(verdict['reasons'])}. "
-                "It was kept aside, not registered; pass --force to keep it anyway"
-            )
-            log.warning("%s", messages[-1])
+            continue
+        refused.append(destination)
+        messages.append(
+            f"{target.name} refused by the accuracy gate: {reasons}. It was kept aside, not "
+            "registered; pass --force to keep it anyway"
+        )
+        log.warning("%s", messages[-1])
     if "fp32" not in wanted and fp32_dir in accepted:
         shutil.rmtree(fp32_dir, ignore_errors=True)
         accepted.remove(fp32_dir)
