@@ -98,6 +98,9 @@ def measure(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for shots in args.shots:
         model_dir = args.out / "models" / f"{_name(shots)}-fp32"
+        if not (model_dir / "manifest.json").is_file():
+            print(f"| {2 * shots} | not prepared: run `prepare --shots {shots}` first |")
+            continue
         record = Manifest.read(model_dir).prefix_cache
         plain = OnnxClassifier(model_dir, threads=args.threads, prefix_cache=False)
         cached = OnnxClassifier(model_dir, threads=args.threads)
