@@ -157,3 +157,25 @@ def test_the_task_field_is_checked(exported, service_app, tmp_path):
         assert plain.status_code == 200 and "task" not in plain.json()
         tei = client.post("/predict?model=multi-fp32", json={"inputs": "hi"})
         assert tei.status_code == 422 and "trec" in tei.json()["error"]  # TEI's Validation
+
+
+def test_int8_is_gated_per_task_against_fp32(exported, tmp_path):
+    from export.onnx_export import export_model
+
+    run, _ = exported
+    result = export_model(run, tmp_path, variants=["int8"], force=True)
+    (int8,) = result.accepted  # fp32 was built as its parent, then removed (not asked for)
+    manifest = Manifest.read(int8)
+    assert manifest.precision == "int8" and not (tmp_path / "multi-fp32").exists()
+    assert set(manifest.gate["tasks"]) == {"sst2", "trec"}
+    for task in ("sst2", "trec"):
+        assert 0.0 <= manifest.parity["tasks"][task]["label_agreement_vs_fp32"] <= 1.0
+
+
+def test_a_multitask_run_without_its_task_record_is_refused(tmp_path):
+    from export.onnx_export import export_model
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "tasks.json").write_text("[]")
+    with pytest.raises(ValueError, match="train it again"):
+        export_model(tmp_path / "old", tmp_path / "models")
