@@ -4,10 +4,11 @@ task, memory for all tasks served, and throughput and cost of a mixed stream.
 Three steps, each its own command (each fits a turn of the shared benchmark lock):
 
     python -m bench.multitask_serving train --out /tmp/mt --tasks sst2,trec,ag_news \\
-        --train-rows 400 --test-rows 1000          # SmolLM2 on every task, exported
+        --train-rows 300 --test-rows 500           # SmolLM2 on every task, exported
     python -m bench.multitask_serving encoders --out /tmp/mt --tasks sst2,trec,ag_news \\
-        --train-rows 400 --test-rows 1000          # one MiniLM per task, exported
-    python -m bench.multitask_serving measure --out /tmp/mt --tasks sst2,trec,ag_news
+        --train-rows 300 --test-rows 500           # one MiniLM per task, exported
+    python -m bench.multitask_serving measure --out /tmp/mt --tasks sst2,trec,ag_news \\
+        --users 4 --seconds 12 --rounds 3          # figures in docs/multitask.md
 
 `measure` serves each setup with `bentoml serve` (service/launch.py), one after the other and
 alternating (A B A B ...), and sends a mixed stream: each request is one test text of a task
