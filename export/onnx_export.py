@@ -316,6 +316,11 @@ def export_model(
         )
     src = _read_source(run_dir, parity_rows)
     record = src.record
+    if prefix_cache and (record.head != "label_words" or record.family != "causal_lm"):
+        raise ValueError(
+            f"{run_dir}: a prefix cache is for prompted causal label-word models; this run's "
+            f"head is {record.head!r} ({record.family})"
+        )
     base = dict(
         family=record.family,
         head=record.head,
