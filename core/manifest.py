@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from core.decision import DecisionError, DecisionRule
 from core.fields import read_json_object
-from core.preprocessing import Preprocessing, PreprocessingError
+from core.preprocessing import Preprocessing, PreprocessingError, fill_template
 
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.onnx"
@@ -63,6 +66,12 @@ class Manifest:
     # Where this file was checked: {"cpu": bool, "gpu": bool, "notes": [...]}.
     verified_on: dict[str, Any] = dataclasses.field(default_factory=dict)
     created_at: str = ""
+    # A multi-task model (TaskRule, below): each task's prompt, label words, logit columns and
+    # rule; `labels` are then every task's words. Empty for a model of one task.
+    tasks: list[TaskRule] = dataclasses.field(default_factory=list)
+    # A prompted label-word model with a cached prompt prefix (export/prefix_cache.py): the
+    # graph with past keys/values, and its check against the plain graph. Empty without one.
+    prefix_cache: dict[str, Any] = dataclasses.field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -74,6 +83,10 @@ class Manifest:
             raise ManifestError(f"manifest.labels must be >= 2 distinct names, got {self.labels!r}")
         if self.decision.labels != self.labels:
             raise ManifestError("manifest.decision.labels differ from manifest.labels")
+        try:
+            check_tasks(self.tasks, len(self.labels))
+        except TaskError as exc:
+            raise ManifestError(f"manifest.tasks: {exc}") from None
 
     # The contract's fields most readers need, under their old names.
     @property
@@ -130,13 +143,14 @@ class Manifest:
                     **data,
                     "preprocessing": Preprocessing.from_dict(data["preprocessing"]),
                     "decision": DecisionRule.from_dict(data["decision"]),
+                    "tasks": [TaskRule.from_dict(t) for t in data.get("tasks", [])],
                 }
             )
         except KeyError as exc:
             raise ManifestError(f"incomplete manifest: no {exc}; re-export the run") from None
         except TypeError as exc:  # a required key is missing
             raise ManifestError(f"incomplete manifest: {exc}") from exc
-        except (PreprocessingError, DecisionError) as exc:
+        except (PreprocessingError, DecisionError, TaskError) as exc:
             raise ManifestError(f"manifest: {exc}") from exc
 
     @classmethod
@@ -169,3 +183,78 @@ def verify_files(model_dir: Path, manifest: Manifest) -> None:
                 f"{path} has sha256 {actual[:12]}…, the manifest says {expected[:12]}…: "
                 "the file was altered or copied incompletely; re-export it"
             )
+
+
+# ---- multi-task models ----------------------------------------------------------------------
+# A multi-task causal LM (training/multitask.py) scores the union of every task's label WORDS
+# after the task's own prompt; each task then reads only its own words' logits and decides with
+# its own rule. Training writes one `TaskRule` per task into the run (`<run>/multitask.json`),
+# export copies them unchanged into the manifest, and the service applies them: the prompt
+# before the forward pass, the column selection and the decision after it. So one graph serves
+# every task, and a batch may mix tasks (rows are told apart only after the graph ran).
+
+MULTITASK_NAME = "multitask.json"  # in a multi-task run: {"tasks": [TaskRule, ...]}
+
+
+class TaskError(ValueError):
+    """A task record that cannot be applied; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TaskRule:
+    name: str  # how clients select the task, e.g. "sst2"
+    prompt_template: str  # "Review: {text}\nSentiment:"
+    label_words: dict[str, str]  # the task's label name -> its word, e.g. {"positive": " good"}
+    columns: list[int]  # the model's logit index of each label's word, in decision.labels order
+    decision: DecisionRule  # over the task's own labels
+    dataset: dict[str, Any] = dataclasses.field(default_factory=dict)  # core.data.DataSource
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise TaskError("task name must be non-empty")
+        if "{text}" not in self.prompt_template:
+            raise TaskError(f"task {self.name!r}: prompt_template must contain '{{text}}'")
+        if len(self.columns) != len(self.decision.labels):
+            raise TaskError(
+                f"task {self.name!r}: {len(self.columns)} columns for "
+                f"{len(self.decision.labels)} labels"
+            )
+        if sorted(self.label_words) != sorted(self.decision.labels):
+            raise TaskError(f"task {self.name!r}: label_words do not name its labels")
+
+    @property
+    def labels(self) -> list[str]:
+        return self.decision.labels
+
+    def prompts(self, texts: Sequence[str]) -> list[str]:
+        """The strings the model reads: each text in this task's prompt."""
+        return fill_template(self.prompt_template, texts)
+
+    def select(self, logits: np.ndarray) -> np.ndarray:
+        """(N, W) logits over every task's words -> (N, L) over this task's labels."""
+        return np.asarray(logits)[:, self.columns]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskRule:
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(data) - known):
+            raise TaskError(f"task record: unknown keys {unknown}")
+        try:
+            return cls(**{**data, "decision": DecisionRule.from_dict(data["decision"])})
+        except KeyError as exc:
+            raise TaskError(f"task record: no {exc}") from None
+        except (TypeError, DecisionError) as exc:
+            raise TaskError(f"task record: {exc}") from None
+
+
+def check_tasks(tasks: Sequence[TaskRule], width: int) -> None:
+    """Distinct names, and every column inside a (N, width) logits row."""
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise TaskError(f"task names must be distinct, got {names}")
+    for task in tasks:
+        if any(not 0 <= c < width for c in task.columns):
+            raise TaskError(f"task {task.name!r}: columns {task.columns} outside 0..{width - 1}")

@@ -16,6 +16,9 @@ Every directory also holds what the Hugging Face stack reads (export/hf_files.py
 tokenizer_config.json), so optimum's ORTModelForSequenceClassification and
 transformers.pipeline load it, and a model card (export/model_card.py) that says whether they
 give the served answers, as checked on test texts at export.
+
+A multi-task run (training/multitask.py) exports as one directory serving every task
+(export/multitask.py).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from core.data import Dataset, dataset_for
 from core.manifest import MANIFEST_NAME, MODEL_NAME, Manifest, sha256_of
 from core.preprocessing import TextEncoder
 from core.run_record import RunRecord, read_predictions
-from export import gate, hf_files, model_card
+from export import gate, hf_files, model_card, multitask
 from export import variants as variants_mod
 from export.scoring import Checked, Reference, check_variant
 from export.variants import PRECISION, parse_variants
@@ -123,10 +126,10 @@ class _Source:
 
 def _read_source(run_dir: Path, parity_rows: int) -> _Source:
     """The trained model, its contract and its test split, checked to be the run's own."""
-    if (run_dir / "tasks.json").is_file():
+    if (run_dir / "tasks.json").is_file():  # multi-task runs go to export/multitask.py
         raise ValueError(
-            f"{run_dir} is a multi-task run: a served model answers one task, so export one "
-            "run per task (train each task alone) to serve it"
+            f"{run_dir} is a multi-task run trained before task contracts were recorded "
+            "(no multitask.json): train it again to export it"
         )
     model, tokenizer, config, labels = load_run(run_dir)
     record = RunRecord.read(run_dir)
@@ -288,16 +291,36 @@ def export_model(
     min_agreement: float = gate.MIN_AGREEMENT,
     show_progress: bool = False,
     device: str = "auto",
+    prefix_cache: bool = False,
 ) -> ExportResult:
     """Write `<out_dir>/<run name>-<variant>/` for each variant that passes the gate.
     `show_progress`: bars for scoring the test split and for calibration. `device`: where the
     gate scores each variant (export/scoring.py `where_to_check`); `cuda` without a usable
-    CUDA provider is refused before anything is built."""
+    CUDA provider is refused before anything is built. `prefix_cache`: a prompted label-word
+    run's fp32 directory also gets the graph with past keys/values (export/prefix_cache.py)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     devices.resolve(device)  # `cuda` that cannot run here: one line now, not after the build
     wanted = parse_variants(tuple(variants))
+    if multitask.is_multitask_run(run_dir):  # one model dir serving every task
+        return ExportResult(
+            *multitask.export_multitask(
+                run_dir,
+                out_dir,
+                variants=wanted,
+                parity_rows=parity_rows,
+                force=force,
+                register=register,
+                max_accuracy_drop=max_accuracy_drop,
+                min_agreement=min_agreement,
+            )
+        )
     src = _read_source(run_dir, parity_rows)
     record = src.record
+    if prefix_cache and (record.head != "label_words" or record.family != "causal_lm"):
+        raise ValueError(
+            f"{run_dir}: a prefix cache is for prompted causal label-word models; this run's "
+            f"head is {record.head!r} ({record.family})"
+        )
     base = dict(
         family=record.family,
         head=record.head,
@@ -365,6 +388,10 @@ def export_model(
             shutil.rmtree(partial, ignore_errors=True)
         raise
 
+    if prefix_cache and fp32_dir in accepted:  # before registering: the store copies it
+        from export.prefix_cache import add_prefix_cache
+
+        add_prefix_cache(fp32_dir, src.model, src.dataset.test.texts)
     if "fp32" not in wanted and fp32_dir in accepted:
         shutil.rmtree(fp32_dir, ignore_errors=True)
         accepted.remove(fp32_dir)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 from starlette.responses import JSONResponse
 
+from core.manifest import TaskRule
 from service.batching import ModelFailed, Overloaded
 from service.models import LoadedModel
 
@@ -57,11 +58,41 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def check_threshold(value: Any, model: LoadedModel) -> dict[str, Any]:
+def check_task(value: Any, loaded: LoadedModel) -> TaskRule | None:
+    """The task a request asks of a multi-task model (400 naming its tasks when missing or
+    unknown); None for a model of one task, which refuses the field rather than ignore it
+    (a client that names a task expects that task's labels)."""
+    tasks = loaded.classifier.tasks
+    if not tasks:
+        if value is None:
+            return None
+        raise ClientError(
+            400,
+            f"model {loaded.name!r} serves one task and takes no 'task' field: omit it, or "
+            "send it to a multi-task model",
+            "task",
+        )
+    if value is None:
+        raise ClientError(
+            400,
+            f"model {loaded.name!r} serves several tasks: send 'task', one of {list(tasks)}",
+            "task",
+        )
+    if not isinstance(value, str) or value not in tasks:
+        raise ClientError(
+            400,
+            f"unknown task {shorten(repr(value))} for model {loaded.name!r}: use one of "
+            f"{list(tasks)}",
+            "task",
+        )
+    return tasks[value]
+
+
+def check_threshold(value: Any, model: LoadedModel, task: TaskRule | None = None) -> dict[str, Any]:
     """This request's thresholds for `DecisionRule.decide`: per-label sigmoid thresholds of a
     multi-label model, or the rejection threshold of an out-of-scope model; {} for the
     manifest's own."""
-    rule = model.classifier.decision
+    rule = task.decision if task is not None else model.classifier.decision
     if value is None:
         return {}
     if rule.rejects:
@@ -102,8 +133,10 @@ def check_threshold(value: Any, model: LoadedModel) -> dict[str, Any]:
     return {"thresholds": thresholds}
 
 
-def check_top_k(value: Any, loaded: LoadedModel, field: str = "top_k") -> int | None:
-    n = len(loaded.classifier.labels)
+def check_top_k(
+    value: Any, loaded: LoadedModel, field: str = "top_k", task: TaskRule | None = None
+) -> int | None:
+    n = len(task.labels if task is not None else loaded.classifier.labels)
     if value is not None and (
         not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= n
     ):
@@ -120,19 +153,22 @@ class ClassifyShape:
     threshold: Any = None
     return_logits: Any = False
     truncate: Any = True
+    task: Any = None  # multi-task models: the task whose prompt, labels and rule answer
     route: str = "/classify"
     texts_field: str = "texts"
 
     def options(self, loaded: LoadedModel) -> dict[str, Any]:
-        top_k = check_top_k(self.top_k, loaded)
+        task = check_task(self.task, loaded)
+        top_k = check_top_k(self.top_k, loaded, task=task)
         for flag in ("return_logits", "truncate"):
             if not isinstance(getattr(self, flag), bool):
                 raise ClientError(400, f"{flag} must be true or false", flag)
         return {
             "top_k": top_k,
-            "thresholds": check_threshold(self.threshold, loaded),
+            "thresholds": check_threshold(self.threshold, loaded, task),
             "return_logits": self.return_logits,
             "truncate": self.truncate,
+            "task": task,
         }
 
     def answer(self, loaded: LoadedModel, body: dict[str, Any]) -> JSONResponse:
@@ -152,8 +188,13 @@ def render(
     loaded: LoadedModel, logits: np.ndarray, truncated: np.ndarray, options: dict[str, Any]
 ) -> dict[str, Any]:
     """The response body: the manifest's decision rule (the one training evaluated with)
-    applied to the batch's logits, with this request's threshold if it gave one."""
+    applied to the batch's logits, with this request's threshold if it gave one. A
+    multi-task model's logits cover every task's words: the request's task keeps its own
+    columns and decides with its own rule."""
+    task: TaskRule | None = options.get("task")
     rule = loaded.classifier.decision
+    if task is not None:
+        logits, rule = task.select(logits), task.decision
     labels = rule.labels
     decisions = rule.decide(logits, **options["thresholds"])
     top_k = options["top_k"]
@@ -172,4 +213,7 @@ def render(
         if options["return_logits"]:
             prediction["logits"] = {labels[j]: float(row_logits[j]) for j in order}
         predictions.append(prediction)
-    return {"model": loaded.name, "version": loaded.version, "predictions": predictions}
+    body: dict[str, Any] = {"model": loaded.name, "version": loaded.version}
+    if task is not None:
+        body["task"] = task.name
+    return body | {"predictions": predictions}

@@ -106,6 +106,12 @@ class LoadedModel:
             "accuracy": m.metrics.get("accuracy"),
             "source_run": m.source_run,
             "created_at": m.created_at,
+            # Prompted label-word models: tokens of the prompt prefix encoded once at load.
+            "prefix_cache_tokens": prefix.length if (prefix := self.classifier.prefix) else None,
+            # Multi-task models: what each task answers with (`labels` above are its words).
+            "tasks": {
+                t.name: {"labels": t.labels, "prompt_template": t.prompt_template} for t in m.tasks
+            },
         }
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import onnxruntime as ort
 
 from core import devices
-from core.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, verify_files
+from core.manifest import MODEL_NAME, TOKENIZER_NAME, Manifest, TaskRule, verify_files
 from core.preprocessing import TextEncoder
+from service.prefix_cache import PrefixCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,13 +65,19 @@ class OnnxClassifier:
         verify: bool = True,
         spinning: bool = False,
         device: str = "cpu",
+        prefix_cache: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = Manifest.read(self.model_dir)
         if verify:
             verify_files(self.model_dir, self.manifest)
+        # A prompted label-word model with a cached prefix runs the graph with past inputs
+        # instead of the plain one (one session either way); `prefix_cache=False` runs the
+        # plain graph, which the export gate judged.
+        cached = prefix_cache and bool(self.manifest.prefix_cache)
+        graph = self.manifest.prefix_cache["graph"] if cached else MODEL_NAME
         self.session = make_session(
-            self.model_dir / MODEL_NAME, threads, spinning=spinning, device=device
+            self.model_dir / graph, threads, spinning=spinning, device=device
         )
         # Where it really runs: the session, not the setting, is the truth (core/devices.py).
         self.device = "cuda" if self.session.get_providers()[0] == devices.CUDA_PROVIDER else "cpu"
@@ -79,6 +86,13 @@ class OnnxClassifier:
             self.model_dir / TOKENIZER_NAME, self.manifest.preprocessing
         )
         self.decision = self.manifest.decision
+        # Multi-task models (core/manifest.py's TaskRule): name -> prompt, columns, rule.
+        self.tasks: dict[str, TaskRule] = {t.name: t for t in self.manifest.tasks}
+        self.prefix = (
+            PrefixCache(self.session, self.encoder, self.model_dir / TOKENIZER_NAME)
+            if cached
+            else None
+        )
 
     @property
     def name(self) -> str:
@@ -99,16 +113,40 @@ class OnnxClassifier:
         """The graph's input arrays for `texts`, right-padded to the longest."""
         return self._feeds(self.encoder.encode(texts).ids)
 
+    def _run(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """(B, num_labels) logits of token ids (full prompts); a cached prefix is skipped."""
+        if self.prefix is not None:
+            return self.prefix.logits(ids, len(self.labels))
+        (logits,) = self.session.run(["logits"], self._feeds(ids))
+        return logits
+
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """(B, num_labels) float32 logits."""
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        (logits,) = self.session.run(["logits"], self.encode(texts))
-        return logits
+        return self._run(self.encoder.encode(texts).ids)
 
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        decisions = self.decision.decide(self.logits(texts))
-        labels = self.labels
+    def task(self, name: str | None) -> TaskRule | None:
+        """The task `name` of a multi-task model (None for a model of one task); raises
+        ValueError naming the tasks when it is missing or unknown, or given to a model of
+        one task."""
+        if not self.tasks:
+            if name is not None:
+                raise ValueError(f"{self.name} serves one task: it takes no task ({name!r})")
+            return None
+        if name not in self.tasks:
+            raise ValueError(f"{self.name} serves tasks {list(self.tasks)}: name one, got {name!r}")
+        return self.tasks[name]
+
+    def predict(self, texts: Sequence[str], task: str | None = None) -> list[Prediction]:
+        """Answers for `texts`; a multi-task model needs the `task` they belong to."""
+        rule = self.task(task)
+        if rule is None:
+            logits, decision = self.logits(texts), self.decision
+        else:
+            logits, decision = rule.select(self.logits(rule.prompts(texts))), rule.decision
+        decisions = decision.decide(logits)
+        labels = decision.labels
         return [
             Prediction(
                 label=labels[int(best)],
@@ -157,7 +195,7 @@ class OnnxClassifier:
                 total += longest
                 end += 1
             idx = order[start:end]
-            (out[idx],) = self.session.run(["logits"], self._feeds([encoded.ids[i] for i in idx]))
+            out[idx] = self._run([encoded.ids[i] for i in idx])
             start = end
         return out, encoded.truncated
 

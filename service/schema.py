@@ -17,7 +17,7 @@ from service.answers import shorten
 from service.settings import Settings
 
 REQUEST_STATE_KEY = "smallcls_body_error"
-FIELDS = ("texts", "model", "top_k", "threshold", "return_logits", "truncate")
+FIELDS = ("texts", "model", "top_k", "threshold", "return_logits", "truncate", "task")
 
 
 def default_limits() -> dict[str, Any]:
@@ -52,6 +52,9 @@ class ClassifyResponse(BaseModel):
     version: str = Field(
         description="Its version: the BentoML store version, or the first 12 hex digits of "
         "model.onnx's sha256."
+    )
+    task: str | None = Field(
+        default=None, description="Multi-task models: the task that answered (its labels)."
     )
     predictions: list[Prediction] = Field(description="One per input text, in input order.")
 
@@ -91,6 +94,11 @@ class ClassifyRequest(bentoml.IODescriptor):
         default=True,
         description="Cut texts longer than the model's max_length tokens (default); false "
         "refuses them with 413.",
+    )
+    task: str | None = Field(
+        default=None,
+        description="Multi-task models (required there, refused elsewhere): the task whose "
+        "prompt, labels and decision rule answer, as GET /models lists them.",
     )
 
     @classmethod
@@ -157,6 +165,11 @@ class ClassifyRequest(bentoml.IODescriptor):
                     "description": fields["truncate"].description,
                     "type": "boolean",
                     "default": True,
+                },
+                "task": {
+                    "description": fields["task"].description,
+                    "type": "string",
+                    "nullable": True,
                 },
             },
         }

@@ -30,7 +30,15 @@ from starlette.routing import Route
 
 from core import devices
 from service import admission, bento_models, door, gateway, gc_pauses, tei
-from service.answers import ClassifyShape, ClientError, Shape, error_response, render, shorten
+from service.answers import (
+    ClassifyShape,
+    ClientError,
+    Shape,
+    check_task,
+    error_response,
+    render,
+    shorten,
+)
 from service.batching import InternalError, ModelFailed, Overloaded, Retired
 from service.bento_image import requirements_for, service_image
 from service.metrics import get_metrics
@@ -304,14 +312,17 @@ class Classifier:
         threshold: Any = None,
         return_logits: Any = False,
         truncate: Any = True,
+        task: Any = None,
         *,
         ctx: bentoml.Context,
     ) -> ClassifyResponse:
         """Classify one text or a list with one model.
 
         Body `{"texts": ["...", ...], "model": "<name>", "top_k": k, "threshold": t,
-        "return_logits": false, "truncate": true}`, all but `texts` optional. 200 →
-        `{"model", "version", "predictions": [{"label", "labels", "scores", "truncated"}]}`.
+        "return_logits": false, "truncate": true, "task": "<name>"}`, all but `texts`
+        optional (`task` is required by, and only accepted by, multi-task models). 200 →
+        `{"model", "version", "predictions": [{"label", "labels", "scores", "truncated"}]}`
+        (and `"task"` for a multi-task model).
         Errors answer `{"error": "<what to do>", "field": "<where>"}`: 400 bad body, field or
         value; 401 no or wrong token (when auth is on); 404 unknown model; 413 a text over the
         character limit, a text over max_length tokens with `truncate: false`, or a body over
@@ -319,7 +330,7 @@ class Classifier:
         seconds).
         """
         problem = getattr(ctx.request.state, REQUEST_STATE_KEY, None)
-        shape = ClassifyShape(top_k, threshold, return_logits, truncate)
+        shape = ClassifyShape(top_k, threshold, return_logits, truncate, task)
         response = await self.serve(shape, model, texts, ClientError(*problem) if problem else None)
         # With a ctx parameter BentoML overwrites the status code with ctx's.
         ctx.response.status_code = response.status_code
@@ -365,6 +376,10 @@ class Classifier:
     ) -> dict[str, Any]:
         classifier = loaded.classifier
         max_length = classifier.manifest.max_length
+        # A multi-task model reads each text in its task's prompt (routes without a task
+        # field are refused by check_task); the batch may then mix tasks.
+        task = options.get("task") or check_task(None, loaded)
+        texts = task.prompts(texts) if task is not None else texts
         longest = 0
         # Counted only when needed: the batch reports truncation anyway, and counting costs
         # the event loop about 40 us per text.

@@ -6,6 +6,11 @@ label words after it, as in the label-word head. The label set is the union of t
 label WORDS (tasks that share a word, e.g. SST-2 and IMDB's " positive", share its row), so
 training is next-token cross-entropy over those words, as instruction tuning would do over the
 whole vocabulary. Each task is evaluated on its own words only.
+
+The run records each task's contract (core/manifest.py TaskRule: prompt, label words, logit columns,
+decision rule) in `<run>/multitask.json` with the joint preprocessing, and its answer for
+every test row in `<run>/tasks/<task>/test_predictions.jsonl`: export copies the contract into
+one manifest, and the served answers are checked against those predictions per task.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from transformers import set_seed
 
 from core.config import TrainConfig, to_dict
 from core.data import Dataset, Split, dataset_for
+from core.decision import DecisionRule
+from core.manifest import MULTITASK_NAME, TaskRule
 from core.metrics import classification_metrics
 from core.preprocessing import Preprocessing, TextEncoder
+from core.run_record import write_predictions
 from training import pretrained
 from training.evaluate import predict_logits
 from training.families import ModelSpec, build_classifier
@@ -48,6 +56,19 @@ def _prefill(tokenizer, split: Split, task: Task, config: TrainConfig) -> list[s
         max_length=config.max_length, truncation="tail", prompt_template=task.prompt_template
     )
     return TextEncoder(tokenizer.backend_tokenizer, preprocessing).prompts(split.texts)[0]
+
+
+def task_rule(task: Task, dataset: Dataset, words: list[str]) -> TaskRule:
+    """The task's contract: its prompt, its words' rows among the union `words`, and softmax
+    argmax over its own labels (as it is evaluated)."""
+    return TaskRule(
+        name=task.name,
+        prompt_template=task.prompt_template,
+        label_words={name: task.label_words[name] for name in dataset.label_names},
+        columns=[words.index(task.label_words[name]) for name in dataset.label_names],
+        decision=DecisionRule(labels=list(dataset.label_names)),
+        dataset=dataset.source.to_dict() if dataset.source else {"name": task.name},
+    )
 
 
 def train_multitask(
@@ -135,20 +156,37 @@ def train_multitask(
         )
         model.to(device)
         metrics: dict[str, Any] = {"train": budget, "tasks": {}}
+        rules: list[TaskRule] = []
         for task in tasks:
             dataset, _ = per_task[task.name]
-            columns = [words.index(task.label_words[name]) for name in dataset.label_names]
-            logits = predict_logits(
-                model,
-                encoder,
-                _prefill(tokenizer, dataset.test, task, config),
-                batch_size=config.eval_batch_size,
-            )[:, columns]  # the task's own words only
+            rule = task_rule(task, dataset, words)
+            logits = rule.select(
+                predict_logits(
+                    model,
+                    encoder,
+                    _prefill(tokenizer, dataset.test, task, config),
+                    batch_size=config.eval_batch_size,
+                )
+            )  # the task's own words only
+            decisions = rule.decision.decide(logits)
             result = classification_metrics(
-                dataset.label_ids(dataset.test), logits.argmax(-1).tolist(), dataset.label_names
+                dataset.label_ids(dataset.test),
+                decisions.label_ids.tolist(),
+                dataset.label_names,
             )
             log.info("%s %s: accuracy %.4f", config.name, task.name, result["accuracy"])
             metrics["tasks"][task.name] = {"test": result}
+            task_dir = run_dir / "tasks" / task.name
+            task_dir.mkdir(parents=True)
+            write_predictions(task_dir, rule.decision.answers(decisions))
+            rules.append(rule)
+        write_json(
+            run_dir / MULTITASK_NAME,
+            {
+                "preprocessing": encoder.preprocessing.to_dict(),
+                "tasks": [r.to_dict() for r in rules],
+            },
+        )
         write_json(run_dir / "metrics.json", metrics)
         write_json(run_dir / "environment.json", {**environment(), "device": device})
         model.to("cpu")
