@@ -180,8 +180,9 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
         help="headless Locust: one run, a load shape, or a sweep to the throughput at an SLO",
         description=(
             "Load-test models on a running service (--host, --model) or on model directories "
-            "served here on 127.0.0.1 (positional dirs, no --host). --sweep 1,2,4,8 runs each "
-            "step until p95 passes --slo-p95-ms; each model gets a directory of Locust CSVs, "
+            "served here on 127.0.0.1 (positional dirs, no --host). --sweep 1,2,4,8: the largest "
+            "step is a closed-loop probe, then open-loop arrival rates are bisected to the "
+            "throughput at --slo-p95-ms; each model gets a directory of Locust CSVs, "
             "HTML reports and JSON summaries. Options left out come from [tool.locust] in "
             "./pyproject.toml or ./locust.conf (users, run-time, batch, request-timeout, ...). "
             "--web opens Locust's web UI for one model instead."
@@ -223,7 +224,8 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
         type=_user_counts,
         default=None,
         metavar="N,N,...",
-        help="concurrency steps, e.g. 1,2,4,8,16: find the throughput at the SLO",
+        help="e.g. 1,2,4,8: find the throughput at the SLO (the largest is the closed-loop "
+        "probe before the rate search)",
     )
     p.add_argument("--slo-p95-ms", type=float, default=50.0, help="p95 latency target (ms)")
     p.add_argument(
