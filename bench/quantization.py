@@ -1,0 +1,216 @@
+"""Every int8 variant of a trained run: accuracy, agreement, gate, size and latency vs fp32.
+
+    flock /work/bench.lock python -m bench.quantization RUN_DIR [RUN_DIR ...] --out DIR
+
+For each run it exports every variant with the project's export code (forced, so that a
+refused file is still measured; the table shows the gate's verdict), adds the settings the
+recipes chose between (reduce_range and per-channel for the fused graph, accuracy levels for
+weight-only int8), and times every file against the unfused fp32 graph in one process:
+batch 1 over SST-2-length test texts and batch 16, rounds alternating between files, the
+ratio of medians reported. Writes `quantization.md` and `quantization.json` to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.manifest import MANIFEST_NAME, MODEL_NAME, TOKENIZER_NAME, Manifest
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("fp32", "fp32-opt", "int8", "int8-fused", "int8-smooth", "int8-w8", "int8-mixed")
+THREADS = 2
+LATENCY_TEXTS = 24  # test texts timed one at a time per round (batch 1)
+BATCH = 16
+
+
+@dataclasses.dataclass
+class Row:
+    model: str
+    variant: str
+    path: Path
+    accuracy: float
+    agreement: float
+    gate: str
+    size_mb: float
+    how: dict[str, Any]
+    ratio_b1: float = float("nan")
+    ratio_b16: float = float("nan")
+
+
+def _extra_files(fp32_dir: Path, out: Path, tag: str, build) -> Path:
+    """A directory like fp32's holding a model built by `build(src, dst)`; unverified
+    manifest (the bench scores it itself)."""
+    target = out / tag
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (TOKENIZER_NAME, MANIFEST_NAME):
+        (target / name).write_bytes((fp32_dir / name).read_bytes())
+    build(fp32_dir / MODEL_NAME, target / MODEL_NAME)
+    return target
+
+
+def _sweeps(fp32_dir: Path, out: Path, model_type: str) -> dict[str, tuple[Path, dict]]:
+    """The settings the recipes chose between, as extra rows."""
+    from export import int8_recipes
+    from export.variants import optimize_fp32
+
+    rows: dict[str, tuple[Path, dict]] = {}
+    fused = out / "fused.onnx"
+    optimize_fp32(fp32_dir / MODEL_NAME, fused, model_type=model_type)
+    for pc in (True, False):
+        for rr in (False, True):
+            tag = f"int8-fused-all pc={int(pc)} rr={int(rr)}"
+            how = {"per_channel": pc, "reduce_range": rr, "fp32_nodes": 0}
+
+            def quant(_src, dst, pc=pc, rr=rr):
+                int8_recipes.dynamic_int8(fused, dst, [], per_channel=pc, reduce_range=rr)
+
+            rows[tag] = (_extra_files(fp32_dir, out, tag.replace(" ", "_"), quant), how)
+    for level in (0, 1, 2, 4):
+        if level == int8_recipes.W8_ACCURACY_LEVEL:
+            continue  # the int8-w8 variant itself
+
+        def w8(src, dst, level=level):
+            int8_recipes.build_w8(src, dst, accuracy_level=level)
+
+        tag = f"int8-w8 level={level}"
+        rows[tag] = (_extra_files(fp32_dir, out, tag.replace(" ", "_"), w8), {"level": level})
+    return rows
+
+
+def _score(model_dir: Path, texts: list[str]) -> np.ndarray:
+    from service.runtime import OnnxClassifier
+
+    return OnnxClassifier(model_dir, threads=THREADS, verify=False).logits_batched(texts)
+
+
+def _latency(rows: list[Row], texts: list[str], rounds: int) -> None:
+    """Fill ratio_b1 / ratio_b16 against the first row (unfused fp32), alternating files."""
+    from service.runtime import OnnxClassifier
+
+    models = [OnnxClassifier(r.path, threads=THREADS, verify=False) for r in rows]
+    b1, b16 = [[] for _ in rows], [[] for _ in rows]
+    batch = texts[:BATCH]
+    for model in models:  # warm-up: first runs allocate
+        model.logits(texts[:1])
+        model.logits(batch)
+    for _ in range(rounds):
+        for i, model in enumerate(models):
+            start = time.perf_counter()
+            for text in texts[:LATENCY_TEXTS]:
+                model.logits([text])
+            b1[i].append((time.perf_counter() - start) / LATENCY_TEXTS)
+            start = time.perf_counter()
+            for _ in range(3):
+                model.logits(batch)
+            b16[i].append((time.perf_counter() - start) / 3)
+    base1, base16 = statistics.median(b1[0]), statistics.median(b16[0])
+    for row, t1, t16 in zip(rows, b1, b16, strict=True):
+        row.ratio_b1 = statistics.median(t1) / base1
+        row.ratio_b16 = statistics.median(t16) / base16
+        row.how["ms_b1"] = round(statistics.median(t1) * 1e3, 2)
+        row.how["ms_b16"] = round(statistics.median(t16) * 1e3, 2)
+
+
+def bench_run(run_dir: Path, out: Path, variants: tuple[str, ...], rounds: int) -> list[Row]:
+    from core.data import dataset_for
+    from export import gate
+    from export.onnx_export import export_model
+    from training.evaluate import gold
+    from training.run_dir import load_run
+
+    models = out / "models"
+    result = export_model(run_dir, models, variants=variants, force=True)
+    dirs = {Manifest.read(d).variant: d for d in result.accepted}
+    _, _, config, _ = load_run(run_dir)
+    dataset = dataset_for(config)
+    texts, y_true = dataset.test.texts, gold(dataset, dataset.test)
+    fp32 = Manifest.read(dirs["fp32"])
+    rows = []
+    for variant in variants:
+        m = Manifest.read(dirs[variant])
+        g = m.gate
+        rows.append(
+            Row(
+                model=config.name,
+                variant=variant,
+                path=dirs[variant],
+                accuracy=m.metrics["accuracy"],
+                agreement=g.get("agreement", 1.0) if variant != "fp32" else 1.0,
+                gate="passed" if g["passed"] else "refused: " + "; ".join(g["reasons"]),
+                size_mb=m.file_sizes[MODEL_NAME] / 1e6,
+                how=dict(m.quantization or m.optimization),
+            )
+        )
+    parent = _score(dirs["fp32"], texts)
+    model_type = json.loads((dirs["fp32"] / "config.json").read_text())["model_type"]
+    for tag, (path, how) in _sweeps(dirs["fp32"], out / "sweeps", model_type).items():
+        logits = _score(path, texts)
+        verdict = gate.check(logits, parent, y_true, rule=fp32.decision)
+        rows.append(
+            Row(
+                model=config.name,
+                variant=tag,
+                path=path,
+                accuracy=float(verdict.accuracy or 0.0),
+                agreement=verdict.agreement,
+                gate="passed" if verdict.passed else "refused: " + "; ".join(verdict.reasons),
+                size_mb=(path / MODEL_NAME).stat().st_size / 1e6,
+                how=how,
+            )
+        )
+    # SST-2-length inputs: the test texts themselves, in their order.
+    _latency(rows, texts[:LATENCY_TEXTS], rounds)
+    return rows
+
+
+def markdown(rows: list[Row]) -> str:
+    head = (
+        "| model | variant | accuracy | agreement vs fp32 | gate | size MB | b1 vs fp32 | "
+        "b16 vs fp32 | fp32 kept |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        f"| {r.model} | {r.variant} | {r.accuracy:.2%} | {r.agreement:.2%} | {r.gate} | "
+        f"{r.size_mb:.1f} | {r.ratio_b1:.2f}x | {r.ratio_b16:.2f}x | "
+        f"{r.how.get('fp32_nodes', '')} |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--scratch", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    variants = tuple(dict.fromkeys(["fp32", *args.variants]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    for run in args.runs:
+        scratch = Path(tempfile.mkdtemp(prefix=f"quant-{run.name}-", dir=args.scratch))
+        rows += bench_run(run.resolve(), scratch, variants, args.rounds)
+        table = markdown(rows)
+        print(table, flush=True)
+        (args.out / "quantization.md").write_text(table)
+        record = [{**dataclasses.asdict(r), "path": str(r.path)} for r in rows]
+        (args.out / "quantization.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
