@@ -123,7 +123,9 @@ def _latency(rows: list[Row], texts: list[str], rounds: int) -> None:
         row.how["ms_b16"] = round(statistics.median(t16) * 1e3, 2)
 
 
-def bench_run(run_dir: Path, out: Path, variants: tuple[str, ...], rounds: int) -> list[Row]:
+def bench_run(
+    run_dir: Path, out: Path, variants: tuple[str, ...], rounds: int, sweeps: bool = True
+) -> list[Row]:
     from core.data import dataset_for
     from export import gate
     from export.onnx_export import export_model
@@ -155,7 +157,8 @@ def bench_run(run_dir: Path, out: Path, variants: tuple[str, ...], rounds: int) 
         )
     parent = _score(dirs["fp32"], texts)
     model_type = json.loads((dirs["fp32"] / "config.json").read_text())["model_type"]
-    for tag, (path, how) in _sweeps(dirs["fp32"], out / "sweeps", model_type).items():
+    extra = _sweeps(dirs["fp32"], out / "sweeps", model_type) if sweeps else {}
+    for tag, (path, how) in extra.items():
         logits = _score(path, texts)
         verdict = gate.check(logits, parent, y_true, rule=fp32.decision)
         rows.append(
@@ -173,6 +176,10 @@ def bench_run(run_dir: Path, out: Path, variants: tuple[str, ...], rounds: int) 
     # SST-2-length inputs: the test texts themselves, in their order.
     _latency(rows, texts[:LATENCY_TEXTS], rounds)
     return rows
+
+
+def _read_rows(path: Path) -> list[Row]:
+    return [Row(**{**r, "path": Path(r["path"])}) for r in json.loads(path.read_text())]
 
 
 def markdown(rows: list[Row]) -> str:
@@ -196,6 +203,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--scratch", type=Path, default=None)
+    parser.add_argument(
+        "--no-sweeps", action="store_true", help="only the variants, not the settings swept"
+    )
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add to the table in --out (rows of the same model and variant are replaced), "
+        "so that one model can be measured in several shorter commands",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))

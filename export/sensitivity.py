@@ -171,7 +171,9 @@ def fewest_in_float(
         if high >= len(order):
             break  # even all in float fails (cannot happen unless the graph is odd)
         low, high = high, min(len(order), max(1, high * 2))
-    while high - low > 1 and tried[high] >= target:
+    # Bisect until within an eighth of the count: each step is a build (~20 s for SmolLM2)
+    # and one or two layers more in float cost little.
+    while high - low > max(1, high // 8) and tried[high] >= target:
         mid = (low + high) // 2
         if mid <= low or mid in tried:
             break
