@@ -178,6 +178,10 @@ def bench_run(
     return rows
 
 
+def _as_json(row: Row) -> dict[str, Any]:
+    return {**dataclasses.asdict(row), "path": str(row.path)}
+
+
 def _read_rows(path: Path) -> list[Row]:
     return [Row(**{**r, "path": Path(r["path"])}) for r in json.loads(path.read_text())]
 
@@ -198,7 +202,7 @@ def markdown(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="*", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--rounds", type=int, default=5)
@@ -212,20 +216,40 @@ def main(argv: list[str] | None = None) -> None:
         help="add to the table in --out (rows of the same model and variant are replaced), "
         "so that one model can be measured in several shorter commands",
     )
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, default=[], help="tables (json) to join into --out"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
     variants = tuple(dict.fromkeys(["fp32", *args.variants]))
     args.out.mkdir(parents=True, exist_ok=True)
-    rows: list[Row] = []
+    table_json = args.out / "quantization.json"
+    rows = _read_rows(table_json) if args.append and table_json.exists() else []
+    for other in args.merge:
+        rows += _read_rows(other)
     for run in args.runs:
         scratch = Path(tempfile.mkdtemp(prefix=f"quant-{run.name}-", dir=args.scratch))
-        rows += bench_run(run.resolve(), scratch, variants, args.rounds)
-        table = markdown(rows)
-        print(table, flush=True)
-        (args.out / "quantization.md").write_text(table)
-        record = [{**dataclasses.asdict(r), "path": str(r.path)} for r in rows]
-        (args.out / "quantization.json").write_text(json.dumps(record, indent=2) + "\n")
+        new = bench_run(run.resolve(), scratch, variants, args.rounds, not args.no_sweeps)
+        rows = _replace(rows, new)
+        print(markdown(rows), flush=True)
+        _write(rows, args.out)
+    _write(rows, args.out)
+
+
+def _replace(rows: list[Row], new: list[Row]) -> list[Row]:
+    """`rows` with `new` ones in place of those of the same model and variant; fp32, the
+    ratios' base measured again in every command, keeps its first row."""
+    keys = {(r.model, r.variant) for r in rows}
+    fresh = {(n.model, n.variant) for n in new if n.variant != "fp32"}
+    kept = [r for r in rows if (r.model, r.variant) not in fresh]
+    added = [n for n in new if n.variant != "fp32" or (n.model, "fp32") not in keys]
+    return sorted(kept + added, key=lambda r: (r.model, r.variant != "fp32"))
+
+
+def _write(rows: list[Row], out: Path) -> None:
+    (out / "quantization.md").write_text(markdown(rows))
+    (out / "quantization.json").write_text(json.dumps([_as_json(r) for r in rows], indent=2) + "\n")
 
 
 if __name__ == "__main__":
