@@ -62,8 +62,12 @@ def _constant_scale_of(model: onnx.ModelProto, tensor: str, size: int):
     return None
 
 
-def smooth(fp32_path: Path, out_path: Path, data: SearchData, alpha: float) -> dict[str, Any]:
-    """Write the smoothed fp32 graph (same function, outliers moved into weights)."""
+def smooth(
+    fp32_path: Path, out_path: Path, data: SearchData, alpha: float, *, fold_only: bool = False
+) -> dict[str, Any]:
+    """Write the smoothed fp32 graph (same function, outliers moved into weights).
+    `fold_only`: smooth only inputs whose s folds into a constant, inserting no Mul: a graph
+    to be fused afterwards keeps the patterns the fusions look for."""
     model = onnx.load(str(fp32_path))
     layers = weighted_layers(model)
     readers: dict[str, list[str]] = collections.defaultdict(list)
@@ -75,15 +79,18 @@ def smooth(fp32_path: Path, out_path: Path, data: SearchData, alpha: float) -> d
     consumers = collections.Counter(i for n in model.graph.node for i in n.input)
     folded = inserted = 0
     for x_name, names in readers.items():
+        fold = _constant_scale_of(model, x_name, peaks[x_name].shape[-1])
+        # Folding changes the producer's output for every reader: only when all are ours.
+        foldable = fold is not None and consumers[x_name] == len(names)
+        if fold_only and not foldable:
+            continue
         w_peak = np.max([np.abs(layers[n][1]).max(axis=1) for n in names], axis=0)  # (K,)
         s = peaks[x_name] ** alpha / np.maximum(w_peak, 1e-8) ** (1 - alpha)
         s = np.where(np.isfinite(s) & (s > MIN_SCALE), s, 1.0).astype(np.float32)
         for name in names:  # W' = diag(s) W; a weight shared by two readers is scaled once
             weight = inits[nodes[name].input[1]]
             weight.CopyFrom(numpy_helper.from_array(layers[name][1] * s[:, None], weight.name))
-        fold = _constant_scale_of(model, x_name, len(s))
-        # Folding changes the producer's output for every reader: only when all are ours.
-        if fold is not None and consumers[x_name] == len(names):
+        if foldable:
             for const in fold[1]:
                 value = numpy_helper.to_array(inits[const]) / s
                 inits[const].CopyFrom(numpy_helper.from_array(value.astype(np.float32), const))
@@ -98,7 +105,7 @@ def smooth(fp32_path: Path, out_path: Path, data: SearchData, alpha: float) -> d
         inserted += 1
     _topological_sort(model)
     onnx.save(model, str(out_path))
-    return {"alpha": alpha, "inputs_smoothed": len(readers), "folded": folded, "muls": inserted}
+    return {"alpha": alpha, "smoothed": folded + inserted, "folded": folded, "muls": inserted}
 
 
 def _topological_sort(model: onnx.ModelProto) -> None:
