@@ -59,15 +59,20 @@ def _extra_files(fp32_dir: Path, out: Path, tag: str, build) -> Path:
     return target
 
 
-def _sweeps(fp32_dir: Path, out: Path, model_type: str) -> dict[str, tuple[Path, dict]]:
-    """The settings the recipes chose between, as extra rows."""
+def _sweeps(
+    fp32_dir: Path, out: Path, model_type: str, which: tuple[str, ...]
+) -> dict[str, tuple[Path, dict]]:
+    """The settings the recipes chose between, as extra rows: `fused` (dynamic int8 of the
+    fused graph, every layer, per-channel and reduce_range on/off), `w8` (accuracy levels)."""
     from export import int8_recipes
     from export.variants import optimize_fp32
 
     rows: dict[str, tuple[Path, dict]] = {}
+    out.mkdir(parents=True, exist_ok=True)
     fused = out / "fused.onnx"
-    optimize_fp32(fp32_dir / MODEL_NAME, fused, model_type=model_type)
-    for pc in (True, False):
+    if "fused" in which:
+        optimize_fp32(fp32_dir / MODEL_NAME, fused, model_type=model_type)
+    for pc in (True, False) if "fused" in which else ():
         for rr in (False, True):
             tag = f"int8-fused-all pc={int(pc)} rr={int(rr)}"
             how = {"per_channel": pc, "reduce_range": rr, "fp32_nodes": 0}
@@ -76,7 +81,7 @@ def _sweeps(fp32_dir: Path, out: Path, model_type: str) -> dict[str, tuple[Path,
                 int8_recipes.dynamic_int8(fused, dst, [], per_channel=pc, reduce_range=rr)
 
             rows[tag] = (_extra_files(fp32_dir, out, tag.replace(" ", "_"), quant), how)
-    for level in (0, 1, 2, 4):
+    for level in (0, 1, 2, 4) if "w8" in which else ():
         if level == int8_recipes.W8_ACCURACY_LEVEL:
             continue  # the int8-w8 variant itself
 
@@ -129,7 +134,11 @@ def _latency(rows: list[Row], texts: list[str], rounds: int) -> None:
 
 
 def bench_run(
-    run_dir: Path, out: Path, variants: tuple[str, ...], rounds: int, sweeps: bool = True
+    run_dir: Path,
+    out: Path,
+    variants: tuple[str, ...],
+    rounds: int,
+    sweeps: tuple[str, ...] = ("fused", "w8"),
 ) -> list[Row]:
     from core.data import dataset_for
     from export import gate
@@ -162,7 +171,7 @@ def bench_run(
         )
     parent = _score(dirs["fp32"], texts)
     model_type = json.loads((dirs["fp32"] / "config.json").read_text())["model_type"]
-    extra = _sweeps(dirs["fp32"], out / "sweeps", model_type) if sweeps else {}
+    extra = _sweeps(dirs["fp32"], out / "sweeps", model_type, sweeps)
     for tag, (path, how) in extra.items():
         logits = _score(path, texts)
         verdict = gate.check(logits, parent, y_true, rule=fp32.decision)
@@ -213,7 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--scratch", type=Path, default=None)
     parser.add_argument(
-        "--no-sweeps", action="store_true", help="only the variants, not the settings swept"
+        "--sweeps",
+        nargs="*",
+        choices=("fused", "w8"),
+        default=["fused", "w8"],
+        help="settings swept besides the variants (none: --sweeps with no value)",
     )
     parser.add_argument(
         "--append",
@@ -235,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += _read_rows(other)
     for run in args.runs:
         scratch = Path(tempfile.mkdtemp(prefix=f"quant-{run.name}-", dir=args.scratch))
-        new = bench_run(run.resolve(), scratch, variants, args.rounds, not args.no_sweeps)
+        new = bench_run(run.resolve(), scratch, variants, args.rounds, tuple(args.sweeps))
         rows = _replace(rows, new)
         print(markdown(rows), flush=True)
         _write(rows, args.out)
