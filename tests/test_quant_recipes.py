@@ -254,4 +254,4 @@ def test_search_keeps_the_fewest_layers_that_reach_the_target(tmp_path, monkeypa
     )
     assert found["excluded"] == ["n0", "n1", "n2"] and found["fp32_nodes"] == 3
     assert built[-1] == ["n0", "n1", "n2"]
-    assert found["tried"] == {"0": 0.9, "1": 0.9, "2": 0.9, "3": 1.0, "4": 1.0}
+    assert found["tried"] == {"1": 0.9, "2": 0.9, "3": 1.0, "4": 1.0}  # 0: the caller's
