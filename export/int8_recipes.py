@@ -106,8 +106,9 @@ def searched_dynamic(source: Path, target: Path, data: SearchData, **kw: Any) ->
 
 
 def build_fused(source: Path, target: Path, data: SearchData) -> dict[str, Any]:
-    """Fuse, then dynamic int8 of the fused graph, with the candidate settings that agree
-    most on the selection texts: reduce_range on or off and, for graphs small enough that a
+    """Fuse, then dynamic int8 of the fused graph, with the first candidate setting that
+    agrees on the selection texts (else the one that agrees most): reduce_range off or on
+    and, for graphs small enough that a
     build takes a second, SmoothQuant smoothing of the fused graph's inputs at each alpha
     (BERT's LayerNorm output is also the residual, so s cannot fold into it; one Mul per
     input carries it, in front of Attention and the MLP). Short of the target, the fewest
@@ -137,6 +138,8 @@ def build_fused(source: Path, target: Path, data: SearchData) -> dict[str, Any]:
             log.info("int8-fused alpha %s reduce_range %s: %.4f", alpha, reduce_range, agreed)
             if best is None or agreed > best[0]:  # a tie keeps the simpler, earlier one
                 best = (agreed, alpha, reduce_range, how)
+            if agreed >= SELECTION_AGREEMENT:
+                break  # candidates run fastest first: smoothing adds a Mul per input
         assert best is not None
         _, alpha, reduce_range, how = best
         graph = fused if alpha is None else Path(tmp) / f"smoothed-{alpha}.onnx"
