@@ -31,7 +31,18 @@ SCHEMA_VERSION = 2
 Family = Literal["encoder", "extracted_encoder", "causal_lm"]
 Precision = Literal["fp32", "int8", "fp16"]
 # What `smallcls export --variants` can build, in build order (fp32 is every other's parent).
-VARIANTS = ("fp32", "fp32-opt", "int8", "int8-static", "fp16")
+VARIANTS = (
+    "fp32",
+    "fp32-opt",
+    "int8",
+    "int8-static",
+    "fp16",
+    # Measured int8 recipes (export/int8_recipes.py).
+    "int8-fused",
+    "int8-smooth",
+    "int8-w8",
+    "int8-mixed",
+)
 
 
 class ManifestError(ValueError):

@@ -41,8 +41,9 @@ from core.data import Dataset, dataset_for
 from core.manifest import MANIFEST_NAME, MODEL_NAME, Manifest, sha256_of
 from core.preprocessing import TextEncoder
 from core.run_record import RunRecord, read_predictions
-from export import gate, hf_files, model_card, multitask
+from export import gate, hf_files, int8_recipes, model_card, multitask
 from export import variants as variants_mod
+from export.int8_search import SearchData, selection_sample
 from export.scoring import Checked, Reference, check_variant
 from export.variants import PRECISION, parse_variants
 from service.runtime import OnnxClassifier
@@ -170,6 +171,8 @@ def _build(
         return variants_mod.optimize_fp32(source, target, model_type=model_type)
     if variant == "int8":
         return variants_mod.quantize_int8_dynamic(source, target)
+    if variant in int8_recipes.RECIPES:
+        return int8_recipes.build(variant, source, target, _search_data(src, fp32_dir, rows))
     if variant == "int8-static":
         encoder = OnnxClassifier(fp32_dir, threads=torch.get_num_threads())
         texts = calibration_sample(src.dataset.train.texts, rows, src.config.seed)
@@ -181,6 +184,20 @@ def _build(
             show_progress=show_progress,
         )
     return variants_mod.convert_fp16(source, target)
+
+
+def _search_data(src: _Source, fp32_dir: Path, rows: int) -> SearchData:
+    """Training and validation texts for the recipes that measure their settings."""
+    encoder = OnnxClassifier(fp32_dir, threads=torch.get_num_threads())
+    train, seed = src.dataset.train.texts, src.config.seed
+    return SearchData(
+        model_type=src.model.backbone.config.model_type,
+        calibration_texts=calibration_sample(train, rows, seed),
+        selection_texts=selection_sample(src.dataset.validation.texts, train, 400, seed),
+        encode=encoder.encode,
+        rule=src.record.decision,
+        threads=torch.get_num_threads(),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,10 @@ PRECISION = {
     "int8": "int8",
     "int8-static": "int8",
     "fp16": "fp16",
+    "int8-fused": "int8",
+    "int8-smooth": "int8",
+    "int8-w8": "int8",
+    "int8-mixed": "int8",
 }
 # Fused operators worth naming in the manifest (contrib ops made by ORT's optimizers).
 FUSED_OPS = (

@@ -110,8 +110,8 @@ def test_every_variant_matches_its_parent(exported, key):
     for variant, model_dir in dirs.items():
         m = Manifest.read(model_dir)
         assert m.variant == variant and m.name == f"{key}-{variant}"
-        assert m.precision == {"fp16": "fp16", "int8": "int8", "int8-static": "int8"}.get(
-            variant, "fp32"
+        assert m.precision == (
+            "fp16" if variant == "fp16" else "int8" if variant.startswith("int8") else "fp32"
         )
         assert m.file_sizes["model.onnx"] == (model_dir / "model.onnx").stat().st_size
         verify_files(model_dir, m)  # sha256 of every file
