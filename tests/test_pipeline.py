@@ -126,7 +126,9 @@ def test_compare_on_a_csv_end_to_end_with_three_families(tiny_dirs, tmp_path):
         assert {json.loads(line)["text"] for line in sent.read_text().splitlines()} <= carved_texts
     assert "report:" in result.stdout and "| enc-fp32" in result.stdout.replace("|  ", "| ")
 
-    live = re.compile(r"\[step \d+/\d+\] \d+(/\d+)? s: \d+ users, [\d.]+ req/s, .* p95 ")
+    live = re.compile(
+        r"\[(step|probe|point) \d+/\d+\] \d+(/\d+)? s: \d+ users, [\d.]+ req/s, .* p95 "
+    )
     assert not live.search(result.stderr)  # --quiet: no live load-test lines
 
     # Re-running reuses the complete runs instead of training again; without --quiet each
