@@ -102,6 +102,11 @@ def searched_dynamic(source: Path, target: Path, data: SearchData, **kw: Any) ->
         reference_logits=reference,
         ranking=ranking,
     )
+    if found.get("selection_agreement", 0.0) < agreed:
+        # The search stops within a few layers of its target and can end on a set that
+        # agrees less than none in float at all: then none in float is the better file.
+        dynamic_int8(source, target, [], **kw)
+        found = {"fp32_nodes": 0, "excluded": [], "selection_agreement": round(agreed, 4)}
     return {**head, "ranked_by": ranked_by, **found}
 
 
