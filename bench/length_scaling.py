@@ -1,6 +1,6 @@
 """How latency and throughput grow with input length: the curve that prices long texts.
 
-    python bench/length_scaling.py /work/artifacts/demo_output/models --out /tmp/length
+    python bench/length_scaling.py demo_output/models --out bench_out/length
     python bench/length_scaling.py MODEL_DIR [MODEL_DIR ...] --lengths 16,64,256 --batches 1,8
 
 Every model directory (or every one under a directory of them; `refused/` too with

@@ -1,6 +1,6 @@
 """Every int8 variant of a trained run: accuracy, agreement, gate, size and latency vs fp32.
 
-    flock /work/bench.lock python -m bench.quantization RUN_DIR [RUN_DIR ...] --out DIR
+    python -m bench.quantization RUN_DIR [RUN_DIR ...] --out DIR
 
 For each run it exports every variant with the project's export code (forced, so that a
 refused file is still measured; the table shows the gate's verdict), adds the settings the
