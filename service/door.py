@@ -23,13 +23,12 @@ returns, which is what BentoML's worker hands to uvicorn.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import logging
 from typing import Any
 
 from service import admission
-from service.gateway import TEI_PATHS, ASGIApp, Message, Receive, Scope, Send
+from service.gateway import TEI_PATHS, TIMER_CONTEXT, ASGIApp, Message, Receive, Scope, Send
 from service.metrics import get_metrics
 
 logger = logging.getLogger(__name__)
@@ -51,9 +50,6 @@ def _refusal(path: str) -> tuple[int, bytes]:
 
 # Built once: the refusal path allocates nothing it can avoid.
 _REFUSALS = {path: _refusal(path) for path in CLASSIFY_PATHS}
-
-
-_TIMER_CONTEXT = contextvars.Context()  # the deadline timers' context: empty, shared
 
 
 async def _answer(send: Send, status: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
@@ -110,7 +106,7 @@ class Door:
             started = True
             await send(message)
 
-        timer = asyncio.get_running_loop().call_later(timeout_s, expire, context=_TIMER_CONTEXT)
+        timer = asyncio.get_running_loop().call_later(timeout_s, expire, context=TIMER_CONTEXT)
         try:
             await self.app(scope, receive, tracking_send)
         except asyncio.CancelledError:

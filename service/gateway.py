@@ -121,7 +121,7 @@ class BodyTimeout(BodyRefused):
 # request's context (its OpenTelemetry span and everything that refers to) until the timer's
 # due time, cancelled or not: at hundreds of requests per second that kept ~20 objects per
 # request alive for body_timeout_s, and full garbage collections took 100-350 ms.
-_TIMER_CONTEXT = contextvars.Context()
+TIMER_CONTEXT = contextvars.Context()
 
 
 async def _receive_before(receive: Receive, deadline: float) -> Message:
@@ -135,7 +135,7 @@ async def _receive_before(receive: Receive, deadline: float) -> Message:
         fired = True
         task.cancel()
 
-    timer = asyncio.get_running_loop().call_at(deadline, expire, context=_TIMER_CONTEXT)
+    timer = asyncio.get_running_loop().call_at(deadline, expire, context=TIMER_CONTEXT)
     try:
         return await receive()
     except asyncio.CancelledError:
