@@ -57,7 +57,7 @@ def dynamic_int8(
     only the nodes `only` quantized)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from export.variants import quiet_root_logger
+    from export.variants import DYNAMIC_OPS, quiet_root_logger
 
     with quiet_root_logger():
         quantize_dynamic(
@@ -68,6 +68,7 @@ def dynamic_int8(
             reduce_range=reduce_range,
             nodes_to_exclude=list(excluded),
             nodes_to_quantize=only,
+            op_types_to_quantize=list(DYNAMIC_OPS),
             # Fused contrib ops (Attention, SkipLayerNormalization) defeat ONNX shape
             # inference, so the quantizer must be told their outputs are float.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},

@@ -118,6 +118,23 @@ def test_fused_int8_quantizes_the_fused_attention(runs):
     assert q["selection_agreement"] >= SELECTION_AGREEMENT
 
 
+@pytest.mark.parametrize("key", list(FAMILIES))
+def test_dynamic_int8_leaves_the_embedding_lookups_in_float(runs, key):
+    """Only products are quantized: a uint8 token table saves size, not time, and costs
+    answers. The lookups of every dynamic recipe read float tables."""
+    _, dirs, _ = runs[key]
+    for variant in ("int8-fused", "int8-smooth", "int8-mixed"):
+        counts = op_counts(dirs[variant] / "model.onnx")
+        assert counts["QEmbedLayerNormalization"] == 0, variant
+        model = onnx.load(str(dirs[variant] / "model.onnx"))
+        floats = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
+        lookups = [n for n in model.graph.node if n.op_type in ("Gather", "EmbedLayerNormalization")]
+        # Gather(table, ids); EmbedLayerNormalization(ids, segment ids, word table, ...)
+        tables = [n.input[0] if n.op_type == "Gather" else n.input[2] for n in lookups]
+        assert any(t in floats for t in tables), variant  # the token table
+        assert not any(t.endswith("_quantized") for t in tables), variant
+
+
 def test_weight_only_int8_has_no_float_weights_left(runs):
     for key in FAMILIES:
         _, dirs, _ = runs[key]
