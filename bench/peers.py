@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from service.launch import ServerProcess, free_port  # noqa: E402
 
-DEFAULT_MODEL = Path("/work/main/demo_output/models/minilm-int8")
-DEFAULT_RUN = Path("/work/main/demo_output/runs/minilm")
+DEFAULT_MODEL = Path("demo_output/models/minilm-int8")
+DEFAULT_RUN = Path("demo_output/runs/minilm")
 DEFAULT_INFINITY_PYTHON = ROOT / ".peer-venv" / "bin" / "python"
 
 Call = Callable[[str], Awaitable[None]]  # one request with one text; raises on failure

@@ -25,7 +25,8 @@ queue is in trouble only when its delay stays above a target for a whole interva
 
 While overloaded the batchers also serve the freshest requests first (adaptive LIFO, from the
 same article): a request at the back of an old backlog is likely already given up by its
-client, while a fresh one can still be answered in time.
+client, while a fresh one can still be answered in time. With it goes the article's short
+queue timeout: a text that waited `overload_max_wait_ms` is refused, not answered late.
 
 Written here rather than taken from a library: the decision needs this service's own queue
 (requests admitted and not yet in a batch, the model time per request of its batches) and
@@ -51,10 +52,15 @@ class AdmissionSettings:
     # How long the delay must stay above target before requests are refused, and how long
     # the door must go without refusing before it admits everything again. CoDel's default.
     interval_ms: float = 100.0
+    # While overloaded, a text queued this long is refused instead of answered late: the
+    # short queue timeout that goes with adaptive LIFO in "Fail at Scale". Freshest first
+    # would otherwise leave a few admitted requests behind newer ones until the backstop
+    # (max_latency_ms), and their answers, 100-200 ms late, made the accepted p99.
+    overload_max_wait_ms: float = 50.0
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        for field in ("target_ms", "interval_ms"):
+        for field in ("target_ms", "interval_ms", "overload_max_wait_ms"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"{field} must be > 0 ms, got {getattr(self, field)}")
 

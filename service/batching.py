@@ -215,6 +215,22 @@ class Batcher:
             self._observe.queue_changed(self.name, -taken)
         return jobs
 
+    def _refuse_late(self, jobs: list[_Job], enqueued_before: float, now: float) -> list[_Job]:
+        """`jobs` queued since `enqueued_before`; the older ones are answered 503 now."""
+        live: list[_Job] = []
+        for job in jobs:
+            if job.enqueued < enqueued_before:
+                job.future.set_exception(
+                    Overloaded(
+                        "queue_timeout",
+                        f"model {self.name!r} is overloaded: the text waited "
+                        f"{now - job.enqueued:.2f} s in its queue; retry shortly",
+                    )
+                )
+            else:
+                live.append(job)
+        return live
+
     async def _run_apart(self, jobs: list[_Job]) -> None:
         """After a failed batch, each request alone: a text the model cannot take fails only
         its own request, which is told which text it was; the others get their answers. When
@@ -272,24 +288,18 @@ class Batcher:
                 overloaded = self._admission is not None and self._admission.overloaded
                 now = time.perf_counter()
                 # Freshest first leaves the oldest behind: they are refused as soon as they
-                # are too old, not when (if ever) a batch takes them.
-                expired = self._take_expired(now - max_queue_s) if overloaded else []
+                # are too old, not when (if ever) a batch takes them; too old is much sooner
+                # under overload (the admission's short queue timeout).
+                max_wait_s = max_queue_s
+                if overloaded:
+                    short = self._admission.settings.overload_max_wait_ms / 1000
+                    max_wait_s = min(max_queue_s, short)
+                expired = self._take_expired(now - max_wait_s) if overloaded else []
                 jobs = self._take_batch(freshest_first=overloaded)
                 if jobs and self._admission is not None:
                     freshest = max(job.enqueued for job in jobs)
                     self._admission.batch_started(self, now - freshest, self._queued_texts, now)
-                live: list[_Job] = []
-                for job in [*expired, *jobs]:
-                    if now - job.enqueued > max_queue_s:
-                        job.future.set_exception(
-                            Overloaded(
-                                "queue_timeout",
-                                f"model {self.name!r} is overloaded: the text waited "
-                                f"{now - job.enqueued:.1f} s in its queue; retry shortly",
-                            )
-                        )
-                    else:
-                        live.append(job)
+                live = self._refuse_late([*expired, *jobs], now - max_wait_s, now)
                 if not live:
                     continue
                 texts = [t for job in live for t in job.texts]

@@ -40,6 +40,7 @@ ENV_ORT_SPINNING = "SMALLCLS_ORT_SPINNING"
 ENV_ADMISSION = "SMALLCLS_ADMISSION"
 ENV_QUEUE_TARGET_MS = "SMALLCLS_QUEUE_TARGET_MS"
 ENV_QUEUE_INTERVAL_MS = "SMALLCLS_QUEUE_INTERVAL_MS"
+ENV_OVERLOAD_MAX_WAIT_MS = "SMALLCLS_OVERLOAD_MAX_WAIT_MS"
 # Settings.models_origin when the models are the store models a Bento carries, named by
 # `bentoml build --arg models=...` (or `bentoml serve service.service:Classifier --arg ...`).
 ORIGIN_BENTO = "--arg models"
@@ -354,11 +355,19 @@ def admission_from_env(env: Mapping[str, str]) -> AdmissionSettings:
     default = AdmissionSettings()
     target = _non_negative_float(env, ENV_QUEUE_TARGET_MS, default.target_ms)
     interval = _non_negative_float(env, ENV_QUEUE_INTERVAL_MS, default.interval_ms)
-    for name, value in ((ENV_QUEUE_TARGET_MS, target), (ENV_QUEUE_INTERVAL_MS, interval)):
+    max_wait = _non_negative_float(env, ENV_OVERLOAD_MAX_WAIT_MS, default.overload_max_wait_ms)
+    for name, value in (
+        (ENV_QUEUE_TARGET_MS, target),
+        (ENV_QUEUE_INTERVAL_MS, interval),
+        (ENV_OVERLOAD_MAX_WAIT_MS, max_wait),
+    ):
         if value == 0:
             raise ValueError(f"{name} must be > 0 ms, got {value:g}")
     return AdmissionSettings(
-        target_ms=target, interval_ms=interval, enabled=_flag(env, ENV_ADMISSION, default.enabled)
+        target_ms=target,
+        interval_ms=interval,
+        overload_max_wait_ms=max_wait,
+        enabled=_flag(env, ENV_ADMISSION, default.enabled),
     )
 
 

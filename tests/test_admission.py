@@ -147,6 +147,10 @@ def test_settings_read_from_the_environment() -> None:
     assert got == AdmissionSettings(target_ms=30, interval_ms=100, enabled=False)
     with pytest.raises(ValueError, match="SMALLCLS_QUEUE_INTERVAL_MS"):
         admission_from_env({"SMALLCLS_QUEUE_INTERVAL_MS": "0"})
+    got = admission_from_env({"SMALLCLS_OVERLOAD_MAX_WAIT_MS": "40"})
+    assert got.overload_max_wait_ms == 40
+    with pytest.raises(ValueError, match="SMALLCLS_OVERLOAD_MAX_WAIT_MS"):
+        admission_from_env({"SMALLCLS_OVERLOAD_MAX_WAIT_MS": "0"})
     settings = Settings.from_env({"SMALLCLS_MODELS": "/m", "SMALLCLS_QUEUE_TARGET_MS": "15"})
     assert settings.admission.target_ms == 15
 
@@ -312,47 +316,76 @@ def test_gc_pauses_are_measured_and_reported_outside_the_collector() -> None:
     assert registry.get_sample_value("pause_seconds_count", {"generation": "2"}) >= 1
 
 
-def test_freshest_first_refuses_the_old_ones_left_behind_once_too_old() -> None:
-    import threading
+class StepModel:
+    """Each call blocks until its own gate opens."""
 
-    from service.batching import Overloaded
+    def __init__(self) -> None:
+        import threading
 
-    class StepModel:
-        """Each call blocks until its own gate opens."""
+        self.calls: list[list[str]] = []
+        self.gates = [threading.Event() for _ in range(4)]
 
-        def __init__(self) -> None:
-            self.calls: list[list[str]] = []
-            self.gates = [threading.Event() for _ in range(4)]
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        self.gates[len(self.calls) - 1].wait(5)
+        return np.zeros((len(texts), 2), dtype=np.float32)
 
-        def __call__(self, texts: list[str]) -> np.ndarray:
-            self.calls.append(list(texts))
-            self.gates[len(self.calls) - 1].wait(5)
-            return np.zeros((len(texts), 2), dtype=np.float32)
 
-    async def main() -> None:
-        control = AdmissionControl()
+def _left_behind(settings: BatchingSettings, control: AdmissionControl, overloaded: bool):
+    """One request left 80 ms in the queue while a batch runs, then two fresh ones; returns
+    the old request's task, whether it was answered while the next batch ran, and the
+    model's calls once all are done."""
+
+    async def main():
         model = StepModel()
-        settings = BatchingSettings(max_batch_size=2, max_latency_ms=50)
         batcher = Batcher("m", model, settings, admission=control)
         first = asyncio.ensure_future(batcher.submit(["a"]))
         await _until(lambda: len(model.calls) == 1)
         old = asyncio.ensure_future(batcher.submit(["b"]))
-        await asyncio.sleep(0.08)  # b is now older than max_latency_ms
+        await asyncio.sleep(0.08)
         fresh = [asyncio.ensure_future(batcher.submit([t])) for t in ("c", "d")]
         await asyncio.sleep(0.01)
-        control.overloaded = True
+        control.overloaded = overloaded
         model.gates[0].set()
-        await _until(lambda: len(model.calls) == 2)  # the freshest batch is running...
-        await _until(old.done)  # ...and the old request is already answered
-        with pytest.raises(Overloaded):
-            old.result()
-        assert model.calls == [["a"], ["d", "c"]]
-        model.gates[1].set()
-        await asyncio.gather(first, *fresh)
+        await _until(lambda: len(model.calls) == 2)  # the next batch is running...
+        await asyncio.sleep(0.02)
+        early = old.done()  # ...and the old request may already be answered
+        for gate in model.gates[1:]:
+            gate.set()
+        await asyncio.gather(first, *fresh, old, return_exceptions=True)
         assert batcher.queued_texts == 0
         batcher.close()
+        return old, early, model.calls
 
-    asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_freshest_first_refuses_the_old_ones_left_behind_once_too_old() -> None:
+    from service.batching import Overloaded
+
+    settings = BatchingSettings(max_batch_size=2, max_latency_ms=50)
+    old, early, calls = _left_behind(settings, AdmissionControl(), overloaded=True)
+    with pytest.raises(Overloaded):
+        old.result()
+    assert early and calls == [["a"], ["d", "c"]]
+
+
+def test_under_overload_the_queue_timeout_is_the_short_one() -> None:
+    """max_latency_ms allows a second, but while overloaded a text queued longer than
+    overload_max_wait_ms is refused; out of overload the same wait is answered."""
+    from service.batching import Overloaded
+
+    settings = BatchingSettings(max_batch_size=2, max_latency_ms=1000)
+    short = AdmissionSettings(overload_max_wait_ms=50)
+    old, early, calls = _left_behind(settings, AdmissionControl(short), overloaded=True)
+    with pytest.raises(Overloaded, match="waited"):
+        old.result()
+    assert early and calls == [["a"], ["d", "c"]]
+    old, _, calls = _left_behind(settings, AdmissionControl(short), overloaded=False)
+    assert old.result() is not None and calls == [["a"], ["b", "c"], ["d"]]
+    long = AdmissionSettings(overload_max_wait_ms=500)
+    old, early, calls = _left_behind(settings, AdmissionControl(long), overloaded=True)
+    assert old.result() is not None and not early and calls == [["a"], ["d", "c"], ["b"]]
 
 
 # ---- the door's deadline ------------------------------------------------------------------
