@@ -82,9 +82,7 @@ async def request(app, body: bytes) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--model", type=Path, default=Path("demo_output/models/minilm-int8")
-    )
+    parser.add_argument("--model", type=Path, default=Path("demo_output/models/minilm-int8"))
     parser.add_argument("--texts", type=Path, default=ROOT / "data/sst2/test.jsonl")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)

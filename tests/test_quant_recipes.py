@@ -128,7 +128,8 @@ def test_dynamic_int8_leaves_the_embedding_lookups_in_float(runs, key):
         assert counts["QEmbedLayerNormalization"] == 0, variant
         model = onnx.load(str(dirs[variant] / "model.onnx"))
         floats = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
-        lookups = [n for n in model.graph.node if n.op_type in ("Gather", "EmbedLayerNormalization")]
+        lookup_ops = ("Gather", "EmbedLayerNormalization")
+        lookups = [n for n in model.graph.node if n.op_type in lookup_ops]
         # Gather(table, ids); EmbedLayerNormalization(ids, segment ids, word table, ...)
         tables = [n.input[0] if n.op_type == "Gather" else n.input[2] for n in lookups]
         assert any(t in floats for t in tables), variant  # the token table
