@@ -300,7 +300,7 @@ def measure(args: argparse.Namespace) -> MultitaskMeasure:
         seconds_per_round=args.seconds,
         warmup_seconds=args.warmup_s,
         rounds=args.rounds,
-        command=args.command,
+        command=getattr(args, "command", None) or shlex.join(sys.argv),  # set by main()
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
     path = record.write(args.out)
