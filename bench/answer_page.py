@@ -17,7 +17,8 @@ run one dataset per command with the same `--out`, then `--page-only` with all o
 The training, export, serving and load tests are `smallcls compare`'s own
 (smallcls/compare.py, smallcls/demo.py). Each dataset's output is `<out>/<dataset>/` as
 `compare --out` writes it, so a complete run is reused when the benchmark is started again,
-and `smallcls report --from <out>/<dataset> ...` redraws the page.
+and `smallcls report --from <out>/<dataset> ...` redraws the page. `--multitask
+<mt>/multitask_measure.json` adds one multi-task model against one encoder per task.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def run(args: argparse.Namespace) -> Path:
         timings[dataset] = time.perf_counter() - began
         echo(f"done in {timings[dataset]:.0f} s")
     groups = [group_from_output(out / d) for d in datasets]
-    result = build_answer_page(groups, out / "page", latency_targets=args.latency_targets)
+    result = build_answer_page(groups, out / "page", latency_targets=args.latency_targets,
+                               multitask=args.multitask)  # fmt: skip
     timings["total"] = time.perf_counter() - start
     if not args.page_only:  # a page alone measured nothing
         _save_timings(out, args.budget, budget, timings)
@@ -202,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         "--page-only",
         action="store_true",
         help="only the page, from the datasets' outputs already under --out",
+    )
+    parser.add_argument(
+        "--multitask",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a multitask_measure.json (bench/multitask_serving.py measure) for the page's "
+        "section 'One model for many tasks'",
     )
     args = parser.parse_args(argv)  # fmt: skip
     run(args)

@@ -15,9 +15,12 @@ alternating (A B A B ...), and sends a mixed stream: each request is one test te
 drawn at random (seeded), with `"task"` for the multi-task model, or to that task's own model.
 It reports the median over rounds of texts/s, p50/p95 latency, the server's resident memory
 (its process tree, after the stream) and $ per million at that rate on the price table's
-measured instance (reports/cost.py). A closed loop of `--users` clients in threads: the same
-shape as the load tests' users, without Locust's process (the figures are ratios measured on
-one machine in one command, as the load tests' are).
+measured instance (reports/cost.py). It writes them, with each task's accuracy from the
+served models' manifests, to `<out>/multitask_measure.json` (core/multitask_measure.py), and
+prints that record's medians; `smallcls report --from ... --multitask <that file>` puts it in
+the answer page. A closed loop of `--users` clients in threads: the same shape as the load
+tests' users, without Locust's process (the figures are ratios measured on one machine in one
+command, as the load tests' are).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import argparse
 import concurrent.futures
 import contextlib
 import dataclasses
+import datetime
 import json
 import random
-import statistics
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,7 +42,14 @@ import httpx
 import psutil
 
 from core.data import dataset_for
-from core.manifest import Manifest
+from core.manifest import MANIFEST_NAME, Manifest
+from core.multitask_measure import (
+    MultitaskMeasure,
+    ServedModel,
+    SetupResult,
+    StreamRound,
+    TaskAccuracy,
+)
 from reports.cost import load_prices, usd_per_million
 from service.launch import ServerProcess
 
@@ -115,14 +126,25 @@ def train_encoders(args: argparse.Namespace) -> None:
         print(f"minilm-{task}: train + export {time.perf_counter() - start:.0f} s")
 
 
+def _task_figures(manifest: Manifest) -> dict[str, tuple[dict[str, Any], float | None]]:
+    """task -> (its served metrics, its answers' agreement with the run) from a manifest of
+    one task (its dataset) or of several (`metrics.tasks`, `parity.tasks`)."""
+    per_task = manifest.metrics.get("tasks") or {manifest.dataset.get("name"): manifest.metrics}
+    return {
+        task: (
+            metrics,
+            (manifest.parity.get("tasks", {}).get(task) or manifest.parity).get(
+                "answer_agreement_vs_run"
+            ),
+        )
+        for task, metrics in per_task.items()
+    }
+
+
 def _print_manifest(manifest: Manifest, *, accepted: bool) -> None:
     size = manifest.file_sizes.get("model.onnx", 0) / 1e6
     verdict = "accepted" if accepted else f"refused ({'; '.join(manifest.gate['reasons'])})"
-    per_task = manifest.metrics.get("tasks") or {manifest.dataset.get("name"): manifest.metrics}
-    for task, metrics in per_task.items():
-        agreement = (manifest.parity.get("tasks", {}).get(task) or manifest.parity).get(
-            "answer_agreement_vs_run"
-        )
+    for task, (metrics, agreement) in _task_figures(manifest).items():
         print(
             f"{manifest.name} {task}: served accuracy {metrics['accuracy']:.4f}, "
             f"answers equal to the run's {agreement:.4f}, {size:.1f} MB, {verdict}"
@@ -201,7 +223,38 @@ def _stream(
     }
 
 
-def measure(args: argparse.Namespace) -> None:
+def _served(setup: Setup, tasks: list[str]) -> tuple[list[ServedModel], list[TaskAccuracy]]:
+    """The setup's models and each task's accuracy, from the manifests of what it serves."""
+    models, accuracy = [], []
+    for model_dir in setup.model_dirs:
+        manifest = Manifest.read(model_dir)
+        source = str(model_dir / MANIFEST_NAME)
+        models.append(
+            ServedModel(
+                name=manifest.name,
+                model_dir=str(model_dir),
+                manifest=source,
+                model_onnx_bytes=int(manifest.file_sizes.get("model.onnx", 0)),
+            )
+        )
+        for task, (metrics, agreement) in _task_figures(manifest).items():
+            if task in tasks:
+                accuracy.append(
+                    TaskAccuracy(
+                        task=task,
+                        model=manifest.name,
+                        accuracy=metrics["accuracy"],
+                        answers_equal_to_run=agreement,
+                        test_rows=metrics.get("rows"),
+                        source=source,
+                    )
+                )
+    return models, accuracy
+
+
+def measure(args: argparse.Namespace) -> MultitaskMeasure:
+    """Both setups, alternating, on the mixed stream; the record is written to
+    `<out>/multitask_measure.json` and its medians printed."""
     prices = load_prices()
     instance = prices.measured
     texts = {}
@@ -214,25 +267,60 @@ def measure(args: argparse.Namespace) -> None:
     for setup in setups:
         for d in setup.model_dirs:
             _print_manifest(Manifest.read(d), accepted=True)
-    runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in setups}
+    runs: dict[str, list[StreamRound]] = {s.name: [] for s in setups}
     for round_ in range(args.rounds):
         for setup in setups if round_ % 2 == 0 else setups[::-1]:  # A B, B A, A B ...
             with ServerProcess(setup.model_dirs, threads=args.threads) as server:
                 _stream(server.url, setup, texts, args.users, args.warmup_s, seed=99)
                 result = _stream(server.url, setup, texts, args.users, args.seconds, round_)
                 result["rss_mb"] = _tree_rss_mb(server.process.pid)
-            runs[setup.name].append(result)
+            runs[setup.name].append(StreamRound(**result))
             print(f"round {round_ + 1} {setup.name}: " + json.dumps(_round(result)), flush=True)
-    print(f"\nmedians over {args.rounds} rounds, {args.users} users, mixed {args.tasks}:")
-    print("| setup | texts/s | p50 (ms) | p95 (ms) | RSS (MB) | $/million | errors |")
-    print("|---|---|---|---|---|---|---|")
-    for name, results in runs.items():
-        med = {k: statistics.median(r[k] for r in results) for k in results[0]}
-        cost = usd_per_million(instance.usd_per_hour, med["texts_per_s"])
+    results = []
+    for setup in setups:
+        models, accuracy = _served(setup, args.tasks)
+        results.append(
+            SetupResult.from_rounds(
+                name=setup.name,
+                models=models,
+                accuracy=accuracy,
+                rounds=runs[setup.name],
+                price=lambda rate: usd_per_million(instance.usd_per_hour, rate),
+            )
+        )
+    multi, encoders = results
+    record = MultitaskMeasure(
+        tasks=args.tasks,
+        multitask=multi,
+        per_task_encoders=encoders,
+        instance=instance.name,
+        usd_per_hour=instance.usd_per_hour,
+        price_table=prices.path,
+        users=args.users,
+        seconds_per_round=args.seconds,
+        warmup_seconds=args.warmup_s,
+        rounds=args.rounds,
+        command=getattr(args, "command", None) or shlex.join(sys.argv),  # set by main()
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+    path = record.write(args.out)
+    print_medians(record)
+    print(f"record: {path}")
+    return record
+
+
+def print_medians(record: MultitaskMeasure) -> None:
+    """The record's medians as the Markdown table docs/multitask.md quotes."""
+    print(f"\nmedians over {record.rounds} rounds, {record.users} users, mixed {record.tasks}:")
+    print("| setup | model files | texts/s | p50 (ms) | p95 (ms) | RSS (MB) | $/million | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for s in (record.multitask, record.per_task_encoders):
+        files = ", ".join(f"{m.model_onnx_bytes / 1e6:.1f} MB" for m in s.models)
+        cost = "n/a" if s.usd_per_million is None else f"{s.usd_per_million:.4f}"
         print(
-            f"| {name} | {med['texts_per_s']:.1f} | {med['p50_ms']:.0f} | {med['p95_ms']:.0f} | "
-            f"{med['rss_mb']:.0f} | {cost:.4f} ({instance.name}) | "
-            f"{sum(r['errors'] for r in results)} |"
+            f"| {s.name} | {files} | {s.median_texts_per_s:.1f} | {s.median_p50_ms:.0f} | "
+            f"{s.median_p95_ms:.0f} | {s.median_rss_mb:.0f} ({s.min_rss_mb:.0f}-"
+            f"{s.max_rss_mb:.0f}) | {cost} ({record.instance}) | {s.errors} |"
         )
 
 
@@ -264,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--texts-per-task", type=int, default=400)
     args = parser.parse_args(argv)
+    # The command as typed, for the record: what was measured can be measured again.
+    args.command = shlex.join(["python", "-m", "bench.multitask_serving", *(argv or sys.argv[1:])])
     {"train": train_multitask_model, "encoders": train_encoders, "measure": measure}[args.step](
         args
     )

@@ -1,6 +1,7 @@
 """The answer page as one self-contained HTML file: answers, the summary matrix, and per
 dataset the models' table, latency-throughput curves, quantization, per-class F1 and the
-confusion matrices; plotly.js is embedded once, so the page opens from disk with no network.
+confusion matrices, and (when measured) one multi-task model against one encoder per task;
+plotly.js is embedded once, so the page opens from disk with no network.
 
 Colour is the model family, line dash the precision (as in the single-dataset report's plots).
 Plots have a fixed width that fits a 1024 px window; tables scroll inside their box rather
@@ -16,6 +17,13 @@ import plotly.graph_objects as go
 
 from reports.answer import Entry
 from reports.answer_logic import family_label
+from reports.answer_multitask import (
+    TITLE,
+    MultitaskSection,
+    accuracy_table,
+    method_lines,
+    stream_table,
+)
 from reports.answer_summary import MAX_MATRIX_LABELS, AnswerPage, method_notes, source_lines
 from reports.answer_tables import (
     Table,
@@ -91,6 +99,8 @@ def render_answer_html(page: AnswerPage) -> str:
         if per_class is not None:
             parts += ["<h3>Per-class F1 (%)</h3>", _table(per_class)]
         parts += [_confusions(entries), "</section>"]
+    if page.multitask is not None:
+        parts += _multitask(page.multitask, c.prices.measured_as)
     parts += [
         "<h2>Method</h2><ul>",
         *(f"<li>{_md_code(n)}</li>" for n in method_notes(page)),
@@ -99,6 +109,20 @@ def render_answer_html(page: AnswerPage) -> str:
         "</ul></body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _multitask(section: MultitaskSection, page_instance: str) -> list[str]:
+    return [
+        f"<section><h2>{html.escape(TITLE)}</h2>",
+        f"<div class='answer'>{html.escape(section.text)}</div>",
+        "<h3>Accuracy per task</h3>",
+        _table(accuracy_table(section)),
+        "<h3>Mixed stream of all tasks</h3>",
+        _table(stream_table(section)),
+        "<ul>",
+        *(f"<li>{_md_code(line)}</li>" for line in method_lines(section, page_instance)),
+        "</ul></section>",
+    ]
 
 
 def _reference(ref: Reference | None) -> str:

@@ -3,7 +3,9 @@
 For each dataset: every family and precision with its headline metric beside the published
 reference, p50/p95, throughput and cost at each latency target, latency-throughput curves,
 per-class F1, confusion matrices and the cost of quantization; above them a summary matrix
-(dataset x family) and one plain-words answer per dataset. Every figure names the file it came
+(dataset x family) and one plain-words answer per dataset. With a multi-task measurement
+(`multitask_measure.json`), the section "One model for many tasks" (reports/answer_multitask.py).
+Every figure names the file it came
 from (the Sources section), and every published figure its publication's title and link.
 """
 
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from reports.answer import InputGroup
+from reports.answer_multitask import markdown_lines
+from reports.answer_multitask import to_json as multitask_json
 from reports.answer_summary import (
     MAX_MATRIX_LABELS,
     AnswerPage,
@@ -79,22 +83,29 @@ def build_answer_page(
     prices: PriceTable | Path | None = None,
     latency_targets: Sequence[float] | None = None,
     html: bool = True,
+    multitask: Path | None = None,
 ) -> AnswerResult:
-    page = answer_page(groups, prices=prices, latency_targets=latency_targets)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md_path = out_dir / ANSWER_MD
-    md_path.write_text(render_markdown(page), encoding="utf-8")
-    csv_path = out_dir / ANSWER_CSV
-    write_csv(csv_path, page)
-    json_path = out_dir / ANSWER_JSON
-    json_path.write_text(json.dumps(to_json(page), indent=1) + "\n", encoding="utf-8")
-    html_path = None
+    """Every file is computed before any is written: a bad input leaves no half page."""
+    page = answer_page(groups, prices=prices, latency_targets=latency_targets, multitask=multitask)
+    md_text = render_markdown(page)
+    json_text = json.dumps(to_json(page), indent=1) + "\n"
+    html_text = None
     if html:
         from reports.answer_html import render_answer_html  # plotly only when a page is made
 
+        html_text = render_answer_html(page)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path = out_dir / ANSWER_MD
+    md_path.write_text(md_text, encoding="utf-8")
+    csv_path = out_dir / ANSWER_CSV
+    write_csv(csv_path, page)
+    json_path = out_dir / ANSWER_JSON
+    json_path.write_text(json_text, encoding="utf-8")
+    html_path = None
+    if html_text is not None:
         html_path = out_dir / ANSWER_HTML
-        html_path.write_text(render_answer_html(page), encoding="utf-8")
+        html_path.write_text(html_text, encoding="utf-8")
     return AnswerResult(
         page=page,
         markdown_path=md_path,
@@ -138,6 +149,8 @@ def render_markdown(page: AnswerPage) -> str:
             else:
                 top = ", ".join(f"{t} as {p} ({n})" for t, p, n in e.classes.top_confusions())  # type: ignore[union-attr]
                 parts += [f"Largest confusions of {e.name}: {top or 'none'}.", ""]
+    if page.multitask is not None:
+        parts += markdown_lines(page.multitask, c.prices.measured_as)
     parts += ["## Method", "", *(f"- {n}" for n in method_notes(page)), ""]
     parts += ["## Sources", "", *source_lines(page)]
     return "\n".join(parts) + "\n"
@@ -188,6 +201,7 @@ def write_csv(path: Path, page: AnswerPage) -> None:
 
 def to_json(page: AnswerPage) -> dict[str, Any]:
     c = page.collected
+    extra = {} if page.multitask is None else {"multitask": multitask_json(page.multitask)}
     return {
         "targets_ms": c.targets,
         "primary_target_ms": c.primary_target,
@@ -219,6 +233,7 @@ def to_json(page: AnswerPage) -> dict[str, Any]:
             }
             for x in page.cells
         ],
+        **extra,
     }
 
 

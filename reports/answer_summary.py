@@ -10,6 +10,7 @@ from pathlib import Path
 
 from reports.answer import Collected, Entry, InputGroup, collect
 from reports.answer_logic import Answer, Cell, QuantRow, answer, matrix, quantization
+from reports.answer_multitask import MultitaskSection, read_multitask
 from reports.cost import DEFAULT_PRICES, PriceTable, load_prices
 
 # Above this many labels a confusion matrix is not printed whole (BANKING77 has 77): the page
@@ -25,6 +26,7 @@ class AnswerPage:
     cells: list[Cell]
     answers: dict[str, Answer]
     quant: dict[str, list[QuantRow]]
+    multitask: MultitaskSection | None = None  # "One model for many tasks", when asked for
 
     @property
     def datasets(self) -> dict[str, list[Entry]]:
@@ -36,7 +38,11 @@ def answer_page(
     *,
     prices: PriceTable | Path | None = None,
     latency_targets: Sequence[float] | None = None,
+    multitask: Path | None = None,
 ) -> AnswerPage:
+    """`multitask`: a `multitask_measure.json` (bench/multitask_serving.py measure) for the
+    section "One model for many tasks"; read first, so a bad file stops the page early."""
+    section = None if multitask is None else read_multitask(multitask)
     table = prices if isinstance(prices, PriceTable) else load_prices(prices or DEFAULT_PRICES)
     collected = collect(groups, table, latency_targets)
     # Asked-for order: the first target named is the one the summary and answers judge by.
@@ -47,6 +53,7 @@ def answer_page(
         cells=matrix(collected.datasets, primary),
         answers={d: answer(d, es, order) for d, es in collected.datasets.items()},
         quant={d: quantization(es, primary) for d, es in collected.datasets.items()},
+        multitask=section,
     )
 
 
@@ -81,4 +88,7 @@ def source_lines(page: AnswerPage) -> list[str]:
         lines.append(f"- {dataset}, published: " + (ref.citation() if ref else "none recorded"))
         for e in entries:
             lines.append(f"- {dataset} / {e.name}: " + "; ".join(e.sources))
+    if page.multitask is not None:
+        lines.append(f"- one model for many tasks: `{page.multitask.source}` and the manifests "
+                     "it names (listed in that section)")  # fmt: skip
     return lines

@@ -162,7 +162,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     if not args.models and not args.from_dirs:
         raise SystemExit("smallcls report: error: give --models DIR... or --from OUT_DIR...")
-    if wants_answer_page(args.models, args.from_dirs, args.latency_targets):
+    if args.multitask or wants_answer_page(args.models, args.from_dirs, args.latency_targets):
         return _answer_page(args)
     result = build_report(
         model_dirs=args.models,
@@ -194,10 +194,13 @@ def _answer_page(args: argparse.Namespace) -> int:
         groups.append(InputGroup(model_dirs=args.models, loadtest_dirs=args.loadtests or []))
     targets = args.latency_targets or ([args.latency_target_ms] if args.latency_target_ms else None)
     result = build_answer_page(
-        groups, args.out, prices=args.prices, latency_targets=targets, html=not args.no_html
-    )
+        groups, args.out, prices=args.prices, latency_targets=targets, html=not args.no_html,
+        multitask=args.multitask,
+    )  # fmt: skip
     for text in (a.text for a in result.page.answers.values()):
         print(text)
+    if result.page.multitask is not None:
+        print(result.page.multitask.text)
     print(f"answer page: {result.markdown_path}")
     print(f"csv: {result.csv_path}")
     print(f"json: {result.json_path}")

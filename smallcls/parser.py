@@ -292,6 +292,14 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
         help="p95 targets in ms, e.g. 50,100,200: every model priced at each (the first is "
         "the one the summary uses); writes the answer page",
     )
+    p.add_argument(
+        "--multitask",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a multitask_measure.json (python -m bench.multitask_serving measure): adds the "
+        "section 'One model for many tasks' to the answer page",
+    )
     p.add_argument("--out", type=Path, default=Path("report"))
     p.add_argument("--prices", type=Path, default=None, help="price table (configs/prices.yaml)")
     p.add_argument(

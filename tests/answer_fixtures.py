@@ -230,3 +230,75 @@ def two_datasets(tmp_path: Path) -> tuple[Path, Path]:
     sweep_dir(b, "minilm-int8", trec, [(1, 250.0, 8.0), (4, 600.0, 25.0)])
     sweep_dir(b, "smollm2-last-fp32", trec, [(1, 40.0, 30.0), (4, 80.0, 70.0)])
     return a, b  # fmt: skip
+
+
+TaskScores = dict[str, float]  # task -> accuracy
+
+
+def multitask_record(
+    out: Path,
+    *,
+    multi: TaskScores,
+    encoders: TaskScores,
+    multi_rates: tuple[float, ...] = (26.9, 27.4, 28.7),
+    encoder_rates: tuple[float, ...] = (224.9, 230.3, 219.7),
+    multi_rss: tuple[float, ...] = (848.0, 879.0, 1121.0),
+    encoder_rss: tuple[float, ...] = (593.0, 599.0, 605.0),
+) -> Path:
+    """A `multitask_measure.json` as `bench/multitask_serving.py measure` writes it: one
+    multi-task model against one encoder per task, three rounds each."""
+    from core.multitask_measure import (
+        MultitaskMeasure,
+        ServedModel,
+        SetupResult,
+        StreamRound,
+        TaskAccuracy,
+    )
+    from reports.cost import DEFAULT_PRICES, load_prices, usd_per_million
+
+    instance = load_prices(DEFAULT_PRICES).measured
+    models = out / "mt" / "models"
+
+    def setup(name: str, dirs: dict[str, str], scores: TaskScores, rates, rss) -> SetupResult:
+        served = [
+            ServedModel(name=m, model_dir=str(models / m),
+                        manifest=str(models / m / "manifest.json"),
+                        model_onnx_bytes=539_600_000 if "multitask" in m else 90_400_000)
+            for m in dict.fromkeys(dirs.values())
+        ]  # fmt: skip
+        accuracy = [
+            TaskAccuracy(task=t, model=dirs[t], accuracy=a, answers_equal_to_run=1.0,
+                         test_rows=500, source=str(models / dirs[t] / "manifest.json"))
+            for t, a in scores.items()
+        ]  # fmt: skip
+        rounds = [
+            StreamRound(texts_per_s=r, p50_ms=1000 * 4 / r, p95_ms=1500 * 4 / r, rss_mb=m,
+                        requests=int(12 * r), errors=0)
+            for r, m in zip(rates, rss, strict=True)
+        ]  # fmt: skip
+        return SetupResult.from_rounds(
+            name=name, models=served, accuracy=accuracy, rounds=rounds,
+            price=lambda rate: usd_per_million(instance.usd_per_hour, rate),
+        )  # fmt: skip
+
+    tasks = list(multi)
+    record = MultitaskMeasure(
+        tasks=tasks,
+        multitask=setup(f"one multitask-smollm2-fp32 for {len(tasks)} tasks",
+                        dict.fromkeys(tasks, "multitask-smollm2-fp32"), multi, multi_rates,
+                        multi_rss),
+        per_task_encoders=setup(f"{len(tasks)} x minilm-fp32",
+                                {t: f"minilm-{t}-fp32" for t in tasks}, encoders, encoder_rates,
+                                encoder_rss),
+        instance=instance.name,
+        usd_per_hour=instance.usd_per_hour,
+        price_table=str(DEFAULT_PRICES),
+        users=4,
+        seconds_per_round=12.0,
+        warmup_seconds=3.0,
+        rounds=3,
+        command="python -m bench.multitask_serving measure --out /tmp/mt --tasks sst2,trec",
+        date="2026-12-01T18:00:00+00:00",
+    )  # fmt: skip
+    (out / "mt").mkdir(parents=True, exist_ok=True)
+    return record.write(out / "mt")

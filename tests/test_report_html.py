@@ -17,7 +17,7 @@ import pytest
 from reports.answer import group_from_output
 from reports.answer_page import build_answer_page
 from reports.report import build_report
-from tests.answer_fixtures import two_datasets
+from tests.answer_fixtures import multitask_record, two_datasets
 from tests.test_report import _model_dir, _sweep_dir
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -146,7 +146,14 @@ def answer_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("answer")
     outputs = two_datasets(root)
     groups = [group_from_output(o) for o in outputs]
-    result = build_answer_page(groups, root / "page", latency_targets=[50, 100, 200])
+    # With the multi-task section, so its two tables are checked to fit too.
+    multitask = multitask_record(
+        root,
+        multi={"sst2": 0.826, "trec": 0.86, "ag_news": 0.84},
+        encoders={"sst2": 0.792, "trec": 0.844, "ag_news": 0.856},
+    )
+    result = build_answer_page(groups, root / "page", latency_targets=[50, 100, 200],
+                               multitask=multitask)  # fmt: skip
     assert result.html_path is not None
     return result.html_path
 
@@ -189,8 +196,8 @@ def test_answer_page_fits_desktop_and_laptop_widths(answer_html: Path, tmp_path:
     assert layout["page"], "the page is wider than the window"
     assert len(layout["plots"]) == 3 and all(layout["plots"]), layout  # no plot cut off
     assert len(layout["legends"]) == 3 and all(layout["legends"]), layout  # no cut legend
-    # The summary matrix, per dataset the models, quantization and per-class tables; the
-    # folded confusion matrices count too (closed, they take no width).
-    assert len(layout["tables"]) >= 1 + 2 * 3
+    # The summary matrix, per dataset the models, quantization and per-class tables, the
+    # multi-task section's two; the folded confusion matrices count too (closed, no width).
+    assert len(layout["tables"]) >= 1 + 2 * 3 + 2
     assert all(layout["tables"]), layout  # every table fits, at 1024 px too
     assert _console(stderr) == [], _console(stderr)
