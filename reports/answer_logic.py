@@ -184,14 +184,13 @@ def answer(
     )
     if best is not winner and best.family != rival.family:
         best_cost = cost_at(best, target)
-        text += (
-            f" The most accurate, {best.name} ({_pct(best.score)}), is "
-            f"{100 * (best.score - winner.score):.2f} points better"  # type: ignore[operator]
-            + (
-                f" at {best_cost / win_cost:.1f} times the cost."
-                if best_cost is not None
-                else f" but has no cost at {target:g} ms."
-            )
+        gap = 100 * (best.score - winner.score)  # type: ignore[operator]
+        # Equal scores (the winner was the cheaper of a tie): no "0.00 points better".
+        better = "as accurate" if round(gap, 2) == 0 else f"{gap:.2f} points better"
+        text += f" The most accurate, {best.name} ({_pct(best.score)}), is {better}" + (
+            f" at {best_cost / win_cost:.1f} times the cost."
+            if best_cost is not None
+            else f" but has no cost at {target:g} ms."
         )
     return Answer(
         dataset=dataset,

@@ -255,3 +255,31 @@ def test_exports_the_gate_refused_are_listed_with_the_reason(outputs, tmp_path: 
         "97.00% of test rows" in md
     )
     assert str(outputs[0] / "models/refused/smollm2-last-int8/manifest.json") in md
+
+
+def test_a_tie_with_the_winner_is_called_as_accurate(outputs) -> None:
+    """Two encoders of equal score, neither priced at 50 ms: the best (by name) is not the
+    winner (the cheaper at 100 ms), and the answer says they are as accurate, not "0.00
+    points better"."""
+    import dataclasses
+
+    entries = answer_page([group_from_output(outputs[0])], latency_targets=[50, 100]).datasets[
+        "sst2"
+    ]
+
+    def unpriced_at_50(e):
+        points = [
+            dataclasses.replace(t, meets=False) if t.target_ms == 50 else t for t in e.targets
+        ]
+        return dataclasses.replace(e, targets=points)
+
+    by_name = {e.name: e for e in entries}
+    tied = [
+        unpriced_at_50(dataclasses.replace(by_name["minilm-fp32"], score=0.9)),
+        unpriced_at_50(dataclasses.replace(by_name["minilm-int8"], score=0.9)),
+        dataclasses.replace(by_name["smollm2-last-fp32"], score=0.8),
+    ]
+    said = answer("sst2", tied, [50, 100])
+    assert said.winner.name == "minilm-int8" and said.best.name == "minilm-fp32"
+    assert "The most accurate, minilm-fp32 (90.00%), is as accurate at" in said.text
+    assert "is 0.00 points" not in said.text
