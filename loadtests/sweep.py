@@ -177,6 +177,7 @@ def run_sweep(
     point_seconds: int | None = None,
     server_cores: int = DEFAULT_SERVER_CORES,
     rel_tol: float = DEFAULT_REL_TOL,
+    also_targets: Sequence[float] = (),
 ) -> SweepSummary:
     """The throughput at the SLO, written to `sweep.json` in `out_dir`.
 
@@ -187,6 +188,8 @@ def run_sweep(
     caller's time budget holds; more points of more seconds give a finer, steadier answer.
     `server_cores`: the vCPUs of the instance the figure stands for; the server is pinned to
     that many cores and Locust to the rest when the machine has more (loadtests/cores.py).
+    `also_targets`: tighter p95 targets searched too (their points join `steps` in
+    sweep.json), so that a report can price the model at each.
 
     `search="users"`: the steps in order until one misses the SLO or adds < `min_gain`
     throughput (closed loop). `extra_env`: more locustfile settings for every run (e.g.
@@ -233,7 +236,7 @@ def run_sweep(
             common=common, out_dir=out_dir, probe_users=max(steps), probe_seconds=point_seconds,
             point_seconds=point_seconds, points=points, slo_p95_ms=slo_p95_ms,
             max_failure_rate=max_failure_rate, server_cores=server_cores, rel_tol=rel_tol,
-            echo=echo, progress=progress,
+            echo=echo, progress=progress, also_targets=also_targets,
         )  # fmt: skip
         stop_reason = found.stop_reason
         done = [(name, summary) for name, _, summary in found.points]

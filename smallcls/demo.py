@@ -129,6 +129,7 @@ def run_demo(
                 steps=config.loadtest_steps,
                 step_seconds=config.loadtest_seconds,
                 slo_p95_ms=config.slo_p95_ms,
+                also_targets=config.price_targets_ms,
                 max_length=manifest.max_length,
                 server_pid=server.process.pid,
                 echo=echo,

@@ -140,6 +140,13 @@ def test_demo_config_in_repo_is_valid():
     assert families == {"encoder", "extracted_encoder", "causal_lm"}
     with pytest.raises(ConfigError, match="unique"):
         from_mapping(DemoConfig, {"models": [{"name": "a", "family": "encoder"}] * 2})
+    one = {"models": [{"name": "a", "family": "encoder"}]}
+    assert from_mapping(DemoConfig, {**one, "price_targets_ms": [50, 100]}).price_targets_ms == [
+        50,
+        100,
+    ]
+    with pytest.raises(ConfigError, match="price_targets_ms"):
+        from_mapping(DemoConfig, {**one, "price_targets_ms": [0]})
 
 
 @pytest.mark.parametrize("name", ["train_goemotions.yaml", "train_imdb_lora.yaml"])

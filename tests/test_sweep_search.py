@@ -151,3 +151,55 @@ def test_sweep_summary_reads_old_files_and_keeps_the_cost_fields(tmp_path: Path)
     )  # fmt: skip
     new.write(tmp_path)
     assert SweepSummary.read(tmp_path) == new
+
+
+def _fake_loadtests(monkeypatch, p95) -> list[float]:
+    """run_loadtest replaced by the curve `p95`: a paced run offers users x the per-user
+    rate; the closed-loop probe gets the capacity. Returns the rates measured."""
+    from loadtests import rate_sweep
+    from loadtests.run import LoadSummary
+
+    offered: list[float] = []
+
+    def fake(*, users, run_time_s, extra_env, **_):
+        per_user = extra_env.get(rate_sweep.RATE_ENV)
+        rate = 400.0 if per_user is None else float(per_user) * users
+        latency = min(p95(rate), 5000.0) if per_user is not None else 120.0
+        if per_user is not None:
+            offered.append(rate)
+        n = int(rate * run_time_s)
+        return LoadSummary(
+            model="m", users=users, run_time_s=run_time_s, batch=1, requests=n, failures=0,
+            failure_rate=0.0, rps=rate, texts_per_s=rate, p50_ms=latency / 2, p95_ms=latency,
+            p99_ms=latency, mean_ms=latency / 2,
+        )  # fmt: skip
+
+    monkeypatch.setattr(rate_sweep, "run_loadtest", fake)
+    return offered
+
+
+@pytest.mark.parametrize("also", [(), (50.0, 100.0)])
+def test_tighter_targets_get_a_search_of_their_own(monkeypatch, tmp_path, also) -> None:
+    """The SLO's search (200 ms) measures only rates near its threshold (380 req/s here);
+    with tighter targets each gets points near its own (320 and 360 req/s), so a report can
+    price the model at 50 ms from a point that met it."""
+    from loadtests.rate_sweep import run_rate_search
+    from loadtests.sweep import best_at_slo
+
+    p95 = queue_p95(400.0, 10.0)
+    _fake_loadtests(monkeypatch, p95)
+    found = run_rate_search(
+        common={}, out_dir=tmp_path, probe_users=8, probe_seconds=3, point_seconds=3,
+        points=6, slo_p95_ms=200.0, max_failure_rate=0.01, server_cores=2, rel_tol=0.04,
+        echo=None, progress=None, also_targets=also,
+    )  # fmt: skip
+    assert found.result.best_rate == pytest.approx(380.0, rel=0.05)  # the SLO's answer
+    summaries = [s for _, _, s in found.points]
+    names = [d for d, _, _ in found.points]
+    assert len(set(names)) == len(names)  # one directory per point
+    for target, threshold in ((50.0, 320.0), (100.0, 360.0)):
+        best = best_at_slo(summaries, target, 0.01)
+        if also:
+            assert best is not None and best.rps == pytest.approx(threshold, rel=0.06)
+        elif target == 50.0:
+            assert best is None  # no point that low: the report would call it unpriced
