@@ -12,7 +12,7 @@ Budgets (per dataset; the page's figures are NOT comparable to full-data results
          302 s, of it SmolLM2 last-token 237 s; export 54 s; serve + load tests 71 s; one run),
          so about 30-40 minutes for four datasets (AG News' 128 tokens train slower).
 - micro: 64 training rows, 64 test rows, one 3 s step at 1 user: checks the grid runs.
-`--train-rows`/`--test-rows` override a budget's rows. To keep each locked measurement short,
+`--train-rows`/`--test-rows` override a budget's rows. To keep each command short,
 run one dataset per command with the same `--out`, then `--page-only` with all of them.
 The training, export, serving and load tests are `smallcls compare`'s own
 (smallcls/compare.py, smallcls/demo.py). Each dataset's output is `<out>/<dataset>/` as
