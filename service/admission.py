@@ -122,9 +122,14 @@ class AdmissionControl:
     def batch_running(self, requests: int) -> None:
         self.running += requests
 
-    def batch_done(self, requests: int, seconds: float) -> None:
+    def batch_done(self, requests: int, seconds: float, *, half_full: bool = True) -> None:
+        """A batch of `requests` took `seconds`. Only batches at least half full set the
+        cost per request that prices the backlog: a small batch costs more per request (the
+        call's fixed cost shared by few). Priced by the small batches of a moderate load
+        after an overload, a short queue looks over target, the door keeps refusing, and
+        the worker never leaves the overloaded state (tests/test_admission.py simulates it)."""
         self.running -= requests
-        if requests:
+        if requests and (half_full or self.seconds_per_request == 0.0):
             per_request = seconds / requests
             if self.seconds_per_request == 0.0:
                 self.seconds_per_request = per_request

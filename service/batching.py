@@ -317,7 +317,11 @@ class Batcher:
                     continue
                 finally:
                     if self._admission is not None:
-                        self._admission.batch_done(len(live), time.perf_counter() - started)
+                        self._admission.batch_done(
+                            len(live),
+                            time.perf_counter() - started,
+                            half_full=2 * len(texts) >= self.settings.max_batch_size,
+                        )
                 start = 0
                 for job in live:
                     end = start + len(job.texts)

@@ -34,10 +34,15 @@ class Outcome:
     overloaded_at: float | None
 
 
-def simulate(arrivals: list[float], settings: AdmissionSettings | None = None) -> Outcome:
+def simulate(
+    arrivals: list[float],
+    settings: AdmissionSettings | None = None,
+    max_batch: int = MAX_BATCH,
+    batch_s=lambda n: BATCH_S,
+) -> Outcome:
     """A one-model batcher in virtual time: one text per request, a batch takes everything
-    queued up to MAX_BATCH (oldest first, freshest first while overloaded) and runs BATCH_S;
-    the controller is told what the door and the real batcher tell it."""
+    queued up to `max_batch` (oldest first, freshest first while overloaded) and runs
+    `batch_s(texts)`; the controller is told what the door and the real batcher tell it."""
     control = AdmissionControl(settings or AdmissionSettings())
     queue = FakeQueue()
     waiting: list[float] = []  # arrival times, oldest first
@@ -48,19 +53,23 @@ def simulate(arrivals: list[float], settings: AdmissionSettings | None = None) -
     def start_batch(now: float) -> float:
         nonlocal waiting, running
         if control.overloaded:
-            running, waiting = waiting[-MAX_BATCH:], waiting[:-MAX_BATCH]
+            running, waiting = waiting[-max_batch:], waiting[:-max_batch]
         else:
-            running, waiting = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+            running, waiting = waiting[:max_batch], waiting[max_batch:]
         control.batch_started(queue, now - max(running), len(waiting), now)
         control.batch_running(len(running))
         if control.overloaded and out.overloaded_at is None:
             out.overloaded_at = now
         out.waits.extend((t, now - t) for t in running)
-        return now + BATCH_S
+        return now + batch_s(len(running))
+
+    def batch_done() -> None:
+        took = batch_s(len(running))
+        control.batch_done(len(running), took, half_full=2 * len(running) >= max_batch)
 
     for t in sorted(arrivals):
         while batch_end <= t:  # batches that end before this arrival
-            control.batch_done(len(running), BATCH_S)
+            batch_done()
             for _ in running:
                 control.left()
             running = []
@@ -74,7 +83,7 @@ def simulate(arrivals: list[float], settings: AdmissionSettings | None = None) -
         if not running:
             batch_end = start_batch(t)
     while running:  # serve what is left
-        control.batch_done(len(running), BATCH_S)
+        batch_done()
         for _ in running:
             control.left()
         running = []
@@ -128,6 +137,20 @@ def test_refusals_stop_within_an_interval_after_the_load_drops() -> None:
     out = simulate(trace)
     assert out.refused and max(out.refused) < 5 + AdmissionSettings().interval_ms / 1000
     assert [t for t in out.refused if t > 5.2] == []
+
+
+def test_small_batches_after_an_overload_do_not_keep_it_refusing() -> None:
+    """Batches of 8 whose call has a large fixed cost (8 ms + 0.7 ms a text): at half load
+    after an overload the batches are small and cost more per request. Priced by them, the
+    short queue of a moderate load looks over target and the door kept refusing to the end
+    of the trace (1,001 refusals after the drop); priced by the half-full batches of the
+    overload, it admits again within an interval."""
+    capacity = 8 / (0.008 + 8 * 0.0007)
+    trace = poisson(3 * capacity, 5, seed=7) + poisson(0.5 * capacity, 10, seed=8, start=5)
+    settings = AdmissionSettings(target_ms=10)
+    out = simulate(trace, settings, max_batch=8, batch_s=lambda n: 0.008 + 0.0007 * n)
+    assert out.refused and min(out.refused) < 1  # the overload was refused...
+    assert [t for t in out.refused if t > 5 + 2 * settings.interval_ms / 1000] == []  # ...then not
 
 
 def test_an_idle_gap_does_not_count_as_a_standing_queue() -> None:
