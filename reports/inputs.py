@@ -64,7 +64,7 @@ def read_load_point(loadtest_dir: Path, latency_target_ms: float | None) -> Load
             sweep = SweepSummary.read(loadtest_dir)
             steps = sweep.step_summaries(source=str(loadtest_dir / SWEEP_NAME))
             if not steps:
-                raise ReportError(f"{loadtest_dir / SWEEP_NAME} has no steps")
+                return _probe_only(loadtest_dir, sweep, latency_target_ms)
             target = latency_target_ms or sweep.slo_p95_ms
             best = best_at_slo(steps, target, sweep.max_failure_rate)
             # The lightest load: fewest users, or for an open-loop search the lowest rate.
@@ -89,6 +89,25 @@ def read_load_point(loadtest_dir: Path, latency_target_ms: float | None) -> Load
         model=summary.model, source=str(loadtest_dir / SUMMARY_NAME), point=summary,
         step_dir=None, meets_slo=meets_slo(summary, target, 0.01), latency_target_ms=target,
         p95_lightest_ms=None, machine=None,
+    )  # fmt: skip
+
+
+def _probe_only(
+    loadtest_dir: Path, sweep: SweepSummary, latency_target_ms: float | None
+) -> LoadPoint:
+    """A rate search that stopped after its closed-loop probe (nothing was answered well
+    enough to search under): the model is reported at the probe's latency, unpriced."""
+    where = loadtest_dir / SWEEP_NAME
+    if sweep.probe is None:
+        raise ReportError(f"{where} has no steps and no probe: load-test {sweep.model} again")
+    fields = {f.name for f in dataclasses.fields(LoadSummary)}
+    probe = LoadSummary.from_dict(
+        {k: v for k, v in sweep.probe.items() if k in fields}, source=str(where)
+    )
+    return LoadPoint(
+        model=sweep.model, source=str(where), point=probe, step_dir=None, meets_slo=False,
+        latency_target_ms=latency_target_ms or sweep.slo_p95_ms, p95_lightest_ms=None,
+        machine=sweep.machine, method=f"{sweep.method} (stopped: {sweep.stop_reason})",
     )  # fmt: skip
 
 

@@ -286,6 +286,43 @@ def test_sweeps_give_the_operating_point_cost_and_recommendation(
     assert "No model meets the accuracy floor" in none.markdown_path.read_text()
 
 
+def test_a_sweep_stopped_at_its_probe_is_reported_unpriced(tmp_path: Path) -> None:
+    """A model too slow for the load at which its closed-loop probe refused too much has a
+    sweep with no steps: the report shows it at the probe's latency with no cost instead of
+    stopping; a sweep with neither steps nor probe says what to do."""
+    models = [
+        _model_dir(tmp_path, "enc-fp32", metrics={"accuracy": 0.88, "macro_f1": 0.88}),
+        _model_dir(tmp_path, "lm-fp32", family="causal_lm", metrics={"accuracy": 0.9}),
+    ]
+    sweeps = [
+        _sweep_dir(tmp_path, "enc-fp32", [(1, 40.0, 20.0)], 50),
+        _sweep_dir(tmp_path, "lm-fp32", [], 50),
+    ]
+    data = json.loads((sweeps[1] / "sweep.json").read_text())
+    probe = LoadSummary(
+        model="lm-fp32", users=8, run_time_s=3, batch=1, requests=9, failures=5,
+        failure_rate=5 / 9, rps=6.7, texts_per_s=6.7, p50_ms=1300.0, p95_ms=1300.0,
+        p99_ms=1300.0, mean_ms=1171.0,
+    )  # fmt: skip
+    with_probe = {
+        **data,
+        "search": "rate",
+        "probe": dataclasses.asdict(probe),
+        "stop_reason": "the closed-loop probe failed (55.6% failed, 6.7 req/s)",
+    }
+    (sweeps[1] / "sweep.json").write_text(json.dumps(with_probe))
+    result = build_report(model_dirs=models, loadtest_dirs=sweeps, out_dir=tmp_path / "r",
+                          html=False)  # fmt: skip
+    lm = {r.name: r for r in result.rows}["lm-fp32"]
+    assert lm.p95_ms == 1300.0 and not lm.meets_slo and lm.usd_per_million is None
+    assert result.recommendation.choice == "enc-fp32"
+
+    (sweeps[1] / "sweep.json").write_text(json.dumps(data))  # no probe either
+    with pytest.raises(ReportError, match="no steps and no probe: load-test lm-fp32 again"):
+        build_report(model_dirs=models, loadtest_dirs=sweeps, out_dir=tmp_path / "r2",
+                     html=False)  # fmt: skip
+
+
 def test_manifest_with_newer_optional_fields_still_reads(tmp_path: Path) -> None:
     model = _model_dir(tmp_path, "new-fp16", precision="fp16")
     data = json.loads((model / "manifest.json").read_text())

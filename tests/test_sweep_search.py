@@ -153,9 +153,10 @@ def test_sweep_summary_reads_old_files_and_keeps_the_cost_fields(tmp_path: Path)
     assert SweepSummary.read(tmp_path) == new
 
 
-def _fake_loadtests(monkeypatch, p95) -> list[float]:
+def _fake_loadtests(monkeypatch, p95, probe_failure_rate: float = 0.0) -> list[float]:
     """run_loadtest replaced by the curve `p95`: a paced run offers users x the per-user
-    rate; the closed-loop probe gets the capacity. Returns the rates measured."""
+    rate; the closed-loop probe gets the capacity (and `probe_failure_rate` of it refused).
+    Returns the rates measured."""
     from loadtests import rate_sweep
     from loadtests.run import LoadSummary
 
@@ -168,9 +169,11 @@ def _fake_loadtests(monkeypatch, p95) -> list[float]:
         if per_user is not None:
             offered.append(rate)
         n = int(rate * run_time_s)
+        failure_rate = probe_failure_rate if per_user is None else 0.0
         return LoadSummary(
-            model="m", users=users, run_time_s=run_time_s, batch=1, requests=n, failures=0,
-            failure_rate=0.0, rps=rate, texts_per_s=rate, p50_ms=latency / 2, p95_ms=latency,
+            model="m", users=users, run_time_s=run_time_s, batch=1, requests=n,
+            failures=int(n * failure_rate), failure_rate=failure_rate, rps=rate,
+            texts_per_s=rate, p50_ms=latency / 2, p95_ms=latency,
             p99_ms=latency, mean_ms=latency / 2,
         )  # fmt: skip
 
@@ -203,3 +206,24 @@ def test_tighter_targets_get_a_search_of_their_own(monkeypatch, tmp_path, also) 
             assert best is not None and best.rps == pytest.approx(threshold, rel=0.06)
         elif target == 50.0:
             assert best is None  # no point that low: the report would call it unpriced
+
+
+@pytest.mark.parametrize(("refused", "searched"), [(0.11, True), (0.9, False)])
+def test_a_saturated_probe_with_a_few_refusals_still_starts_the_search(
+    monkeypatch, tmp_path, refused, searched
+) -> None:
+    """A slow model's probe at 8 users sees a few queue-timeout refusals: it is full, not
+    broken, and lighter rates still meet the SLO. A probe that answered almost nothing stops."""
+    from loadtests.rate_sweep import run_rate_search
+
+    offered = _fake_loadtests(monkeypatch, queue_p95(400.0, 10.0), probe_failure_rate=refused)
+    found = run_rate_search(
+        common={}, out_dir=tmp_path, probe_users=8, probe_seconds=3, point_seconds=3,
+        points=6, slo_p95_ms=200.0, max_failure_rate=0.01, server_cores=2, rel_tol=0.04,
+        echo=None, progress=None,
+    )  # fmt: skip
+    if searched:
+        assert found.result is not None and found.result.best_rate == pytest.approx(380, rel=0.05)
+    else:
+        assert found.result is None and offered == []
+        assert "probe failed" in found.stop_reason
