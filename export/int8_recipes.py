@@ -28,6 +28,7 @@ import onnx
 
 from export import sensitivity, smoothing
 from export.int8_search import SELECTION_AGREEMENT, SearchData, agreement, logits_of
+from export.variants import int8_reduce_range
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,9 @@ RECIPES = ("int8-fused", "int8-smooth", "int8-w8", "int8-mixed")
 ALPHAS = (0.5, 0.65, 0.8)
 # Measured on this 2-core CPU with bench/quantization.py (docs/quantization.md): per-tensor
 # weight scales were faster but lost 1-2 accuracy points on MiniLM; per-channel kept the
-# answers. 7-bit weights (reduce_range) ran at the same speed; int8-fused tries both.
+# answers. 7-bit weights (reduce_range) ran at the same speed; int8-fused tries both, the
+# others take them where the CPU's int8 kernel saturates (export/variants.py).
 PER_CHANNEL = True
-REDUCE_RANGE = False
 # MatMulNBits: 32 values per scale (the finest block the CPU kernels take); accuracy level 4
 # quantizes activations to int8 per block and runs integer kernels, 0 dequantizes to fp32.
 W8_BLOCK_SIZE = 32
@@ -50,7 +51,7 @@ def dynamic_int8(
     excluded: list[str],
     *,
     per_channel: bool = PER_CHANNEL,
-    reduce_range: bool = REDUCE_RANGE,
+    reduce_range: bool | None = None,  # None: as the CPU needs (export/variants.py)
     only: list[str] | None = None,
 ) -> None:
     """onnxruntime's dynamic int8, int8 weights, `excluded` node names left in float (or
@@ -58,6 +59,9 @@ def dynamic_int8(
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from export.variants import DYNAMIC_OPS, quiet_root_logger
+
+    if reduce_range is None:
+        reduce_range = int8_reduce_range()
 
     with quiet_root_logger():
         quantize_dynamic(
@@ -160,7 +164,9 @@ def build_fused(source: Path, target: Path, data: SearchData) -> dict[str, Any]:
 
 
 def build_mixed(source: Path, target: Path, data: SearchData) -> dict[str, Any]:
-    return searched_dynamic(source, target, data, per_channel=PER_CHANNEL, reduce_range=False)
+    return searched_dynamic(
+        source, target, data, per_channel=PER_CHANNEL, reduce_range=int8_reduce_range()
+    )
 
 
 def build_smooth(
@@ -185,7 +191,9 @@ def build_smooth(
                 best = (agreed, alpha, how)
                 smoothed.replace(kept)
         assert best is not None, "no alpha to try"
-        found = searched_dynamic(kept, target, data, per_channel=PER_CHANNEL)
+        found = searched_dynamic(
+            kept, target, data, per_channel=PER_CHANNEL, reduce_range=int8_reduce_range()
+        )
     return {
         **found,
         "method": "smoothquant+dynamic",
