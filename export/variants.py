@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -167,6 +168,7 @@ DYNAMIC_OPS = ("MatMul", "Attention")
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
+@functools.cache  # read once: the int8 recipes ask for every candidate file they build
 def cpu_flags() -> frozenset[str] | None:
     """This CPU's feature flags (Linux), or None where they cannot be read."""
     try:

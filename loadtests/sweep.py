@@ -63,6 +63,13 @@ DEFAULT_POINT_SECONDS = 5
 DEFAULT_SERVER_CORES = 2
 
 
+def _load_summary(step: Mapping[str, Any], source: str) -> LoadSummary:
+    """A step (or probe) of sweep.json as a LoadSummary: its extra keys ("dir", "rate")
+    dropped."""
+    fields = {f.name for f in dataclasses.fields(LoadSummary)}
+    return LoadSummary.from_dict({k: v for k, v in step.items() if k in fields}, source=source)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SweepSummary:
     model: str
@@ -111,11 +118,11 @@ class SweepSummary:
         return cls(**{f.name: data[f.name] for f in fields if f.name in data})
 
     def step_summaries(self, *, source: str = "sweep") -> list[LoadSummary]:
-        fields = {f.name for f in dataclasses.fields(LoadSummary)}
-        return [
-            LoadSummary.from_dict({k: v for k, v in s.items() if k in fields}, source=source)
-            for s in self.steps
-        ]
+        return [_load_summary(s, source) for s in self.steps]
+
+    def probe_summary(self, *, source: str = "sweep") -> LoadSummary | None:
+        """The rate search's closed-loop probe, None when the sweep had none."""
+        return None if self.probe is None else _load_summary(self.probe, source)
 
     def line(self) -> str:
         if self.at_slo is None:

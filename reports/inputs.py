@@ -98,12 +98,9 @@ def _probe_only(
     """A rate search that stopped after its closed-loop probe (nothing was answered well
     enough to search under): the model is reported at the probe's latency, unpriced."""
     where = loadtest_dir / SWEEP_NAME
-    if sweep.probe is None:
+    probe = sweep.probe_summary(source=str(where))
+    if probe is None:
         raise ReportError(f"{where} has no steps and no probe: load-test {sweep.model} again")
-    fields = {f.name for f in dataclasses.fields(LoadSummary)}
-    probe = LoadSummary.from_dict(
-        {k: v for k, v in sweep.probe.items() if k in fields}, source=str(where)
-    )
     return LoadPoint(
         model=sweep.model, source=str(where), point=probe, step_dir=None, meets_slo=False,
         latency_target_ms=latency_target_ms or sweep.slo_p95_ms, p95_lightest_ms=None,
