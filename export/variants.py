@@ -255,8 +255,9 @@ def quantize_int8_static(
 
     Only MatMul/Gemm are quantized: quantizing every operator (softmax, layer norm, adds)
     kept 36-62% of labels on tiny models and crashed on T5 (shared/STACK.md). Activations
-    are uint8 asymmetric and weights int8 per channel, onnxruntime's advice for x86 with VNNI.
-    The Llama down_proj MatMuls stay fp32 for the same reason as in dynamic int8.
+    are uint8 asymmetric and weights int8 per channel, onnxruntime's advice for x86 with VNNI;
+    the weights are 7-bit where the CPU's u8s8 kernel saturates (int8_reduce_range), as in
+    dynamic int8. The Llama down_proj MatMuls stay fp32 for the same reason as there.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -265,6 +266,7 @@ def quantize_int8_static(
     from tqdm.auto import tqdm
 
     excluded = int8_exclusions(fp32_path)
+    reduce_range = int8_reduce_range()
     bar = tqdm(
         total=len(calibration_texts),
         desc="int8-static: calibrating",
@@ -279,6 +281,7 @@ def quantize_int8_static(
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(STATIC_OPS),
             per_channel=True,
+            reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
@@ -292,6 +295,7 @@ def quantize_int8_static(
         "weight_type": "int8",
         "activation_type": "uint8",
         "per_channel": True,
+        "reduce_range": reduce_range,
         "op_types": list(STATIC_OPS),
         "calibration": {"texts": len(calibration_texts), "method": "minmax"},
         "fp32_nodes": len(excluded),
