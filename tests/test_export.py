@@ -381,6 +381,7 @@ def test_a_refused_model_is_not_registered(exported, tmp_path):
     assert code == 1 and "did not pass the accuracy gate (made up)" in out, out
 
 
+@pytest.mark.parametrize("method", ["dynamic", "static"])
 @pytest.mark.parametrize(
     ("flags", "seven_bit"),
     [
@@ -392,11 +393,11 @@ def test_a_refused_model_is_not_registered(exported, tmp_path):
     ],
 )
 def test_int8_weights_are_7_bit_where_the_cpu_kernel_saturates(
-    tmp_path, monkeypatch, flags, seven_bit
+    tmp_path, monkeypatch, flags, seven_bit, method
 ) -> None:
     """onnxruntime's u8s8 kernel on AVX2 without VNNI overflows with 8-bit weights (SmolLM2
-    int8 agreed with fp32 on 65% of rows there): the dynamic int8 file gets 7-bit weights on
-    such a CPU, and the manifest says so."""
+    int8 agreed with fp32 on 65% of rows there): the dynamic and static int8 files get 7-bit
+    weights on such a CPU, and the manifest says so."""
     from onnx import numpy_helper
 
     from export import variants
@@ -406,7 +407,17 @@ def test_int8_weights_are_7_bit_where_the_cpu_kernel_saturates(
     assert variants.int8_reduce_range() is seven_bit
     fp32 = make_tiny_model_dir(tmp_path / "fp32")
     out = tmp_path / "int8.onnx"
-    record = variants.quantize_int8_dynamic(fp32 / "model.onnx", out)
+    if method == "dynamic":
+        record = variants.quantize_int8_dynamic(fp32 / "model.onnx", out)
+    else:
+        texts = ["a good film", "a bad film", "not good at all", "fine"] * 4
+        record = variants.quantize_int8_static(
+            fp32 / "model.onnx",
+            out,
+            calibration_texts=texts,
+            encode=OnnxClassifier(fp32).encode,
+            batch_size=4,
+        )
     assert record["reduce_range"] is seven_bit
     model = onnx.load(str(out))
     weights = [
