@@ -11,8 +11,12 @@ queue is in trouble only when its delay stays above a target for a whole interva
   took; a burst makes waits long for a moment, then the queue drains and a short wait resets
   the clock.
 - **Overloaded**: entered when, for `interval`, every batch of a model left texts behind in
-  its queue and even the freshest job it took had waited longer than `target` (a standing
-  queue: arrivals outrun what the model serves, batches as large as they may be). The door
+  its queue and even the freshest job it took had waited longer than `target` beyond the
+  run time of the batch before it (a standing queue: arrivals outrun what the model serves,
+  batches as large as they may be). A request that arrives while a batch runs waits for it
+  however short the queue is: where one batch takes longer than the target (a slow CPU,
+  or batching that saves nothing there), that wait alone was over target and 70% load was
+  refused. The door
   then admits a request only while the work ahead of it, every admitted request not yet in
   a running batch at the measured model time per request, is under `target`; the rest is
   refused before its body is read (service/door.py). So the work ahead stays about `target`,
@@ -84,6 +88,7 @@ class AdmissionControl:
         # Seconds of model time per request, a moving average over recent batches (all
         # models of the worker: they share its cores).
         self.seconds_per_request = 0.0
+        self.last_batch_s = 0.0  # the run time of the worker's latest batch, any model
         self.overloaded = False
         self.refused = 0  # since start, for logs and tests
 
@@ -112,7 +117,8 @@ class AdmissionControl:
         minimum delay staying above target for an interval means a standing queue. A queue
         that drains, or serves its freshest job quickly, resets the clock (a burst)."""
         now = self._clock() if now is None else now
-        if left_texts == 0 or freshest_wait_s < self._target_s:
+        # Waiting out the batch that ran before is what any request arriving during it does.
+        if left_texts == 0 or freshest_wait_s < self._target_s + self.last_batch_s:
             self._above_since.pop(queue, None)
             return
         since = self._above_since.setdefault(queue, now)
@@ -129,6 +135,7 @@ class AdmissionControl:
         after an overload, a short queue looks over target, the door keeps refusing, and
         the worker never leaves the overloaded state (tests/test_admission.py simulates it)."""
         self.running -= requests
+        self.last_batch_s = seconds
         if requests and (half_full or self.seconds_per_request == 0.0):
             per_request = seconds / requests
             if self.seconds_per_request == 0.0:
