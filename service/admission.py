@@ -16,14 +16,13 @@ queue is in trouble only when its delay stays above a target for a whole interva
   batches as large as they may be). A request that arrives while a batch runs waits for it
   however short the queue is: where one batch takes longer than the target (a slow CPU,
   or batching that saves nothing there), that wait alone was over target and 70% load was
-  refused. The door
-  then admits a request only while the work ahead of it, every admitted request not yet in
-  a running batch at the measured model time per request, is under `target`; the rest is
-  refused before its body is read (service/door.py). So the work ahead stays about `target`,
-  and an admitted request waits about `target`. The estimate is trusted only there: under
-  overload batches are full, so the time per request measured is that of full batches
-  (small batches cost more per request). Whether the worker is overloaded is decided by
-  the measured queue delay alone.
+  refused. The door then admits a request only while the work ahead of it, every admitted
+  request not yet in a running batch at the measured model time per request, is under
+  `target`; the rest is refused before its body is read (service/door.py). So the work
+  ahead stays about `target`, and an admitted request waits about `target`. The estimate
+  is trusted only there: under overload batches are full, so the time per request measured
+  is that of full batches (small batches cost more per request). Whether the worker is
+  overloaded is decided by the measured queue delay alone.
 - **Back to normal**: after an interval in which the door refused nothing (the load fits
   again by itself).
 
