@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from core import devices
-from service import admission, bento_models, door, gateway, gc_pauses, tei
+from service import admission, bento_models, door, gateway, gc_pauses, http_protocol, tei
 from service.answers import (
     ClassifyShape,
     ClientError,
@@ -148,11 +148,13 @@ class Classifier:
         self._reload_lock = asyncio.Lock()
         ACTIVE.append(self)  # the /models and /admin routes reach this worker's models here
         logger.info(
-            "serving models %s (from %s), default %r; %d objects exempt from collection",
+            "serving models %s (from %s), default %r; %d objects exempt from collection; "
+            "HTTP parsed by %s",
             list(self.models),
             self.settings.models_origin,
             self.default_model,
             frozen,
+            HTTP_PARSER,
         )
         if self.settings.auth_token:
             logger.info("auth on: every route but /livez, /readyz, /healthz needs the token")
@@ -524,3 +526,5 @@ Classifier.mount_asgi_app(
 )
 Classifier.add_asgi_middleware(gateway.Gateway)
 door.install(Classifier)  # outside BentoML's own middleware: overload refused cheapest
+# Before the worker's uvicorn resolves its "auto" protocol: httptools, with a head limit.
+HTTP_PARSER = http_protocol.install()
