@@ -20,15 +20,16 @@ from __future__ import annotations
 import logging
 import os
 
+from service.settings import ENV_HTTP_PARSER
+
 logger = logging.getLogger(__name__)
 
-ENV_HTTP_PARSER = "SMALLCLS_HTTP_PARSER"
 PARSERS = ("httptools", "h11")
 # h11's default limit on an incomplete event (a request line and headers): 16 KiB.
 MAX_HEAD_BYTES = 16 * 1024
 
 try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 except ImportError:  # uvicorn falls back to h11 by itself
     HttpToolsProtocol = None  # type: ignore[assignment, misc]
 
@@ -94,7 +95,7 @@ if HttpToolsProtocol is not None:
             self.transport.write(
                 b"".join(
                     [
-                        b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+                        STATUS_LINE[431],
                         b"content-type: text/plain; charset=utf-8\r\n",
                         b"content-length: %d\r\n" % len(msg),
                         b"connection: close\r\n\r\n",

@@ -41,6 +41,8 @@ ENV_ADMISSION = "SMALLCLS_ADMISSION"
 ENV_QUEUE_TARGET_MS = "SMALLCLS_QUEUE_TARGET_MS"
 ENV_QUEUE_INTERVAL_MS = "SMALLCLS_QUEUE_INTERVAL_MS"
 ENV_OVERLOAD_MAX_WAIT_MS = "SMALLCLS_OVERLOAD_MAX_WAIT_MS"
+# Read when the service module is imported, before uvicorn starts (service/http_protocol.py).
+ENV_HTTP_PARSER = "SMALLCLS_HTTP_PARSER"
 # Settings.models_origin when the models are the store models a Bento carries, named by
 # `bentoml build --arg models=...` (or `bentoml serve service.service:Classifier --arg ...`).
 ORIGIN_BENTO = "--arg models"
