@@ -188,7 +188,7 @@ def fewest_in_float(
     return {
         "fp32_nodes": high,
         "excluded": order[:high],
-        "selection_agreement": tried[high],
+        "selection_agreement": tried[high],  # exact: the caller compares it, then rounds
         "tried": {str(k): round(v, 4) for k, v in sorted(tried.items())},
         "ranking_top": [[n, round(s, 4)] for n, s in ranking[:10]],
     }
