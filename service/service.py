@@ -29,7 +29,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from core import devices
-from service import admission, bento_models, door, gateway, gc_pauses, http_protocol, tei
+from service import (
+    admission,
+    bento_models,
+    door,
+    gateway,
+    gc_pauses,
+    http_protocol,
+    tei,
+    tracing,
+)
 from service.answers import (
     ClassifyShape,
     ClientError,
@@ -114,12 +123,19 @@ def request_limits() -> dict[str, Any]:
     }
 
 
+def _tracing_exporter() -> str | None:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return BentoMLContainer.config.tracing.exporter_type.get()
+
+
 @bentoml.service(
     image=service_image(requirements_for(BUILT_FOR)),
     resources=bento_models.resources(SERVER.resources, BUILT_FOR),
     workers=SERVER.workers,
     traffic={"timeout": SERVER.timeout_s, "max_concurrency": SERVER.max_concurrency},
     logging={"access": {"enabled": SERVER.access_log}},
+    **tracing.service_config(SERVER.trace_classify, door.CLASSIFY_PATHS),
 )
 @bento_models.attach(PACKED)
 class Classifier:
@@ -156,6 +172,7 @@ class Classifier:
             frozen,
             HTTP_PARSER,
         )
+        tracing.warn_if_exporter_untraced(SERVER.trace_classify, _tracing_exporter())
         if self.settings.auth_token:
             logger.info("auth on: every route but /livez, /readyz, /healthz needs the token")
         else:  # fine on a laptop or a private network; the Bento sets SMALLCLS_REQUIRE_AUTH

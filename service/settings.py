@@ -36,6 +36,7 @@ ENV_MAX_CONCURRENCY = "SMALLCLS_MAX_CONCURRENCY"
 ENV_TIMEOUT_S = "SMALLCLS_TIMEOUT_S"
 ENV_RELOAD_POLL_S = "SMALLCLS_RELOAD_POLL_S"
 ENV_ACCESS_LOG = "SMALLCLS_ACCESS_LOG"
+ENV_TRACE_CLASSIFY = "SMALLCLS_TRACE_CLASSIFY"
 ENV_ORT_SPINNING = "SMALLCLS_ORT_SPINNING"
 ENV_ADMISSION = "SMALLCLS_ADMISSION"
 ENV_QUEUE_TARGET_MS = "SMALLCLS_QUEUE_TARGET_MS"
@@ -193,6 +194,9 @@ class ServerSettings:
     timeout_s: int = 60
     # One log line per request costs CPU the model could use; the metrics count requests.
     access_log: bool = False
+    # An OpenTelemetry span per classify request costs CPU too, recorded or not
+    # (service/tracing.py); on when a tracing exporter is configured.
+    trace_classify: bool = False
 
     @property
     def resources(self) -> dict[str, str]:
@@ -206,6 +210,7 @@ class ServerSettings:
         concurrency = env.get(ENV_MAX_CONCURRENCY, "").strip()
         return cls(
             access_log=_flag(env, ENV_ACCESS_LOG, cls.access_log),
+            trace_classify=_flag(env, ENV_TRACE_CLASSIFY, cls.trace_classify),
             workers=_positive_int(env, ENV_WORKERS, cls.workers),
             threads=_positive_int(env, ENV_THREADS, cls.threads),
             max_concurrency=_positive_int(env, ENV_MAX_CONCURRENCY, 1) if concurrency else None,
