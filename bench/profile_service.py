@@ -1,11 +1,15 @@
 """Where the service's CPU goes per request, apart from the model: cProfile of the ASGI app.
 
     python bench/profile_service.py --requests 2000
+    python bench/profile_service.py --requests 800 --cpu-rounds 5 --path /predict
 
 Drives `Classifier.to_asgi()` directly from one event loop (no sockets, no HTTP parsing), one
 single-text request at a time, and prints (1) wall time per request against the bare
 `logits_bucketed` call on the same texts and (2) the top functions by cumulative time in the
 event-loop thread. The model's own time is in the batcher's thread and does not show in (2).
+With `--cpu-rounds N` it profiles nothing and prints instead the event-loop thread's CPU per
+request in each of N rounds and their median: what a request costs outside the model, without
+the profiler's own overhead (set SMALLCLS_TRACE_CLASSIFY=true to compare with the span).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import cProfile
 import json
 import os
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,7 +48,7 @@ async def lifespan(app, messages: list[str]) -> asyncio.Task:
     return task, queue
 
 
-async def request(app, body: bytes) -> int:
+async def request(app, body: bytes, path: str = "/classify") -> int:
     sent = False
     status = 0
 
@@ -62,8 +67,8 @@ async def request(app, body: bytes) -> int:
     scope = {
         "type": "http",
         "method": "POST",
-        "path": "/classify",
-        "raw_path": b"/classify",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
         "scheme": "http",
@@ -80,12 +85,29 @@ async def request(app, body: bytes) -> int:
     return status
 
 
+async def loop_cpu_per_request(app, bodies: list[bytes], path: str, rounds: int) -> list[float]:
+    """CPU time of this thread (the event loop's) per request, in ms, once per round."""
+    _, queue = await lifespan(app, ["lifespan.startup"])
+    for body in bodies[:50]:
+        assert await request(app, body, path) == 200
+    per_round = []
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        for body in bodies:
+            await request(app, body, path)
+        per_round.append((time.thread_time() - t0) * 1000 / len(bodies))
+    queue.put_nowait({"type": "lifespan.shutdown"})
+    return per_round
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=Path("demo_output/models/minilm-int8"))
     parser.add_argument("--texts", type=Path, default=ROOT / "data/sst2/test.jsonl")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--path", choices=["/classify", "/predict"], default="/classify")
+    parser.add_argument("--cpu-rounds", type=int, default=0, help="thread CPU, no profile")
     args = parser.parse_args()
     os.environ.update(
         SMALLCLS_MODELS=str(args.model),
@@ -105,7 +127,17 @@ def main() -> int:
     bare_ms = (time.perf_counter() - t0) * 1000 / len(texts)
 
     app = Classifier.to_asgi()
-    bodies = [json.dumps({"texts": [t]}).encode() for t in texts]
+    shape = (lambda t: {"inputs": t}) if args.path == "/predict" else (lambda t: {"texts": [t]})
+    bodies = [json.dumps(shape(t)).encode() for t in texts]
+    if args.cpu_rounds:
+        rounds = asyncio.run(loop_cpu_per_request(app, bodies, args.path, args.cpu_rounds))
+        shown = " / ".join(f"{r:.3f}" for r in rounds)
+        print(
+            f"{args.path}: event-loop thread CPU per request {statistics.median(rounds):.3f} ms "
+            f"(median of {len(rounds)} rounds of {len(bodies)}: {shown}); bare model "
+            f"{bare_ms:.2f} ms/text wall"
+        )
+        return 0
 
     async def run() -> float:
         _, queue = await lifespan(app, ["lifespan.startup"])

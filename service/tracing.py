@@ -3,9 +3,9 @@
 BentoML wraps every request in opentelemetry's ASGI middleware. Its span is created and
 filled with attributes whether or not anything records it (BentoML's sample rate is 0 unless
 a tracing exporter is configured), and three spans are made per request (the request, its
-receive, its send). On a 2-core machine that is 0.55 ms of event-loop CPU of the 2.1 ms a
-single-text request costs outside the model (bench/profile_service.py, 800 requests, 5
-rounds), paid on the cores the model needs. So the classify routes are left out of tracing
+receive, its send). On a 2-core machine that is 0.3 to 0.55 ms of the 1.9 to 2.1 ms of
+event-loop CPU a single-text request costs outside the model (`bench/profile_service.py
+--cpu-rounds 5`), paid on the cores the model needs. So the classify routes are left out of tracing
 through BentoML's own `tracing.excluded_urls`, and `SMALLCLS_TRACE_CLASSIFY=true` puts them
 back: set it together with a tracing exporter. What a classify response loses without its
 span is BentoML's `X-BentoML-Request-ID` header, which is the span's id.
