@@ -346,17 +346,6 @@ def test_health_endpoints(client: TestClient) -> None:
     assert client.get("/readyz").status_code == 200
 
 
-def test_classify_routes_get_no_trace_span(client: TestClient) -> None:
-    """BentoML's request id is its OpenTelemetry span's id, so a classify answer without one
-    had no span (service/tracing.py; tests/test_tracing.py counts the spans)."""
-    request_id = "X-BentoML-Request-ID"
-    for path, body in (("/classify", {"texts": ["fun"]}), ("/predict", {"inputs": "fun"})):
-        resp = client.post(path, json=body)
-        assert resp.status_code == 200, resp.text
-        assert request_id not in resp.headers, path
-    assert client.post("/", json={"inputs": "fun"}).status_code == 200
-
-
 def test_models_route_lists_manifest_facts(client: TestClient, model_dirs: list[Path]) -> None:
     resp = client.get("/models")
     assert resp.status_code == 200, resp.text
