@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import json
 import os
@@ -23,6 +24,7 @@ import pstats
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,19 +87,42 @@ async def request(app, body: bytes, path: str = "/classify") -> int:
     return status
 
 
-async def loop_cpu_per_request(app, bodies: list[bytes], path: str, rounds: int) -> list[float]:
-    """CPU time of this thread (the event loop's) per request, in ms, once per round."""
+@contextlib.asynccontextmanager
+async def serving(app, bodies: list[bytes], path: str) -> AsyncIterator[None]:
+    """The app started (its lifespan) and warmed on the first bodies; shut down after."""
     _, queue = await lifespan(app, ["lifespan.startup"])
     for body in bodies[:50]:
         assert await request(app, body, path) == 200
+    try:
+        yield
+    finally:
+        queue.put_nowait({"type": "lifespan.shutdown"})
+
+
+async def loop_cpu_per_request(app, bodies: list[bytes], path: str, rounds: int) -> list[float]:
+    """CPU time of this thread (the event loop's) per request, in ms, once per round."""
     per_round = []
-    for _ in range(rounds):
-        t0 = time.thread_time()
+    async with serving(app, bodies, path):
+        for _ in range(rounds):
+            t0 = time.thread_time()
+            for body in bodies:
+                await request(app, body, path)
+            per_round.append((time.thread_time() - t0) * 1000 / len(bodies))
+    return per_round
+
+
+async def profiled_ms_per_request(app, bodies: list[bytes], path: str, out: Path) -> float:
+    """Wall time per request with cProfile on; the profile is written to `out`."""
+    async with serving(app, bodies, path):
+        profiler = cProfile.Profile()
+        t0 = time.perf_counter()
+        profiler.enable()
         for body in bodies:
             await request(app, body, path)
-        per_round.append((time.thread_time() - t0) * 1000 / len(bodies))
-    queue.put_nowait({"type": "lifespan.shutdown"})
-    return per_round
+        profiler.disable()
+        per_request = (time.perf_counter() - t0) * 1000 / len(bodies)
+    profiler.dump_stats(str(out))
+    return per_request
 
 
 def main() -> int:
@@ -139,28 +164,14 @@ def main() -> int:
         )
         return 0
 
-    async def run() -> float:
-        _, queue = await lifespan(app, ["lifespan.startup"])
-        for body in bodies[:50]:
-            assert await request(app, body) == 200
-        profiler = cProfile.Profile()
-        t0 = time.perf_counter()
-        profiler.enable()
-        for body in bodies:
-            await request(app, body)
-        profiler.disable()
-        per_request = (time.perf_counter() - t0) * 1000 / len(bodies)
-        profiler.dump_stats(str(ROOT / "bench_out" / "service.prof"))
-        queue.put_nowait({"type": "lifespan.shutdown"})
-        return per_request
-
     (ROOT / "bench_out").mkdir(exist_ok=True)
-    served_ms = asyncio.run(run())
+    profile = ROOT / "bench_out" / "service.prof"
+    served_ms = asyncio.run(profiled_ms_per_request(app, bodies, args.path, profile))
     print(
         f"bare logits_bucketed: {bare_ms:.2f} ms/text; through the ASGI app: {served_ms:.2f} "
         f"ms/request (+{served_ms - bare_ms:.2f} ms, profiled)"
     )
-    stats = pstats.Stats(str(ROOT / "bench_out" / "service.prof"))
+    stats = pstats.Stats(str(profile))
     stats.sort_stats("tottime").print_stats(25)
     return 0
 

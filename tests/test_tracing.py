@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
+from fakes import make_tiny_model_dir
 from opentelemetry.util.http import ExcludeList
 
 from service import door, tracing
@@ -70,13 +75,6 @@ print(json.dumps(sorted({s.name for s in spans.get_finished_spans() if s.parent 
 def test_spans_recorded_by_a_sampling_service(trace_classify: bool, tmp_path) -> None:
     """With every request sampled, the classify routes make spans only when asked to, and
     the other routes always do."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from fakes import make_tiny_model_dir
-
     model = make_tiny_model_dir(tmp_path / "m", name="m", labels=("a", "b"), seed=0)
     env = {
         **os.environ,
