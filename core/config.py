@@ -173,6 +173,10 @@ class DemoConfig:
     output_dir: str = "demo_output"
     models: list[TrainConfig] = dataclasses.field(default_factory=list)
     precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8"])
+    # Variants for some models instead of `precisions`, by model name: a recipe worth its
+    # export time on one family only (int8-fused is fast for BERT-style encoders, and keeps
+    # every SmolLM2 MatMul in float after minutes of search).
+    model_precisions: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     loadtest_users: int = 8  # users of a single run (kept for `smallcls loadtest` parity)
     loadtest_seconds: int = 15  # seconds per sweep step
     serve_threads: int = 2
@@ -217,6 +221,27 @@ class DemoConfig:
         bad = sorted(set(self.precisions) - set(VARIANTS))
         if bad:
             raise ConfigError(f"precisions must be among {list(VARIANTS)}, got {bad}")
+        self._check_model_precisions(names)
+
+    def _check_model_precisions(self, names: list[str]) -> None:
+        if not isinstance(self.model_precisions, dict):
+            raise ConfigError(
+                "model_precisions must map model names to variant lists, got "
+                f"{self.model_precisions!r}"
+            )
+        for name, variants in self.model_precisions.items():
+            if name not in names:
+                raise ConfigError(f"model_precisions names {name!r}, not one of {names}")
+            if not (isinstance(variants, list) and variants):
+                raise ConfigError(f"model_precisions.{name} must be a non-empty list")
+            if bad := sorted(set(map(str, variants)) - set(VARIANTS)):
+                raise ConfigError(
+                    f"model_precisions.{name} must be among {list(VARIANTS)}, got {bad}"
+                )
+
+    def precisions_for(self, name: str) -> list[str]:
+        """The variants exported (and load-tested) for the model called `name`."""
+        return self.model_precisions.get(name, self.precisions)
 
 
 def _coerce(cls_name: str, field: str, annotation: Any, value: Any) -> Any:

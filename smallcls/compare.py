@@ -136,4 +136,6 @@ def compare_config(
         dataclasses.replace(m, **data, **(model_overrides or {}))
         for m in select_models(demo.models, families)
     ]
-    return dataclasses.replace(demo, models=models)
+    kept = {m.name for m in models}
+    precisions = {k: v for k, v in demo.model_precisions.items() if k in kept}
+    return dataclasses.replace(demo, models=models, model_precisions=precisions)

@@ -88,12 +88,13 @@ def run_demo(
 
     start = time.perf_counter()
     model_dirs: list[Path] = []
-    for i, run_dir in enumerate(run_dirs, 1):
-        echo(f"[export {i}/{total}] {run_dir.name}: ONNX {' + '.join(config.precisions)}")
+    for i, (model, run_dir) in enumerate(zip(config.models, run_dirs, strict=True), 1):
+        variants = config.precisions_for(model.name)
+        echo(f"[export {i}/{total}] {run_dir.name}: ONNX {' + '.join(variants)}")
         model_dirs += export_run(
             run_dir,
             out / "models",
-            variants=tuple(config.precisions),
+            variants=tuple(variants),
             show_progress=show_progress,
             device=config.export_device,
         )

@@ -149,6 +149,35 @@ def test_demo_config_in_repo_is_valid():
         from_mapping(DemoConfig, {**one, "price_targets_ms": [0]})
 
 
+def test_model_precisions_replace_the_variants_of_the_models_they_name():
+    two = {"models": [{"name": "a", "family": "encoder"}, {"name": "b", "family": "encoder"}]}
+    config = from_mapping(DemoConfig, {**two, "model_precisions": {"a": ["fp32", "int8-fused"]}})
+    assert config.precisions_for("a") == ["fp32", "int8-fused"]
+    assert config.precisions_for("b") == config.precisions == ["fp32", "int8"]
+    for bad, message in [
+        ({"c": ["fp32"]}, "names 'c'"),
+        ({"a": ["int3"]}, "model_precisions.a must be among"),
+        ({"a": []}, "non-empty"),
+        (["fp32"], "must map model names"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            from_mapping(DemoConfig, {**two, "model_precisions": bad})
+
+
+def test_compare_keeps_the_model_precisions_of_the_families_it_runs(tmp_path):
+    from smallcls.compare import CompareInputs, compare_config
+    from smallcls.parser import DEFAULT_DEMO_CONFIG
+
+    inputs = CompareInputs(train=SST2_TEST)
+    kw = {"preset": DEFAULT_DEMO_CONFIG, "echo": lambda line: None}
+    everything = compare_config(inputs, tmp_path / "all", **kw)
+    assert "int8-fused" in everything.precisions_for("minilm")
+    assert "int8-fused" not in everything.precisions_for("smollm2-last")
+    decoders = compare_config(inputs, tmp_path / "dec", families=["causal_lm"], **kw)
+    assert [m.name for m in decoders.models] == ["smollm2-last"]
+    assert decoders.model_precisions == {}
+
+
 @pytest.mark.parametrize("name", ["train_goemotions.yaml", "train_imdb_lora.yaml"])
 def test_benchmark_train_configs_in_repo_are_valid(name):
     from smallcls.parser import DEFAULT_DEMO_CONFIG

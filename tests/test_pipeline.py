@@ -56,6 +56,7 @@ def test_compare_on_a_csv_end_to_end_with_three_families(tiny_dirs, tmp_path):
         "loadtest_seconds": 3,
         "loadtest_steps": [2],  # one sweep step per model keeps the test short
         "serve_threads": 1,
+        "model_precisions": {"enc": ["fp32", "int8-fused"]},  # the others: fp32 and int8
         "models": [
             {"name": "enc", "family": "encoder", "base_model": str(tiny_dirs["bert"]), **common},
             {
@@ -85,7 +86,8 @@ def test_compare_on_a_csv_end_to_end_with_three_families(tiny_dirs, tmp_path):
     data = out / "data" / "reviews"
     carved = [line for line in (data / "test.jsonl").read_text().splitlines() if line]
     assert len(carved) == 72  # 20% of 360, stratified, written once for every family
-    names = {f"{m}-{p}" for m in ("enc", "bidir", "last") for p in ("fp32", "int8")}
+    names = {f"{m}-{p}" for m in ("bidir", "last") for p in ("fp32", "int8")}
+    names |= {"enc-fp32", "enc-int8-fused"}
     models = out / "models"
     accepted = {p.name for p in models.iterdir() if p.name != "refused"}
     refused = {p.name for p in (models / "refused").glob("*")}
