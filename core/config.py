@@ -168,6 +168,14 @@ class TrainConfig:
             raise ConfigError("train_path must name a file (or set dataset or hub_dataset)")
 
 
+def _check_variants(field: str, variants: object) -> None:
+    """A non-empty list of export variant names, or a ConfigError naming `field`."""
+    if not (isinstance(variants, list) and variants):
+        raise ConfigError(f"{field} must be a non-empty list of variants, got {variants!r}")
+    if bad := sorted(set(map(str, variants)) - set(VARIANTS)):
+        raise ConfigError(f"{field} must be among {list(VARIANTS)}, got {bad}")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DemoConfig:
     output_dir: str = "demo_output"
@@ -218,9 +226,7 @@ class DemoConfig:
                 raise ConfigError(
                     f"{field} must be one of {list(DEVICES)}, got {getattr(self, field)!r}"
                 )
-        bad = sorted(set(self.precisions) - set(VARIANTS))
-        if bad:
-            raise ConfigError(f"precisions must be among {list(VARIANTS)}, got {bad}")
+        _check_variants("precisions", self.precisions)
         self._check_model_precisions(names)
 
     def _check_model_precisions(self, names: list[str]) -> None:
@@ -232,12 +238,7 @@ class DemoConfig:
         for name, variants in self.model_precisions.items():
             if name not in names:
                 raise ConfigError(f"model_precisions names {name!r}, not one of {names}")
-            if not (isinstance(variants, list) and variants):
-                raise ConfigError(f"model_precisions.{name} must be a non-empty list")
-            if bad := sorted(set(map(str, variants)) - set(VARIANTS)):
-                raise ConfigError(
-                    f"model_precisions.{name} must be among {list(VARIANTS)}, got {bad}"
-                )
+            _check_variants(f"model_precisions.{name}", variants)
 
     def precisions_for(self, name: str) -> list[str]:
         """The variants exported (and load-tested) for the model called `name`."""

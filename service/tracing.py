@@ -7,8 +7,8 @@ receive, its send). On a 2-core machine that is 0.3 to 0.55 ms of the 1.9 to 2.1
 event-loop CPU a single-text request costs outside the model (`bench/profile_service.py
 --cpu-rounds 5`), paid on the cores the model needs. So the classify routes are left out of
 tracing through BentoML's own `tracing.excluded_urls`, and `SMALLCLS_TRACE_CLASSIFY=true`
-puts them back: set it together with a tracing exporter. What a classify response loses without its
-span is BentoML's `X-BentoML-Request-ID` header, which is the span's id.
+puts them back: set it together with a tracing exporter. What a classify response loses
+without its span is BentoML's `X-BentoML-Request-ID` header, which is the span's id.
 """
 
 from __future__ import annotations

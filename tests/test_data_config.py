@@ -162,6 +162,10 @@ def test_model_precisions_replace_the_variants_of_the_models_they_name():
     ]:
         with pytest.raises(ConfigError, match=message):
             from_mapping(DemoConfig, {**two, "model_precisions": bad})
+    # `precisions` is checked by the same rule, with its own name in the message.
+    for bad, message in [(["int3"], "precisions must be among"), ([], "precisions must be a non")]:
+        with pytest.raises(ConfigError, match=message):
+            from_mapping(DemoConfig, {**two, "precisions": bad})
 
 
 def test_compare_keeps_the_model_precisions_of_the_families_it_runs(tmp_path):
