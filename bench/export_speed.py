@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(markdown(rows, args))
     out = args.out or args.models_dir / f"bench-{config.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)  # bench_out/ is not in a fresh clone
     out.write_text(
         json.dumps(
             {
