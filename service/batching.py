@@ -1,10 +1,11 @@
 """Dynamic batching for one model: texts from concurrent requests share one onnxruntime call.
 
 A batch starts as soon as the model is free; texts that arrive while it runs wait and form
-the next batch, up to `max_batch_size` texts. At low load a request runs alone and waits for
-nothing; under load batches grow by themselves. This runs in the API process, next to the
-HTTP server: no second process and no second HTTP hop per request (on 2 cores both cost as
-much CPU as MiniLM's inference itself).
+the next batch, up to `max_batch_size` texts (and, with `max_batch_ms`, no more than the
+measured model time per text lets finish within that budget). At low load a request runs
+alone and waits for nothing; under load batches grow by themselves. This runs in the API
+process, next to the HTTP server: no second process and no second HTTP hop per request (on 2
+cores both cost as much CPU as MiniLM's inference itself).
 
 Overload is refused at the door by the worker's admission control (service/admission.py),
 which every batcher reports to; while it says the worker is overloaded, batches take the
@@ -82,11 +83,47 @@ def _lower_priority(nice: int) -> None:
             logger.warning("could not lower the model thread's priority: %s", exc)
 
 
+class BatchTimeLimit:
+    """Texts per batch such that one batch's model time stays within a budget.
+
+    Every request that arrives while a batch runs waits for the whole batch before its own
+    starts, so the batch's run time, not its size, is what the latency objective feels. The
+    same batch size is a different wait on every CPU and model: 16 MiniLM-L6 int8 texts take
+    about 40 ms on a 2-core AVX-512 VNNI Xeon and 105 ms on a 2-core AMD EPYC, twice a 50 ms
+    objective by themselves. The limit is the budget over a moving average of the model time
+    per text of recent batches. Per text, a small batch costs more than a large one (the
+    call's fixed cost is shared by fewer texts), so a limit set from small batches is low;
+    the batches it allows then measure a lower cost and the limit rises. With a batch of n
+    texts taking a + b*n seconds this settles where a + b*n = budget: the largest batch
+    that fits, whatever load the estimate was first measured at."""
+
+    def __init__(self, budget_s: float, most: int) -> None:
+        self.budget_s = budget_s
+        self.most = most  # max_batch_size: the limit never exceeds it
+        self.seconds_per_text = 0.0  # 0: nothing measured yet
+
+    @property
+    def limit(self) -> int:
+        if not self.budget_s or not self.seconds_per_text:
+            return self.most
+        return max(1, min(self.most, int(self.budget_s / self.seconds_per_text)))
+
+    def observe(self, texts: int, seconds: float) -> None:
+        """A batch of `texts` ran in `seconds` of model time."""
+        if texts <= 0 or seconds <= 0:
+            return
+        per_text = seconds / texts
+        if not self.seconds_per_text:
+            self.seconds_per_text = per_text
+        else:  # recent batches weigh most: the cost per text follows the batch sizes run
+            self.seconds_per_text += 0.2 * (per_text - self.seconds_per_text)
+
+
 @dataclasses.dataclass(eq=False)
 class _Job:
     texts: Sequence[str]
     future: asyncio.Future[Rows]
-    enqueued: float  # time.perf_counter()
+    enqueued: float  # the batcher's clock: time.perf_counter() but in tests
     longest: int = 0  # tokens of its longest text (after truncation); 0: not counted
 
 
@@ -114,14 +151,17 @@ class Batcher:
         settings: BatchingSettings,
         observe: BatchObserver | None = None,
         admission: AdmissionControl | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.name = name
+        self._clock = clock  # seconds; tests pass a clock the model advances
         self.settings = settings
         self._run = run
         self._observe = observe
         self._admission = admission
         self._jobs: collections.deque[_Job] = collections.deque()
         self._queued_texts = 0
+        self.time_limit = BatchTimeLimit(settings.max_batch_ms / 1000, settings.max_batch_size)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # One thread: one batch at a time per model, so ORT's intra-op threads are not
@@ -154,7 +194,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self._loop(), name=f"batcher-{self.name}")
-        job = _Job(texts, loop.create_future(), time.perf_counter(), longest)
+        job = _Job(texts, loop.create_future(), self._clock(), longest)
         self._jobs.append(job)
         self._queued_texts += len(texts)
         if self._observe is not None:
@@ -190,10 +230,11 @@ class Batcher:
         size = 0
         longest = 0  # tokens of the batch's longest text: every row is padded to it
         budget = self.settings.max_batch_tokens
+        most = self.time_limit.limit
         taken = 0  # texts leaving the queue, cancelled jobs' included
         while self._jobs:
             job = self._jobs[-1] if freshest_first else self._jobs[0]
-            if jobs and size + len(job.texts) > self.settings.max_batch_size:
+            if jobs and size + len(job.texts) > most:
                 break
             # Padded tokens bound the batch as well (TEI's max_batch_tokens): a few long texts
             # would otherwise make a full batch of rows that long, and everyone in it wait.
@@ -283,10 +324,10 @@ class Batcher:
                         return
                     self._wakeup.clear()
                     await self._wakeup.wait()
-                if wait_s and self._queued_texts < self.settings.max_batch_size:
+                if wait_s and self._queued_texts < self.time_limit.limit:
                     await asyncio.sleep(wait_s)  # let a batch fill (tuned per model)
                 overloaded = self._admission is not None and self._admission.overloaded
-                now = time.perf_counter()
+                now = self._clock()
                 # Freshest first leaves the oldest behind: they are refused as soon as they
                 # are too old, not when (if ever) a batch takes them; too old is much sooner
                 # under overload (the admission's short queue timeout).
@@ -308,7 +349,7 @@ class Batcher:
                     self._observe.observe_batch(self.name, len(texts), waits)
                 if self._admission is not None:
                     self._admission.batch_running(len(live))
-                started = time.perf_counter()
+                started = self._clock()
                 try:
                     rows = await loop.run_in_executor(self._executor, self._run, texts)
                 except Exception:  # the model failed: find whose texts, keep serving
@@ -316,12 +357,12 @@ class Batcher:
                     await self._run_apart(live)
                     continue
                 finally:
+                    took = self._clock() - started
                     if self._admission is not None:
                         self._admission.batch_done(
-                            len(live),
-                            time.perf_counter() - started,
-                            half_full=2 * len(texts) >= self.settings.max_batch_size,
+                            len(live), took, half_full=2 * len(texts) >= self.time_limit.limit
                         )
+                self.time_limit.observe(len(texts), took)
                 start = 0
                 for job in live:
                     end = start + len(job.texts)

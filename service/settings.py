@@ -26,6 +26,7 @@ ENV_BATCH_WAIT_MS = "SMALLCLS_BATCH_WAIT_MS"
 ENV_MAX_QUEUE = "SMALLCLS_MAX_QUEUE"
 ENV_MODEL_THREAD_NICE = "SMALLCLS_MODEL_THREAD_NICE"
 ENV_MAX_BATCH_TOKENS = "SMALLCLS_MAX_BATCH_TOKENS"
+ENV_MAX_BATCH_MS = "SMALLCLS_MAX_BATCH_MS"
 ENV_MODEL_BATCHING = "SMALLCLS_MODEL_BATCHING"
 ENV_AUTH_TOKEN = "SMALLCLS_AUTH_TOKEN"
 ENV_AUTH_TOKEN_FILE = "SMALLCLS_AUTH_TOKEN_FILE"
@@ -120,6 +121,10 @@ class BatchingSettings:
     # Inference's max_batch_tokens; 0: no bound. Counting costs ~40 us per text on the event
     # loop, so it is done only when this is set. A request over it alone still runs alone.
     max_batch_tokens: int = 0
+    # Model time per batch: no more texts than the measured time per text lets finish within
+    # it (service/batching.py BatchTimeLimit); 0: no bound. Every request that arrives while
+    # a batch runs waits for all of it, so this bounds that wait on any CPU.
+    max_batch_ms: float = 0.0
     # A text that waited longer than this in the queue before its batch started is answered
     # 503 (overloaded) instead of making every later request slower still.
     max_latency_ms: int = 1000
@@ -137,8 +142,9 @@ class BatchingSettings:
         for field in ("max_batch_size", "max_latency_ms", "max_queue"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
-        if not self.batch_wait_ms >= 0:
-            raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        for field in ("batch_wait_ms", "max_batch_ms"):
+            if not getattr(self, field) >= 0:
+                raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
         if self.max_batch_tokens < 0:
             raise ValueError(f"max_batch_tokens must be >= 0, got {self.max_batch_tokens}")
         if not 0 <= self.thread_nice <= 19:
@@ -154,6 +160,7 @@ class BatchingSettings:
             max_queue=_positive_int(env, ENV_MAX_QUEUE, cls.max_queue),
             thread_nice=_int(env, ENV_MODEL_THREAD_NICE, cls.thread_nice),
             max_batch_tokens=_int(env, ENV_MAX_BATCH_TOKENS, cls.max_batch_tokens),
+            max_batch_ms=_non_negative_float(env, ENV_MAX_BATCH_MS, cls.max_batch_ms),
         )
 
 

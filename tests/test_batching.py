@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from service.batching import Batcher, ModelFailed, Overloaded, Retired
-from service.settings import BatchingSettings
+from service.batching import Batcher, BatchTimeLimit, ModelFailed, Overloaded, Retired
+from service.settings import BatchingSettings, per_model_batching
 
 
 class GatedModel:
@@ -178,3 +178,81 @@ def test_batches_are_bounded_by_padded_tokens_as_well_as_texts() -> None:
     # 100 padded tokens: s1 + long would be 2 x 60; the long text runs without the others.
     assert asyncio.run(main(100)) == [["a"], ["s1"], ["long"], ["s2"]]
     assert asyncio.run(main(130)) == [["a"], ["s1", "long"], ["s2"]]
+
+
+def _settle(limit: BatchTimeLimit, fixed_s: float, per_text_s: float, batches: int) -> list[int]:
+    """Batch sizes when every batch is as large as the limit allows and takes a + b*n."""
+    sizes = []
+    for _ in range(batches):
+        n = limit.limit
+        sizes.append(n)
+        limit.observe(n, fixed_s + per_text_s * n)
+    return sizes
+
+
+@pytest.mark.parametrize("first_batch", [1, 32])
+def test_the_time_limit_settles_on_the_largest_batch_within_budget(first_batch: int) -> None:
+    # 10 ms per call + 5 ms per text, budget 52 ms: 8 texts take 50 ms, 9 take 55.
+    limit = BatchTimeLimit(0.052, most=32)
+    assert limit.limit == 32  # nothing measured: only max_batch_size bounds
+    limit.observe(first_batch, 0.010 + 0.005 * first_batch)
+    sizes = _settle(limit, 0.010, 0.005, 60)
+    assert sizes[-10:] == [8] * 10
+    assert 0.010 + 0.005 * sizes[-1] <= 0.052
+
+
+def test_the_time_limit_never_passes_max_batch_size_nor_goes_below_one() -> None:
+    fast, slow = BatchTimeLimit(0.050, most=16), BatchTimeLimit(0.050, most=16)
+    assert _settle(fast, 0.0, 0.0001, 20)[-1] == 16  # 500 texts would fit: 16 is the most
+    assert _settle(slow, 0.0, 0.2, 20)[-1] == 1  # one text is over budget: it still runs
+    unbounded = BatchTimeLimit(0.0, most=16)
+    unbounded.observe(4, 10.0)
+    assert unbounded.limit == 16
+
+
+class ClockedModel:
+    """Takes `fixed_s + per_text_s * n` seconds of a fake clock per batch of n texts."""
+
+    def __init__(self, fixed_s: float, per_text_s: float) -> None:
+        self.now = 0.0
+        self.fixed_s, self.per_text_s = fixed_s, per_text_s
+        self.calls: list[int] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(len(texts))
+        self.now += self.fixed_s + self.per_text_s * len(texts)
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+
+def test_max_batch_ms_bounds_batches_by_their_measured_model_time() -> None:
+    async def main(max_batch_ms: float) -> list[int]:
+        model = ClockedModel(fixed_s=0.004, per_text_s=0.006)  # 8 texts: 52 ms, 7: 46 ms
+        settings = BatchingSettings(max_batch_size=32, max_batch_ms=max_batch_ms)
+        batcher = Batcher("m", model, settings, clock=model.clock)
+        for _ in range(8):  # a steady backlog: every batch is as full as allowed
+            await asyncio.gather(*(batcher.submit([str(i)]) for i in range(64)))
+        batcher.close()
+        return model.calls
+
+    assert set(asyncio.run(main(0))) == {32}  # unbounded: every batch of the backlog is full
+    calls = asyncio.run(main(50))
+    assert calls[0] == 32  # before anything is measured, max_batch_size alone bounds
+    # 7 texts are the most that finish within 50 ms; the last round's 64th text runs alone.
+    assert calls[-10:] == [7] * 9 + [1]
+    assert sum(calls) == 8 * 64  # every text answered
+
+
+def test_max_batch_ms_is_read_from_the_environment_and_checked() -> None:
+    assert BatchingSettings.from_env({}).max_batch_ms == 0.0  # off unless set
+    assert BatchingSettings.from_env({"SMALLCLS_MAX_BATCH_MS": "25"}).max_batch_ms == 25.0
+    with pytest.raises(ValueError, match="SMALLCLS_MAX_BATCH_MS must be a number >= 0"):
+        BatchingSettings.from_env({"SMALLCLS_MAX_BATCH_MS": "-1"})
+    with pytest.raises(ValueError, match="max_batch_ms must be >= 0"):
+        BatchingSettings(max_batch_ms=-5)
+    per_model = per_model_batching(
+        {"SMALLCLS_MODEL_BATCHING": '{"m": {"max_batch_ms": 30}}'}, BatchingSettings()
+    )
+    assert per_model["m"].max_batch_ms == 30
