@@ -58,7 +58,7 @@ def dynamic_int8(
     only the nodes `only` quantized)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from export.variants import DYNAMIC_OPS, quiet_root_logger
+    from export.variants import DYNAMIC_OPS, head_exclusions, quiet_root_logger
 
     if reduce_range is None:
         reduce_range = int8_reduce_range()
@@ -70,7 +70,7 @@ def dynamic_int8(
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
             reduce_range=reduce_range,
-            nodes_to_exclude=list(excluded),
+            nodes_to_exclude=list(excluded) + head_exclusions(source),
             nodes_to_quantize=only,
             op_types_to_quantize=list(DYNAMIC_OPS),
             # Fused contrib ops (Attention, SkipLayerNormalization) defeat ONNX shape

@@ -240,6 +240,26 @@ def test_int8_keeps_mlp_outputs_in_fp32(exported):
     assert Manifest.read(enc["fp32"]).quantization == {}
 
 
+@pytest.mark.parametrize("key", ["encoder", "last"])
+def test_int8_keeps_the_classification_head_in_float(exported, key):
+    """The head (a Gemm on the pooled vector) is never quantized: it gains nothing from int8
+    and rounds the very logits the decision rule reads."""
+    from export.variants import head_exclusions
+
+    dirs = exported[key][1]
+    heads = [n for n in head_exclusions(dirs["fp32"] / "model.onnx") if not n.endswith("_MatMul")]
+    assert heads, "the head exports as a Gemm"
+    for variant in ("int8", "int8-static"):
+        graph = onnx.load(str(dirs[variant] / "model.onnx"), load_external_data=False).graph
+        made_by = {out: n.op_type for n in graph.node for out in n.output}
+        head_nodes = [n for n in graph.node if n.name.startswith(tuple(heads))]
+        assert head_nodes, variant
+        for node in head_nodes:
+            assert node.op_type not in {"MatMulInteger", "DynamicQuantizeMatMul", "QGemm"}, node
+            feeders = {made_by.get(i) for i in node.input}
+            assert not feeders & {"DequantizeLinear", "DynamicQuantizeLinear"}, (node.name, feeders)
+
+
 def test_zero_shot_label_words_need_no_training(tiny_dirs, tmp_path):
     """Zero-shot label-word scoring: no optimizer step, yet a complete run that exports."""
     config = TrainConfig(
