@@ -15,7 +15,7 @@ from core.decision import DecisionRule  # noqa: E402
 from core.manifest import VARIANTS, Manifest  # noqa: E402
 from export import gate, int8_recipes, sensitivity, smoothing  # noqa: E402
 from export.int8_search import SELECTION_AGREEMENT, SearchData, logits_of  # noqa: E402
-from export.variants import PRECISION, op_counts, parse_variants  # noqa: E402
+from export.variants import PRECISION, head_exclusions, op_counts, parse_variants  # noqa: E402
 from service.runtime import OnnxClassifier  # noqa: E402
 from tests.tiny_models import SST2_TEST, SST2_TRAIN, sst2_slice  # noqa: E402
 
@@ -154,6 +154,9 @@ def test_mixed_keeps_exactly_the_chosen_layers_in_float(runs):
         _, dirs, _ = runs[key]
         q = Manifest.read(dirs["int8-mixed"]).quantization
         left = set(sensitivity.weighted_layers(onnx.load(str(dirs["int8-mixed"] / "model.onnx"))))
+        head = left & set(head_exclusions(dirs["fp32"] / "model.onnx"))
+        assert head, key  # the classification head stays float in every int8 file
+        left -= head
         assert left == set(q["excluded"]) and q["fp32_nodes"] == len(left), key
         assert q["selection_agreement"] >= SELECTION_AGREEMENT
         if left:  # found by the search: the count kept is one it measured
