@@ -126,6 +126,20 @@ def optimize_fp32(fp32_path: Path, out_path: Path, *, model_type: str) -> dict[s
 MLP_OUTPUT = re.compile(r"(layer\.\d+/output/dense/|/down_proj/|/DenseReluDense/wo/)")
 
 
+def graph_nodes(path: Path) -> tuple[tuple[str, str], ...]:
+    """(op type, name) of every node of an ONNX file, parsed once per version of the file:
+    the int8 builders ask for them on every candidate they build, and parsing SmolLM2's
+    540 MB graph takes over a second each time."""
+    stat = path.stat()
+    return _graph_nodes(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _graph_nodes(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, str], ...]:
+    graph = onnx.load(path, load_external_data=False).graph
+    return tuple((n.op_type, n.name) for n in graph.node)
+
+
 def int8_exclusions(fp32_path: Path) -> list[str]:
     """MatMul nodes left in fp32 by int8 (dynamic and static): the MLP output projections.
 
@@ -136,11 +150,10 @@ def int8_exclusions(fp32_path: Path) -> list[str]:
     (99.3% -> 99.6% on 1,000 training texts), at about +30% latency against int8 everywhere
     (which failed the gate's 99% agreement).
     """
-    graph = onnx.load(str(fp32_path), load_external_data=False).graph
     return [
-        n.name
-        for n in graph.node
-        if n.op_type in ("MatMul", "Gemm") and MLP_OUTPUT.search(n.name + "/")
+        name
+        for op, name in graph_nodes(fp32_path)
+        if op in ("MatMul", "Gemm") and MLP_OUTPUT.search(name + "/")
     ]
 
 
@@ -154,8 +167,7 @@ def head_exclusions(fp32_path: Path) -> list[str]:
     99.5% of the selection texts. onnxruntime's dynamic quantizer rewrites a Gemm `X` as
     MatMul `X_MatMul` plus an Add before it reads `nodes_to_exclude`, so both names are given.
     """
-    graph = onnx.load(str(fp32_path), load_external_data=False).graph
-    gemms = [n.name for n in graph.node if n.op_type == "Gemm" and n.name]
+    gemms = [name for op, name in graph_nodes(fp32_path) if op == "Gemm" and name]
     return [name for gemm in gemms for name in (gemm, f"{gemm}_MatMul")]
 
 
