@@ -51,6 +51,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.cpu_share import CpuSampler, describe, period_share  # noqa: E402
 from bench.hostile import fuzz_schema, hostile_inputs, process_tree_rss  # noqa: E402
 from core.manifest import Manifest  # noqa: E402
 from loadtests.run import LoadSummary, run_loadtest  # noqa: E402
@@ -666,9 +667,14 @@ class Bench:
             f"RSS every {d.rss_every_s:g} s")  # fmt: skip
         load = self.load("soak", users=users, rate=rate, seconds=d.soak_s).start()
         rss: list[tuple[float, float]] = []
+        cpu = CpuSampler(
+            lambda: tree_cpu_s(self.pid), locust_cpu_s, self.scrape_latency, self.slo_ms / 1000
+        )
         while load.thread.is_alive():
             rss.append((time.time(), tree_rss_mb(self.pid)))
+            cpu.sample()
             load.thread.join(timeout=d.rss_every_s)
+        cpu.sample()
         load.join()
         reqs = read_requests(self.out / "soak" / "requests.csv")
         t0, t1 = reqs[0].start, reqs[0].start + d.soak_s
@@ -682,6 +688,7 @@ class Bench:
                 "errors": sum(r.outcome != "ok" for r in part),
                 **latency([r for r in part if r.outcome == "ok"]),
                 "rss_mb": statistics.median(mem) if mem else None,
+                "cpu": period_share(cpu.samples, lo, hi),
             })  # fmt: skip
         errors = [r for r in reqs if r.start < t1 and r.outcome != "ok"]
         first, last = periods[0], periods[-1]
@@ -734,6 +741,30 @@ class Bench:
                 data={"periods": periods, "drift": drift},
             )
         )
+
+        self.add(
+            Row(
+                check="soak CPU",
+                tried=f"cores per {unit}: the server's tree, Locust, the rest of the host "
+                "(steal apart), and the server's own share of answers within the SLO",
+                figure="; ".join(
+                    f"{p['period']}: p95 {fmt_ms(p['p95_ms'])} ms, "
+                    + describe(p["cpu"], self.slo_ms)
+                    for p in periods
+                ),
+                target="measured: tells a slow server from a busy host or client",
+                ok=None,
+                data={"periods": [{"period": p["period"], **p["cpu"]} for p in periods]},
+            )
+        )
+
+    def scrape_latency(self) -> dict[str, float] | None:
+        """The server's latency buckets for the model, or None where /metrics did not
+        answer (a sample then leaves the server-side latency out)."""
+        try:
+            return latency_histogram(self.metrics(), self.model)
+        except (OSError, http.client.HTTPException):
+            return None
 
     def hostile(self) -> None:
         workers = worker_pids(self.pid)

@@ -23,6 +23,7 @@ CHECKS = {
     "soak errors",
     "soak memory",
     "soak latency",
+    "soak CPU",
     "fuzz (schemathesis)",
     "hostile inputs",
     "worker SIGKILL",
@@ -76,5 +77,9 @@ def test_quick_reliability_run_has_every_row_and_the_behaviour(tmp_path: Path) -
 
     soak = rows["soak errors"]["data"]
     assert soak["requests"] > 0
+    shares = [p for p in rows["soak CPU"]["data"]["periods"] if "server_cores" in p]
+    assert shares, rows["soak CPU"]["figure"]
+    assert all(p["server_cores"] > 0 and p["other_cores"] >= 0 for p in shares), shares
+    assert any(p["server_within"] is not None for p in shares), shares
     if "hostile inputs" in rows and rows["hostile inputs"]["result"] == "skip":
         assert "missing" in rows["hostile inputs"]["figure"]

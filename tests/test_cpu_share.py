@@ -1,0 +1,93 @@
+"""bench/cpu_share.py: per-period CPU attribution and the server's share within the objective,
+on synthetic counter traces with a known answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.cpu_share import CpuSample, CpuSampler, describe, objective_bucket, period_share
+
+
+def trace(server: float, load: float, other: float, steal: float, seconds: int) -> list[CpuSample]:
+    """One sample a second, with constant core use per part and 100 answers a second of
+    which 90 within the objective."""
+    return [
+        CpuSample(
+            t=1000.0 + i,
+            server_s=server * i,
+            load_s=load * i,
+            host_busy_s=(server + load + other) * i,
+            steal_s=steal * i,
+            answered=100.0 * i,
+            within=90.0 * i,
+        )
+        for i in range(seconds + 1)
+    ]
+
+
+def test_period_share_splits_the_host_into_server_load_and_other() -> None:
+    share = period_share(trace(1.2, 0.3, 0.25, 0.05, 60), 1000.0, 1060.0)
+    assert share["server_cores"] == pytest.approx(1.2)
+    assert share["load_cores"] == pytest.approx(0.3)
+    assert share["other_cores"] == pytest.approx(0.25)
+    assert share["steal_cores"] == pytest.approx(0.05)
+    assert share["server_within"] == pytest.approx(0.9)
+
+
+def test_period_share_reads_only_the_samples_around_its_period() -> None:
+    # A busy neighbour in the second half only: the first half's period must not see it.
+    quiet = trace(1.0, 0.2, 0.0, 0.0, 30)
+    end = quiet[-1]
+    busy = [
+        CpuSample(
+            t=end.t + i,
+            server_s=end.server_s + 0.5 * i,
+            load_s=end.load_s + 0.2 * i,
+            host_busy_s=end.host_busy_s + 1.9 * i,
+            steal_s=0.0,
+            answered=end.answered + 50.0 * i,
+            within=end.within + 10.0 * i,
+        )
+        for i in range(1, 31)
+    ]
+    samples = quiet + busy
+    first = period_share(samples, 1000.0, 1030.0)
+    second = period_share(samples, 1030.0, 1060.0)
+    assert first["other_cores"] == pytest.approx(0.0)
+    assert second["other_cores"] == pytest.approx(1.2)
+    assert second["server_cores"] == pytest.approx(0.5)
+    assert second["server_within"] == pytest.approx(0.2)
+
+
+def dataclass_without_latency(sample: CpuSample) -> CpuSample:
+    return CpuSample(sample.t, sample.server_s, sample.load_s, sample.host_busy_s, 0.0)
+
+
+def test_period_share_without_latency_or_samples() -> None:
+    samples = [dataclass_without_latency(s) for s in trace(1.0, 0.0, 0.0, 0.0, 10)]
+    assert period_share(samples, 1000.0, 1010.0)["server_within"] is None
+    assert period_share(samples[:1], 1000.0, 1010.0) == {}
+    assert describe({}, 50) == "n/a"
+
+
+def test_objective_bucket_is_the_first_edge_at_or_above_the_objective() -> None:
+    hist = {"0.02": 1.0, "0.05": 2.0, "0.1": 3.0, "+Inf": 4.0}
+    assert objective_bucket(hist, 0.05) == "0.05"
+    assert objective_bucket(hist, 0.06) == "0.1"
+    assert objective_bucket(hist, 5.0) == "+Inf"
+
+
+def test_sampler_reads_the_histogram_and_the_host() -> None:
+    hist = {"0.05": 9.0, "0.1": 10.0, "+Inf": 12.0}
+    sampler = CpuSampler(lambda: 3.0, lambda: 1.0, lambda: hist, objective_s=0.05)
+    sample = sampler.sample()
+    assert (sample.server_s, sample.load_s) == (3.0, 1.0)
+    assert (sample.answered, sample.within) == (12.0, 9.0)
+    assert sample.host_busy_s > 0
+    blind = CpuSampler(lambda: 0.0, lambda: 0.0, lambda: None, objective_s=0.05).sample()
+    assert blind.answered is None and blind.within is None
+    text = describe(period_share(trace(1.0, 0.5, 0.1, 0.0, 5), 1000.0, 1005.0), 50)
+    assert (
+        text
+        == "server 1.00 + load 0.50 + other 0.10 cores (steal 0.00); server-side 90.0% <= 50 ms"
+    )
