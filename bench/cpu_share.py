@@ -23,6 +23,8 @@ from typing import Any
 
 import psutil
 
+from service.metrics import BATCH_SIZE, QUEUE_WAIT, REQUEST_DURATION
+
 
 @dataclasses.dataclass(frozen=True)
 class CpuSample:
@@ -35,6 +37,10 @@ class CpuSample:
     steal_s: float  # ready to run, but the hypervisor ran something else
     answered: float | None = None  # server-side answers so far (histogram count)
     within: float | None = None  # of which within the objective (histogram bucket)
+    batch_texts: float | None = None  # texts run so far, over `batches` model calls
+    batches: float | None = None
+    queue_wait_s: float | None = None  # seconds waited for a batch so far, over `queued`
+    queued: float | None = None
 
 
 def host_cpu_s() -> tuple[float, float]:
@@ -52,38 +58,79 @@ def objective_bucket(histogram: dict[str, float], objective_s: float) -> str:
     return min(edges, key=float, default="+Inf")
 
 
+def metric_total(text: str, series: str, model: str) -> float | None:
+    """The sum over workers of one Prometheus series for one model (`name_sum`,
+    `name_count`, or `name_bucket` with `le="x"` in `series`), or None where absent."""
+    name, _, label = series.partition("{")
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if not line.startswith(name + "{") or f'model="{model}"' not in line:
+            continue
+        if label and label.rstrip("}") not in line:
+            continue
+        total += float(line.rsplit(" ", 1)[1])
+        found = True
+    return total if found else None
+
+
 class CpuSampler:
-    """Samples the counters on demand; `histogram` reads the server's latency buckets
-    (le -> cumulative count), or None where they cannot be read."""
+    """Samples the counters on demand; `scrape` returns the server's /metrics text, or None
+    where it cannot be read (that sample then has no server-side figures)."""
 
     def __init__(
         self,
         server_cpu_s: Callable[[], float],
         load_cpu_s: Callable[[], float],
-        histogram: Callable[[], dict[str, float] | None],
+        scrape: Callable[[], str | None],
+        model: str,
         objective_s: float,
     ) -> None:
         self.server_cpu_s = server_cpu_s
         self.load_cpu_s = load_cpu_s
-        self.histogram = histogram
+        self.scrape = scrape
+        self.model = model
         self.objective_s = objective_s
         self.samples: list[CpuSample] = []
 
+    def server_counters(self) -> dict[str, float | None]:
+        text = self.scrape()
+        if text is None:
+            return {}
+        edges = [
+            line.split('le="', 1)[1].split('"', 1)[0]
+            for line in text.splitlines()
+            if line.startswith(f"{REQUEST_DURATION}_bucket{{") and f'model="{self.model}"' in line
+        ]
+        edge = objective_bucket(dict.fromkeys(edges, 0.0), self.objective_s)
+
+        def total(series: str) -> float | None:
+            return metric_total(text, series, self.model)
+
+        return {
+            "answered": total(f"{REQUEST_DURATION}_count"),
+            "within": total(f'{REQUEST_DURATION}_bucket{{le="{edge}"}}'),
+            "batch_texts": total(f"{BATCH_SIZE}_sum"),
+            "batches": total(f"{BATCH_SIZE}_count"),
+            "queue_wait_s": total(f"{QUEUE_WAIT}_sum"),
+            "queued": total(f"{QUEUE_WAIT}_count"),
+        }
+
     def sample(self) -> CpuSample:
-        hist = self.histogram()
-        answered = within = None
-        if hist:
-            answered = hist.get("+Inf")
-            within = hist.get(objective_bucket(hist, self.objective_s))
+        counters = self.server_counters()
         busy, steal = host_cpu_s()
+        server_s, load_s = self.server_cpu_s(), self.load_cpu_s()
+        if self.samples:
+            # A process tree's sum drops when a process in it ends (Locust at the end of
+            # the run, a replaced worker): hold the counter rather than go backwards.
+            server_s = max(server_s, self.samples[-1].server_s)
+            load_s = max(load_s, self.samples[-1].load_s)
         sample = CpuSample(
             t=time.time(),
-            server_s=self.server_cpu_s(),
-            load_s=self.load_cpu_s(),
+            server_s=server_s,
+            load_s=load_s,
             host_busy_s=busy,
             steal_s=steal,
-            answered=answered,
-            within=within,
+            **counters,
         )
         self.samples.append(sample)
         return sample
@@ -112,24 +159,36 @@ def period_share(samples: Sequence[CpuSample], lo: float, hi: float) -> dict[str
         # ended between samples takes its CPU out of the tree's sum.
         "other_cores": max(0.0, busy - server - load),
         "steal_cores": (last.steal_s - first.steal_s) / span,
-        "server_within": None,
     }
-    if None not in (first.answered, last.answered, first.within, last.within):
-        answered = last.answered - first.answered  # type: ignore[operator]
-        if answered > 0:
-            out["server_within"] = (last.within - first.within) / answered  # type: ignore[operator]
+    out["server_within"] = ratio(first, last, "within", "answered")
+    out["texts_per_call"] = ratio(first, last, "batch_texts", "batches")
+    wait = ratio(first, last, "queue_wait_s", "queued")
+    out["queue_wait_ms"] = None if wait is None else 1000 * wait
     return out
+
+
+def ratio(first: CpuSample, last: CpuSample, part: str, whole: str) -> float | None:
+    """Δpart / Δwhole between two samples, None where either is missing or Δwhole is 0."""
+    values = [getattr(s, f) for s in (first, last) for f in (part, whole)]
+    if None in values:
+        return None
+    p0, w0, p1, w1 = values
+    return (p1 - p0) / (w1 - w0) if w1 > w0 else None
 
 
 def describe(share: dict[str, Any], objective_ms: float) -> str:
     """One period in words: `server 1.21 + load 0.35 + other 0.05 cores (steal 0.00);
-    server-side 97.1% <= 50 ms`."""
+    server-side 97.1% <= 50 ms, 2.3 texts/call, queue 4.1 ms`."""
     if not share:
         return "n/a"
-    within = share["server_within"]
-    side = "n/a" if within is None else f"{within:.1%}"
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
     return (
         f"server {share['server_cores']:.2f} + load {share['load_cores']:.2f} + other "
         f"{share['other_cores']:.2f} cores (steal {share['steal_cores']:.2f}); "
-        f"server-side {side} <= {objective_ms:g} ms"
+        f"server-side {fmt(share['server_within'], '.1%')} <= {objective_ms:g} ms, "
+        f"{fmt(share['texts_per_call'], '.1f')} texts/call, "
+        f"queue {fmt(share['queue_wait_ms'], '.1f')} ms"
     )

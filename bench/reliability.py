@@ -346,6 +346,7 @@ class Bench:
     grace_s: float
     env: dict[str, str]
     only: frozenset[str] = frozenset()  # phases to run (saturation always runs); empty: all
+    given_saturation: float | None = None  # req/s: the sweep is skipped (A/B runs)
     rows: list[Row] = dataclasses.field(default_factory=list)
     token: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(24))
 
@@ -455,6 +456,12 @@ class Bench:
 
     def saturation(self) -> float:
         d = self.d
+        if self.given_saturation is not None:
+            say(f"[1 saturation] given: {self.given_saturation:g} req/s, no sweep")
+            self.add(Row(check="saturation", tried="--saturation (not measured)",
+                         figure=f"{self.given_saturation:g} req/s, given",
+                         target="a figure", ok=None))  # fmt: skip
+            return self.given_saturation
         say(f"[1 saturation] sweep {list(d.sweep_steps)} users, {d.step_s} s per step")
         sweep = run_sweep(
             host=self.url,
@@ -668,14 +675,16 @@ class Bench:
         load = self.load("soak", users=users, rate=rate, seconds=d.soak_s).start()
         rss: list[tuple[float, float]] = []
         cpu = CpuSampler(
-            lambda: tree_cpu_s(self.pid), locust_cpu_s, self.scrape_latency, self.slo_ms / 1000
+            lambda: tree_cpu_s(self.pid), locust_cpu_s, self.scrape, self.model, self.slo_ms / 1000
         )
         while load.thread.is_alive():
             rss.append((time.time(), tree_rss_mb(self.pid)))
             cpu.sample()
             load.thread.join(timeout=d.rss_every_s)
-        cpu.sample()
         load.join()
+        # Batch sizes, queue waits and GC pauses of the whole soak, for the slow minutes.
+        if (text := self.scrape()) is not None:
+            (self.out / "soak" / "metrics-end.txt").write_text(text)
         reqs = read_requests(self.out / "soak" / "requests.csv")
         t0, t1 = reqs[0].start, reqs[0].start + d.soak_s
         periods = []
@@ -758,11 +767,10 @@ class Bench:
             )
         )
 
-    def scrape_latency(self) -> dict[str, float] | None:
-        """The server's latency buckets for the model, or None where /metrics did not
-        answer (a sample then leaves the server-side latency out)."""
+    def scrape(self) -> str | None:
+        """The server's /metrics text, or None where it did not answer."""
         try:
-            return latency_histogram(self.metrics(), self.model)
+            return self.metrics()
         except (OSError, http.client.HTTPException):
             return None
 
@@ -1058,6 +1066,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="override a server setting of PRODUCTION_ENV (repeatable)",
     )
     parser.add_argument(
+        "--saturation",
+        type=float,
+        default=None,
+        metavar="RPS",
+        help="skip the sweep and load against this saturation (req/s): runs that compare "
+        "settings then offer the same load",
+    )
+    parser.add_argument(
         "--only",
         default="",
         metavar="PHASES",
@@ -1075,6 +1091,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_dir=args.model_dir.resolve(), out=args.out.resolve(),
         d=QUICK if args.quick else FULL, quick=args.quick, slo_ms=args.slo_p95_ms,
         rate=args.rate, max_users=args.max_users, grace_s=args.grace_s, env=env, only=only,
+        given_saturation=args.saturation,
     )  # fmt: skip
     # A SIGTERM (pkill, a CI timeout) must unwind through the server's context manager:
     # the default handler would leave `bentoml serve` and Locust running as orphans.

@@ -9,8 +9,8 @@ from bench.cpu_share import CpuSample, CpuSampler, describe, objective_bucket, p
 
 
 def trace(server: float, load: float, other: float, steal: float, seconds: int) -> list[CpuSample]:
-    """One sample a second, with constant core use per part and 100 answers a second of
-    which 90 within the objective."""
+    """One sample a second, with constant core use per part, 100 answers a second of which
+    90 within the objective, in 25 model calls (4 texts each) after 5 ms of queue each."""
     return [
         CpuSample(
             t=1000.0 + i,
@@ -20,6 +20,10 @@ def trace(server: float, load: float, other: float, steal: float, seconds: int) 
             steal_s=steal * i,
             answered=100.0 * i,
             within=90.0 * i,
+            batch_texts=100.0 * i,
+            batches=25.0 * i,
+            queue_wait_s=0.5 * i,
+            queued=100.0 * i,
         )
         for i in range(seconds + 1)
     ]
@@ -32,6 +36,8 @@ def test_period_share_splits_the_host_into_server_load_and_other() -> None:
     assert share["other_cores"] == pytest.approx(0.25)
     assert share["steal_cores"] == pytest.approx(0.05)
     assert share["server_within"] == pytest.approx(0.9)
+    assert share["texts_per_call"] == pytest.approx(4.0)
+    assert share["queue_wait_ms"] == pytest.approx(5.0)
 
 
 def test_period_share_reads_only_the_samples_around_its_period() -> None:
@@ -77,17 +83,41 @@ def test_objective_bucket_is_the_first_edge_at_or_above_the_objective() -> None:
     assert objective_bucket(hist, 5.0) == "+Inf"
 
 
-def test_sampler_reads_the_histogram_and_the_host() -> None:
-    hist = {"0.05": 9.0, "0.1": 10.0, "+Inf": 12.0}
-    sampler = CpuSampler(lambda: 3.0, lambda: 1.0, lambda: hist, objective_s=0.05)
+METRICS = """\
+smallcls_request_duration_seconds_bucket{le="0.02",model="m"} 5.0
+smallcls_request_duration_seconds_bucket{le="0.05",model="m"} 9.0
+smallcls_request_duration_seconds_bucket{le="0.1",model="m"} 10.0
+smallcls_request_duration_seconds_bucket{le="+Inf",model="m"} 12.0
+smallcls_request_duration_seconds_count{model="m"} 12.0
+smallcls_request_duration_seconds_bucket{le="0.05",model="other"} 100.0
+smallcls_request_duration_seconds_count{model="other"} 100.0
+smallcls_batch_size_texts_sum{model="m"} 12.0
+smallcls_batch_size_texts_count{model="m"} 4.0
+smallcls_queue_wait_seconds_sum{model="m"} 0.06
+smallcls_queue_wait_seconds_count{model="m"} 12.0
+"""
+
+
+def test_sampler_reads_the_servers_metrics_and_the_host() -> None:
+    sampler = CpuSampler(lambda: 3.0, lambda: 1.0, lambda: METRICS, "m", objective_s=0.05)
     sample = sampler.sample()
     assert (sample.server_s, sample.load_s) == (3.0, 1.0)
-    assert (sample.answered, sample.within) == (12.0, 9.0)
+    assert (sample.answered, sample.within) == (12.0, 9.0)  # the other model's are not summed
+    assert (sample.batch_texts, sample.batches) == (12.0, 4.0)
+    assert (sample.queue_wait_s, sample.queued) == (0.06, 12.0)
     assert sample.host_busy_s > 0
-    blind = CpuSampler(lambda: 0.0, lambda: 0.0, lambda: None, objective_s=0.05).sample()
-    assert blind.answered is None and blind.within is None
+    blind = CpuSampler(lambda: 0.0, lambda: 0.0, lambda: None, "m", objective_s=0.05).sample()
+    assert blind.answered is None and blind.within is None and blind.batches is None
     text = describe(period_share(trace(1.0, 0.5, 0.1, 0.0, 5), 1000.0, 1005.0), 50)
-    assert (
-        text
-        == "server 1.00 + load 0.50 + other 0.10 cores (steal 0.00); server-side 90.0% <= 50 ms"
+    assert text == (
+        "server 1.00 + load 0.50 + other 0.10 cores (steal 0.00); "
+        "server-side 90.0% <= 50 ms, 4.0 texts/call, queue 5.0 ms"
     )
+
+
+def test_sampler_holds_a_counter_whose_process_ended() -> None:
+    """Locust's CPU leaves the sum when it exits: the period's load must not go negative."""
+    readings = iter([5.0, 8.0, 0.0])
+    sampler = CpuSampler(lambda: 1.0, lambda: next(readings), lambda: None, "m", 0.05)
+    loads = [sampler.sample().load_s for _ in range(3)]
+    assert loads == [5.0, 8.0, 8.0]
