@@ -136,6 +136,39 @@ def test_dynamic_int8_leaves_the_embedding_lookups_in_float(runs, key):
         assert not any(t.endswith("_quantized") for t in tables), variant
 
 
+PRODUCTS = {"Gemm", "MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QGemm",
+            "MatMulIntegerToFloat", "MatMulNBits", "QLinearMatMul"}  # fmt: skip
+QUANTIZERS = {"DequantizeLinear", "DynamicQuantizeLinear", "QuantizeLinear"}
+
+
+def _last_product(graph: onnx.GraphProto) -> tuple[onnx.NodeProto, set[str]]:
+    """The product nearest the logits output (the head), and the ops that feed its inputs."""
+    made_by = {out: n for n in graph.node for out in n.output}
+    todo, seen = [graph.output[0].name], set()
+    while todo:
+        node = made_by.get(todo.pop(0))
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in PRODUCTS:
+            return node, {made_by[i].op_type for i in node.input if i in made_by}
+        todo.extend(node.input)
+    raise AssertionError("no product before the logits")
+
+
+@pytest.mark.parametrize("key", list(FAMILIES))
+def test_every_recipe_keeps_the_head_in_float(runs, key):
+    """The head rounds the very logits the decision rule reads and gains nothing from int8:
+    in every recipe's file the product nearest the logits is a float Gemm or MatMul reading
+    float inputs (the fused graph and the smoothed one included)."""
+    _, dirs, _ = runs[key]
+    for variant in ("fp32", *RECIPES):
+        graph = onnx.load(str(dirs[variant] / "model.onnx"), load_external_data=False).graph
+        head, feeders = _last_product(graph)
+        assert head.op_type in {"Gemm", "MatMul"}, (variant, head.op_type, head.name)
+        assert not feeders & QUANTIZERS, (variant, head.name, feeders)
+
+
 def test_weight_only_int8_has_no_float_weights_left(runs):
     for key in FAMILIES:
         _, dirs, _ = runs[key]
