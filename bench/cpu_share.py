@@ -138,8 +138,9 @@ class CpuSampler:
 
 def period_share(samples: Sequence[CpuSample], lo: float, hi: float) -> dict[str, Any]:
     """Cores used on average between the last sample at or before `lo` and the first at or
-    after `hi` (the nearest inside where the run has none outside), and the server's share
-    of answers within the objective. Empty where fewer than two samples bracket the period."""
+    after `hi` (the nearest inside where the run has none outside); the server's share of
+    answers within the objective, texts per model call and mean queue wait in that span.
+    Empty where fewer than two samples bracket the period."""
     if len(samples) < 2:
         return {}
     before = [s for s in samples if s.t <= lo]

@@ -755,7 +755,8 @@ class Bench:
             Row(
                 check="soak CPU",
                 tried=f"cores per {unit}: the server's tree, Locust, the rest of the host "
-                "(steal apart), and the server's own share of answers within the SLO",
+                "(steal apart); the server's own share of answers within the SLO, texts per model "
+                "call and mean queue wait",
                 figure="; ".join(
                     f"{p['period']}: p95 {fmt_ms(p['p95_ms'])} ms, "
                     + describe(p["cpu"], self.slo_ms)
@@ -1084,6 +1085,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = frozenset(p.strip() for p in args.only.split(",") if p.strip())
     if unknown := only - {"overload", "soak", "hostile", "worker kill", "sigterm"}:
         parser.error(f"--only: unknown phases {sorted(unknown)}")
+    if args.saturation is not None and not args.saturation > 0:
+        parser.error(f"--saturation must be a positive rate in req/s, got {args.saturation:g}")
     if not (args.model_dir / "manifest.json").is_file():
         parser.error(f"{args.model_dir} is not a model directory (no manifest.json)")
     env = parse_env(args.env)
