@@ -58,19 +58,26 @@ def objective_bucket(histogram: dict[str, float], objective_s: float) -> str:
     return min(edges, key=float, default="+Inf")
 
 
-def metric_total(text: str, series: str, model: str) -> float | None:
-    """The sum over workers of one Prometheus series for one model (`name_sum`,
-    `name_count`, or `name_bucket` with `le="x"` in `series`), or None where absent."""
-    name, _, label = series.partition("{")
-    total, found = 0.0, False
+def model_series(text: str, model: str) -> dict[tuple[str, str | None], float]:
+    """One model's Prometheus samples from a /metrics text, summed over workers, keyed by
+    (series name, the `le` label or None): one pass over the text."""
+    out: dict[tuple[str, str | None], float] = {}
+    label = f'model="{model}"'
     for line in text.splitlines():
-        if not line.startswith(name + "{") or f'model="{model}"' not in line:
+        name, brace, rest = line.partition("{")
+        if not brace or label not in rest:
             continue
-        if label and label.rstrip("}") not in line:
-            continue
-        total += float(line.rsplit(" ", 1)[1])
-        found = True
-    return total if found else None
+        le = rest.split('le="', 1)[1].split('"', 1)[0] if 'le="' in rest else None
+        key = (name, le)
+        out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def latency_histogram(text: str, model: str) -> dict[str, float]:
+    """`smallcls_request_duration_seconds` buckets (le -> count) for one model, summed over
+    workers."""
+    series = model_series(text, model)
+    return {le: v for (name, le), v in series.items() if name == f"{REQUEST_DURATION}_bucket"}
 
 
 class CpuSampler:
@@ -96,23 +103,16 @@ class CpuSampler:
         text = self.scrape()
         if text is None:
             return {}
-        edges = [
-            line.split('le="', 1)[1].split('"', 1)[0]
-            for line in text.splitlines()
-            if line.startswith(f"{REQUEST_DURATION}_bucket{{") and f'model="{self.model}"' in line
-        ]
-        edge = objective_bucket(dict.fromkeys(edges, 0.0), self.objective_s)
-
-        def total(series: str) -> float | None:
-            return metric_total(text, series, self.model)
-
+        series = model_series(text, self.model)
+        hist = {le: v for (name, le), v in series.items() if name == f"{REQUEST_DURATION}_bucket"}
+        edge = objective_bucket(hist, self.objective_s)
         return {
-            "answered": total(f"{REQUEST_DURATION}_count"),
-            "within": total(f'{REQUEST_DURATION}_bucket{{le="{edge}"}}'),
-            "batch_texts": total(f"{BATCH_SIZE}_sum"),
-            "batches": total(f"{BATCH_SIZE}_count"),
-            "queue_wait_s": total(f"{QUEUE_WAIT}_sum"),
-            "queued": total(f"{QUEUE_WAIT}_count"),
+            "answered": series.get((f"{REQUEST_DURATION}_count", None)),
+            "within": hist.get(edge),
+            "batch_texts": series.get((f"{BATCH_SIZE}_sum", None)),
+            "batches": series.get((f"{BATCH_SIZE}_count", None)),
+            "queue_wait_s": series.get((f"{QUEUE_WAIT}_sum", None)),
+            "queued": series.get((f"{QUEUE_WAIT}_count", None)),
         }
 
     def sample(self) -> CpuSample:

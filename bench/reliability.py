@@ -51,7 +51,13 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.cpu_share import CpuSampler, describe, period_share  # noqa: E402
+from bench.cpu_share import (  # noqa: E402
+    CpuSampler,
+    describe,
+    latency_histogram,
+    objective_bucket,
+    period_share,
+)
 from bench.hostile import fuzz_schema, hostile_inputs, process_tree_rss  # noqa: E402
 from core.manifest import Manifest  # noqa: E402
 from loadtests.run import LoadSummary, run_loadtest  # noqa: E402
@@ -269,18 +275,6 @@ def locust_cpu_s() -> float:
                 times = child.cpu_times()
                 total += times.user + times.system
     return total
-
-
-def latency_histogram(metrics: str, model: str) -> dict[str, float]:
-    """`smallcls_request_duration_seconds` buckets (le -> count) for one model, summed over
-    workers."""
-    out: dict[str, float] = {}
-    prefix = "smallcls_request_duration_seconds_bucket{"
-    for line in metrics.splitlines():
-        if line.startswith(prefix) and f'model="{model}"' in line:
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            out[le] = out.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
-    return out
 
 
 def count_ready_lines(log_path: Path) -> int:
@@ -546,8 +540,7 @@ class Bench:
             hist = latency_histogram(self.metrics(), self.model)
         # Server side (parsed -> answered, 200s and 503s) during the overload: the share
         # within 2x the SLO, from the first histogram bucket at or above it.
-        edge = min((le for le in hist if le != "+Inf" and float(le) >= 2 * self.slo_ms / 1000),
-                   key=float, default="+Inf")  # fmt: skip
+        edge = objective_bucket(hist, 2 * self.slo_ms / 1000)
         answered = hist.get("+Inf", 0) - hist_before.get("+Inf", 0)
         within = hist.get(edge, 0) - hist_before.get(edge, 0)
         server_share = within / answered if answered else None
