@@ -88,6 +88,10 @@ class AdmissionControl:
         # models of the worker: they share its cores).
         self.seconds_per_request = 0.0
         self.last_batch_s = 0.0  # the run time of the worker's latest batch, any model
+        # Batches that may run at once (the most lanes of any of the worker's models): the
+        # work ahead is shared by them. Their run time, measured while they share the cores,
+        # already holds what running at once costs each.
+        self.lanes = 1
         self.overloaded = False
         self.refused = 0  # since start, for logs and tests
 
@@ -104,7 +108,7 @@ class AdmissionControl:
         """Estimated seconds of model work ahead of a request arriving now: every admitted
         request not yet in a running batch, queued for a model or still in the HTTP pipeline
         (body read, validation), at the measured model time per request."""
-        return max(0, self.in_flight - self.running) * self.seconds_per_request
+        return max(0, self.in_flight - self.running) * self.seconds_per_request / self.lanes
 
     # -- what the batchers report
 
@@ -123,6 +127,10 @@ class AdmissionControl:
         since = self._above_since.setdefault(queue, now)
         if now - since >= self._interval_s:
             self._enter_overload(now)
+
+    def serves_lanes(self, lanes: int) -> None:
+        """A batcher of this worker runs up to `lanes` batches at once."""
+        self.lanes = max(self.lanes, lanes)
 
     def batch_running(self, requests: int) -> None:
         self.running += requests

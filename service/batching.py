@@ -142,7 +142,8 @@ class BatchObserver(Protocol):
 
 
 class Batcher:
-    """One queue and one worker thread per model version. Use from one event loop."""
+    """One queue per model version, served by `settings.lanes` lanes: each takes the next
+    batch when its own model call ends, in its own thread. Use from one event loop."""
 
     def __init__(
         self,
@@ -159,15 +160,18 @@ class Batcher:
         self._run = run
         self._observe = observe
         self._admission = admission
+        if admission is not None:
+            admission.serves_lanes(settings.lanes)
         self._jobs: collections.deque[_Job] = collections.deque()
         self._queued_texts = 0
         self.time_limit = BatchTimeLimit(settings.max_batch_ms / 1000, settings.max_batch_size)
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        # One thread: one batch at a time per model, so ORT's intra-op threads are not
-        # oversubscribed by concurrent batches of the same model.
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lanes_running = 0
+        # One thread per lane (settings.lanes, 1 by default: one batch at a time, so ORT's
+        # intra-op threads are not oversubscribed by concurrent batches of the same model).
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            1,
+            settings.lanes,
             thread_name_prefix=name,
             initializer=_lower_priority,
             initargs=(settings.thread_nice,),
@@ -192,8 +196,12 @@ class Batcher:
                 "retry shortly",
             )
         loop = asyncio.get_running_loop()
-        if self._task is None:
-            self._task = loop.create_task(self._loop(), name=f"batcher-{self.name}")
+        if not self._tasks:
+            self._lanes_running = self.settings.lanes
+            self._tasks = [
+                loop.create_task(self._loop(), name=f"batcher-{self.name}-{lane}")
+                for lane in range(self.settings.lanes)
+            ]
         job = _Job(texts, loop.create_future(), self._clock(), longest)
         self._jobs.append(job)
         self._queued_texts += len(texts)
@@ -208,7 +216,7 @@ class Batcher:
         if self._admission is not None:
             self._admission.forget(self)
         self._wakeup.set()
-        if self._task is None:
+        if not self._tasks:
             self._executor.shutdown(wait=False)
 
     def _take_expired(self, enqueued_before: float) -> list[_Job]:
@@ -374,4 +382,6 @@ class Batcher:
                         )
                     start = end
         finally:
-            self._executor.shutdown(wait=False)
+            self._lanes_running -= 1
+            if not self._lanes_running:  # the last lane out ends the threads
+                self._executor.shutdown(wait=False)

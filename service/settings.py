@@ -25,6 +25,7 @@ ENV_MAX_LATENCY_MS = "SMALLCLS_MAX_LATENCY_MS"
 ENV_BATCH_WAIT_MS = "SMALLCLS_BATCH_WAIT_MS"
 ENV_MAX_QUEUE = "SMALLCLS_MAX_QUEUE"
 ENV_MODEL_THREAD_NICE = "SMALLCLS_MODEL_THREAD_NICE"
+ENV_MODEL_LANES = "SMALLCLS_MODEL_LANES"
 ENV_MAX_BATCH_TOKENS = "SMALLCLS_MAX_BATCH_TOKENS"
 ENV_MAX_BATCH_MS = "SMALLCLS_MAX_BATCH_MS"
 ENV_MODEL_BATCHING = "SMALLCLS_MODEL_BATCHING"
@@ -137,9 +138,14 @@ class BatchingSettings:
     # loaded worker's model thread would otherwise take the CPU the event loop needs to read,
     # admit and refuse requests, and every answer and refusal would wait for it.
     thread_nice: int = 0
+    # Batches of one model that may run at once, each in its own thread, all taking from the
+    # one queue. 1: a batch at a time. More lanes turn a worker's single server into a pool
+    # (a request waits only while every lane is busy, not behind one long batch), at the
+    # price of batches sharing the cores; each ORT call keeps its own intra-op threads.
+    lanes: int = 1
 
     def __post_init__(self) -> None:
-        for field in ("max_batch_size", "max_latency_ms", "max_queue"):
+        for field in ("max_batch_size", "max_latency_ms", "max_queue", "lanes"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
         for field in ("batch_wait_ms", "max_batch_ms"):
@@ -159,6 +165,7 @@ class BatchingSettings:
             batch_wait_ms=_non_negative_float(env, ENV_BATCH_WAIT_MS, cls.batch_wait_ms),
             max_queue=_positive_int(env, ENV_MAX_QUEUE, cls.max_queue),
             thread_nice=_int(env, ENV_MODEL_THREAD_NICE, cls.thread_nice),
+            lanes=_positive_int(env, ENV_MODEL_LANES, cls.lanes),
             max_batch_tokens=_int(env, ENV_MAX_BATCH_TOKENS, cls.max_batch_tokens),
             max_batch_ms=_non_negative_float(env, ENV_MAX_BATCH_MS, cls.max_batch_ms),
         )

@@ -507,3 +507,22 @@ def test_nothing_of_a_finished_request_outlives_it() -> None:
         assert len(refs) == 20 and alive == []
 
     asyncio.run(main())
+
+
+def test_the_work_ahead_is_shared_by_the_lanes_that_serve_it() -> None:
+    """Four requests ahead at 8 ms each are 32 ms of work for one lane, over a 20 ms target;
+    two lanes run them in 16 ms, under it."""
+
+    def overloaded_control(lanes: int) -> AdmissionControl:
+        control = AdmissionControl(AdmissionSettings(target_ms=20.0), clock=lambda: 0.0)
+        Batcher("m", GatedModel(), BatchingSettings(lanes=lanes), admission=control)
+        control.batch_running(1)
+        control.batch_done(1, 0.008)
+        control._enter_overload(0.0)
+        for _ in range(4):
+            control.entered()
+        return control
+
+    assert overloaded_control(lanes=1).lanes == 1
+    assert not overloaded_control(lanes=1).admit()
+    assert overloaded_control(lanes=2).admit()

@@ -256,3 +256,76 @@ def test_max_batch_ms_is_read_from_the_environment_and_checked() -> None:
         {"SMALLCLS_MODEL_BATCHING": '{"m": {"max_batch_ms": 30}}'}, BatchingSettings()
     )
     assert per_model["m"].max_batch_ms == 30
+
+
+class LaneModel:
+    """Each call blocks on its own gate, so a test holds several batches running at once."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.gates: list[threading.Event] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        gate = threading.Event()
+        with self.lock:
+            self.calls.append(list(texts))
+            self.gates.append(gate)
+        gate.wait(5)
+        return np.array([[len(t), -len(t)] for t in texts], dtype=np.float32)
+
+
+def test_with_two_lanes_a_request_does_not_wait_behind_a_running_batch() -> None:
+    async def main() -> None:
+        model = LaneModel()
+        batcher = Batcher("m", model, BatchingSettings(max_batch_size=8, lanes=2))
+        slow = asyncio.ensure_future(batcher.submit(["a"]))
+        await _until(lambda: len(model.calls) == 1)
+        fast = asyncio.ensure_future(batcher.submit(["bb"]))
+        # The second lane takes it while the first batch still runs.
+        await _until(lambda: len(model.calls) == 2)
+        model.gates[1].set()
+        assert (await fast)[:, 0].tolist() == [2]
+        assert not slow.done()
+        # Both lanes busy: what arrives now waits, and forms one batch for the first free lane.
+        third = asyncio.ensure_future(batcher.submit(["c"]))
+        await _until(lambda: len(model.calls) == 3)
+        rest = [asyncio.ensure_future(batcher.submit(["d" * i])) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        assert len(model.calls) == 3
+        model.gates[0].set()
+        await slow
+        await _until(lambda: len(model.calls) == 4)
+        assert model.calls[3] == ["d", "dd"]
+        for gate in model.gates[2:]:
+            gate.set()
+        await asyncio.gather(third, *rest)
+        batcher.close()
+
+    asyncio.run(main())
+
+
+def test_one_lane_runs_one_batch_at_a_time() -> None:
+    async def main() -> None:
+        model = LaneModel()
+        batcher = Batcher("m", model, BatchingSettings(max_batch_size=8))
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await _until(lambda: len(model.calls) == 1)
+        second = asyncio.ensure_future(batcher.submit(["b"]))
+        await asyncio.sleep(0.02)
+        assert len(model.calls) == 1
+        model.gates[0].set()
+        await first
+        await _until(lambda: len(model.calls) == 2)
+        model.gates[1].set()
+        await second
+        batcher.close()
+
+    asyncio.run(main())
+
+
+def test_lanes_are_read_from_the_environment_and_checked() -> None:
+    assert BatchingSettings.from_env({"SMALLCLS_MODEL_LANES": "2"}).lanes == 2
+    assert BatchingSettings.from_env({}).lanes == 1
+    with pytest.raises(ValueError, match="lanes"):
+        BatchingSettings(lanes=0)
