@@ -167,18 +167,20 @@ class OnnxClassifier:
         """Tokens per text after the prompt template, before truncation."""
         return self.encoder.count_tokens(texts)
 
-    def logits_bucketed(self, texts: Sequence[str], slack: float = 1.3) -> np.ndarray:
+    def logits_bucketed(self, texts: Sequence[str], slack: float = 1.15) -> np.ndarray:
         """(B, num_labels) logits for a server batch; see `score_batch`."""
         return self.score_batch(texts, slack)[0]
 
     def score_batch(
-        self, texts: Sequence[str], slack: float = 1.3
+        self, texts: Sequence[str], slack: float = 1.15
     ) -> tuple[np.ndarray, np.ndarray]:
         """((B, num_labels) logits, (B,) bool: the text was cut to max_length) for a server
-        batch. Texts are sorted by token count and cut into groups whose padding stays under
-        `slack` x their real tokens: one long text in a batch of short ones would otherwise
-        make every row as long as it (attention cost grows with the square of that length).
-        Similar lengths make one ORT call."""
+        batch. Texts are sorted by token count and cut into groups whose padded tokens stay
+        under `slack` x their real tokens: one long text in a batch of short ones would
+        otherwise make every row as long as it (attention cost grows with the square of that
+        length). Similar lengths make one ORT call. Small batches are split by the same rule:
+        on one CPU thread a padded token costs about what a real one does, and a call more
+        costs less than the padding it saves (`bench/batch_grouping.py`)."""
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32), np.zeros(0, dtype=bool)
         encoded = self.encoder.encode(texts)
@@ -190,7 +192,7 @@ class OnnxClassifier:
             end, total = start + 1, int(lengths[order[start]])
             while end < len(order):
                 longest = int(lengths[order[end]])  # sorted: the next one is the longest
-                if longest * (end - start + 1) > slack * (total + longest) and end - start >= 4:
+                if longest * (end - start + 1) > slack * (total + longest):
                     break
                 total += longest
                 end += 1

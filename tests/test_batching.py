@@ -156,6 +156,23 @@ def test_bucketed_batches_match_one_text_at_a_time(tmp_path) -> None:
     assert truncated.tolist() == [t.startswith("a a") for t in texts]
 
 
+def test_a_small_batch_of_unequal_texts_is_not_padded_to_its_longest(tmp_path) -> None:
+    """Even two texts make two calls when padding them together would cost more than the
+    slack allows; texts of equal length still share one call."""
+    from fakes import make_tiny_model_dir
+
+    from service.runtime import OnnxClassifier
+
+    classifier = OnnxClassifier(make_tiny_model_dir(tmp_path / "m", max_length=64))
+    run, calls = classifier._run, []
+    classifier._run = lambda ids: calls.append([len(row) for row in ids]) or run(ids)
+    classifier.score_batch(["good", "the plot was very good but not great at all"])
+    assert len(calls) == 2
+    calls.clear()
+    classifier.score_batch(["good fun", "bad film"])
+    assert len(calls) == 1 and len(calls[0]) == 2
+
+
 def test_batches_are_bounded_by_padded_tokens_as_well_as_texts() -> None:
     async def main(budget: int) -> list[list[str]]:
         model = GatedModel()
