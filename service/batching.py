@@ -1,11 +1,12 @@
 """Dynamic batching for one model: texts from concurrent requests share one onnxruntime call.
 
-A batch starts as soon as the model is free; texts that arrive while it runs wait and form
-the next batch, up to `max_batch_size` texts (and, with `max_batch_ms`, no more than the
-measured model time per text lets finish within that budget). At low load a request runs
-alone and waits for nothing; under load batches grow by themselves. This runs in the API
-process, next to the HTTP server: no second process and no second HTTP hop per request (on 2
-cores both cost as much CPU as MiniLM's inference itself).
+A batch starts as soon as one of the model's lanes is free (one by default; `lanes` runs
+that many batches at once, each in its own thread); texts that arrive while every lane is
+busy wait and form the next batch, up to `max_batch_size` texts (and, with `max_batch_ms`,
+no more than the measured model time per text lets finish within that budget). At low load
+a request runs alone and waits for nothing; under load batches grow by themselves. This
+runs in the API process, next to the HTTP server: no second process and no second HTTP hop
+per request (on 2 cores both cost as much CPU as MiniLM's inference itself).
 
 Overload is refused at the door by the worker's admission control (service/admission.py),
 which every batcher reports to; while it says the worker is overloaded, batches take the
