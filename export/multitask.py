@@ -231,6 +231,9 @@ def export_multitask(
     refused: list[Path] = []
     messages: list[str] = []
     parent: dict[str, np.ndarray] | None = None
+    # An fp32 exported here earlier stays after an export that did not ask for it: it is
+    # rebuilt as the parent either way, and removing it would take a model away.
+    fp32_was_there = fp32_dir.is_dir()
     for variant in ("fp32", *(v for v in wanted if v != "fp32")):
         target = out_dir / f"{src.config.name}-{variant}"
         partial = target.with_name(target.name + ".partial")
@@ -266,7 +269,8 @@ def export_multitask(
         )
         log.warning("%s", messages[-1])
     if "fp32" not in wanted and fp32_dir in accepted:
-        shutil.rmtree(fp32_dir, ignore_errors=True)
         accepted.remove(fp32_dir)
+        if not fp32_was_there:
+            shutil.rmtree(fp32_dir, ignore_errors=True)
     registered = [registry.register(d).tag for d in accepted] if register else []
     return accepted, refused, messages, registered

@@ -367,6 +367,9 @@ def export_model(
     fp32_dir = settings.fp32_dir
     fp32_logits: np.ndarray | None = None
     partial: Path | None = None
+    # An fp32 exported here earlier stays after an export that did not ask for it: it is
+    # rebuilt as the parent either way, and removing it would take a model away.
+    fp32_was_there = fp32_dir.is_dir()
     try:
         # Every variant derives from fp32, so fp32 is built whenever anything is asked for.
         for variant in ("fp32", *(v for v in wanted if v != "fp32")):
@@ -410,8 +413,9 @@ def export_model(
 
         add_prefix_cache(fp32_dir, src.model, src.dataset.test.texts)
     if "fp32" not in wanted and fp32_dir in accepted:
-        shutil.rmtree(fp32_dir, ignore_errors=True)
         accepted.remove(fp32_dir)
+        if not fp32_was_there:
+            shutil.rmtree(fp32_dir, ignore_errors=True)
     registered = [registry.register(d).tag for d in accepted] if register else []
     return ExportResult(accepted, refused, messages, registered)
 

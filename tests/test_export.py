@@ -332,7 +332,13 @@ def test_gate_refuses_a_damaged_variant(exported, tmp_path, monkeypatch, how):
 
     forced = export_model(run_dir, out, variants=("int8",), parity_rows=16, force=True)
     assert [d.name for d in forced.accepted] == ["encoder-int8"]  # fp32 parent not asked for
-    assert not (out / "encoder-fp32").exists()
+    # The fp32 the first export made is still there; in a fresh directory the parent goes.
+    assert Manifest.read(out / "encoder-fp32").gate["passed"] is True
+    fresh = export_model(
+        run_dir, tmp_path / "fresh", variants=("int8",), parity_rows=16, force=True
+    )
+    assert [d.name for d in fresh.accepted] == ["encoder-int8"]
+    assert not (tmp_path / "fresh" / "encoder-fp32").exists()
     kept = Manifest.read(out / "encoder-int8")
     assert kept.gate["passed"] is False and kept.gate["forced"] is True
     assert not (out / "refused" / "encoder-int8").exists()
