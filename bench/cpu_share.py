@@ -16,9 +16,10 @@ platform it supports.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import psutil
@@ -49,6 +50,22 @@ def host_cpu_s() -> tuple[float, float]:
     busy = times.user + times.nice + times.system
     busy += getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
     return busy, getattr(times, "steal", 0.0)
+
+
+def main_thread_cpu_s(pids: Iterable[int]) -> float:
+    """CPU seconds (user + system) used so far by the main threads of these processes.
+
+    In a service worker the main thread runs the event loop: HTTP parsing, admission, the
+    refusals and the ASGI app, while each model runs in its own executor thread. So this
+    counts what a refusal costs without the model's CPU, whose cost per answer changes with
+    the batch sizes that the load makes. A process that is gone counts 0."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            for thread in psutil.Process(pid).threads():
+                if thread.id == pid:  # Linux: the main thread's id is the process id
+                    total += thread.user_time + thread.system_time
+    return total
 
 
 def objective_bucket(histogram: dict[str, float], objective_s: float) -> str:

@@ -55,6 +55,7 @@ from bench.cpu_share import (  # noqa: E402
     CpuSampler,
     describe,
     latency_histogram,
+    main_thread_cpu_s,
     objective_bucket,
     period_share,
 )
@@ -325,6 +326,70 @@ class Load:
         raise RuntimeError(f"no request logged in {log} after {timeout_s:.0f} s")
 
 
+# ---- what a refusal costs ---------------------------------------------------------------
+
+
+def refusal_cpu(
+    samples: Sequence[tuple[float, float, float]],
+    reqs: Sequence[Request],
+    t0: float,
+    drop: float,
+    end: float,
+    cpu_per_answer_s: float | None,
+) -> dict[str, float | None] | None:
+    """CPU per refused request during the overload, estimated two ways from samples of
+    (epoch s, server tree CPU s, workers' event-loop CPU s) over [t0, end], the load
+    dropping to 50% at `drop`. Both take the overload's middle (its first and last second
+    left out) and subtract what its answers cost: (CPU - answers x CPU per answer) / refusals.
+
+    - The whole server tree, with an answer priced at saturation (`cpu_per_answer_s`). The
+      model's CPU per answer depends on the batch sizes, which differ between saturation
+      and overload, so this one carries that difference into every refusal.
+    - The event loops alone (the model threads left out), with an answer's loop CPU
+      measured after the drop, from the last refusal or error on (a calm span of at least
+      5 s): None where the run has no such span. An answer costs the loop more per request
+      at 50% load than under overload (fewer requests share each turn of the loop), so this
+      one leans low.
+    Beside them, the loops' CPU over every request of the overload's middle, answers and
+    refusals together: a bound from above, since a refusal does less in the loop than an
+    answer (no body read, no JSON, no batch, no response body).
+    None where the overload's middle has no refusal or too few samples."""
+    inside = [s for s in samples if t0 + 1 <= s[0] <= drop - 1]
+    if len(inside) < 2:
+        return None
+    (ta, tree_a, loop_a), (tb, tree_b, loop_b) = inside[0], inside[-1]
+    window = [r for r in reqs if ta <= r.start < tb]
+    answers = sum(r.outcome == "ok" for r in window)
+    refusals = sum(r.outcome == "shed" for r in window)
+    if not refusals:
+        return None
+    out: dict[str, float | None] = {
+        "window_s": tb - ta, "answers": answers, "refusals": refusals,
+        "server_cpu_s": tree_b - tree_a, "cpu_per_answer_ms": None, "cpu_per_refusal_ms": None,
+        "loop_cpu_s": loop_b - loop_a, "calm_window_s": None,
+        "loop_cpu_per_request_ms": 1000 * (loop_b - loop_a) / (answers + refusals),
+        "loop_cpu_per_answer_ms": None, "loop_cpu_per_refusal_ms": None,
+    }  # fmt: skip
+    if cpu_per_answer_s:
+        out["cpu_per_answer_ms"] = 1000 * cpu_per_answer_s
+        spent = tree_b - tree_a - answers * cpu_per_answer_s
+        out["cpu_per_refusal_ms"] = 1000 * spent / refusals
+    unsettled = [r.start for r in reqs if drop <= r.start < end and r.outcome != "ok"]
+    calm_from = max([drop, *unsettled]) + 1
+    calm = [s for s in samples if calm_from <= s[0] <= end - 1]
+    if len(calm) < 2 or calm[-1][0] - calm[0][0] < 5:
+        return out
+    (tc, _, loop_c), (td, _, loop_d) = calm[0], calm[-1]
+    calm_answers = sum(r.outcome == "ok" for r in reqs if tc <= r.start < td)
+    if not calm_answers:
+        return out
+    loop_per_answer = (loop_d - loop_c) / calm_answers
+    out["calm_window_s"] = td - tc
+    out["loop_cpu_per_answer_ms"] = 1000 * loop_per_answer
+    out["loop_cpu_per_refusal_ms"] = 1000 * (loop_b - loop_a - answers * loop_per_answer) / refusals
+    return out
+
+
 # ---- the bench ---------------------------------------------------------------------------
 
 
@@ -523,10 +588,12 @@ class Bench:
         t_first = load.wait_first_request(self.out / "overload" / "requests.csv")
         hist: dict[str, float] | None = None
         kernel_at_drop: dict[str, int] = {}
-        cpu_samples: list[tuple[float, float]] = []  # (epoch s, server tree CPU s)
+        workers = worker_pids(self.pid)
+        # (epoch s, server tree CPU s, the workers' event-loop CPU s)
+        cpu_samples: list[tuple[float, float, float]] = []
         while load.thread.is_alive():
             locust_s = max(locust_s, locust_cpu_s())
-            cpu_samples.append((time.time(), tree_cpu_s(self.pid)))
+            cpu_samples.append((time.time(), tree_cpu_s(self.pid), main_thread_cpu_s(workers)))
             if hist is None and time.time() >= t_first + d.overload_s:  # the load drops now
                 text = self.metrics()
                 (self.out / "overload" / "metrics-at-drop.txt").write_text(text)
@@ -565,7 +632,9 @@ class Bench:
             and shed_p99 is not None
             and shed_p99 <= REFUSAL_P99_MS
         )
-        refusal_cpu = self.refusal_cpu(cpu_samples, over, t0, drop)
+        refusal = refusal_cpu(
+            cpu_samples, reqs, t0, drop, drop + d.recover_s, self.cpu_per_answer_s
+        )
         offered = len(over) / d.overload_s
         self.add(
             Row(
@@ -580,7 +649,7 @@ class Bench:
                 f"{silent}; server side {'n/a' if server_share is None else f'{server_share:.1%}'}"
                 f" of /classify answers within {float(edge) * 1000:g} ms; CPU: server "
                 f"{summary.server_cpu_percent or 0:.0f}%, Locust {locust_percent:.0f}% "
-                f"(100% = one core); CPU per refusal {fmt_refusal_cpu(refusal_cpu)}; kernel "
+                f"(100% = one core); CPU per refusal {fmt_refusal_cpu(refusal)}; kernel "
                 f"accept-queue drops {counter_delta(kernel_before, kernel_at_drop) or 'n/a'}",
                 target=f"sheds with 429/503 (p99 <= {REFUSAL_P99_MS:g} ms), accepted p99 <= "
                 f"{limit:g} ms, 0 other errors, answers every second",
@@ -591,7 +660,7 @@ class Bench:
                       "server_share_within_2x_slo": server_share,
                       "server_cpu_percent": summary.server_cpu_percent,
                       "locust_cpu_percent": locust_percent,
-                      "refusal_cpu": refusal_cpu,
+                      "refusal_cpu": refusal,
                       "kernel_drops_overload": counter_delta(kernel_before, kernel_at_drop),
                       "kernel_drops_recovery": counter_delta(kernel_at_drop, kernel_after),
                       "errors": sorted({r.error for r in fail})[:5]},
@@ -638,27 +707,6 @@ class Bench:
                 },
             )
         )
-
-    def refusal_cpu(
-        self, samples: list[tuple[float, float]], over: list[Request], t0: float, drop: float
-    ) -> dict[str, float] | None:
-        """Server CPU per refused request during the overload, from the server's CPU over
-        its middle (the first and last second left out) less what the answers cost at
-        saturation: (CPU - answers x CPU per answer) / refusals."""
-        inside = [(t, c) for t, c in samples if t0 + 1 <= t <= drop - 1]
-        if len(inside) < 2 or not self.cpu_per_answer_s:
-            return None
-        (ta, ca), (tb, cb) = inside[0], inside[-1]
-        window = [r for r in over if ta <= r.start < tb]
-        answers = sum(r.outcome == "ok" for r in window)
-        refusals = sum(r.outcome == "shed" for r in window)
-        if not refusals:
-            return None
-        spent = cb - ca
-        per_refusal = (spent - answers * self.cpu_per_answer_s) / refusals
-        return {"window_s": tb - ta, "server_cpu_s": spent, "answers": answers,
-                "refusals": refusals, "cpu_per_answer_ms": 1000 * self.cpu_per_answer_s,
-                "cpu_per_refusal_ms": 1000 * per_refusal}  # fmt: skip
 
     def soak(self) -> None:
         d, sat = self.d, self.sat_rps
@@ -1005,14 +1053,28 @@ def write_table(rows: list[Row], out: Path, meta: dict[str, Any]) -> Path:
     return md
 
 
-def fmt_refusal_cpu(data: dict[str, float] | None) -> str:
+def fmt_refusal_cpu(data: dict[str, float | None] | None) -> str:
+    """`0.78 ms (answer 6.43 ms at saturation; ...); event loops alone 0.18 ms (answer
+    1.67 ms over 27 calm s after the drop), at most 0.55 ms (their CPU per request)`."""
     if data is None:
         return "n/a"
-    return (
-        f"{data['cpu_per_refusal_ms']:.2f} ms (answer {data['cpu_per_answer_ms']:.2f} ms; "
+
+    def ms(key: str) -> str:
+        return "n/a" if data[key] is None else f"{data[key]:.2f} ms"
+
+    text = (
+        f"{ms('cpu_per_refusal_ms')} (answer {ms('cpu_per_answer_ms')} at saturation; "
         f"{data['server_cpu_s']:.1f} CPU s over {data['window_s']:.0f} s for "
-        f"{data['answers']} answers + {data['refusals']} refusals)"
+        f"{data['answers']} answers + {data['refusals']} refusals); event loops alone "
     )
+    if data["loop_cpu_per_refusal_ms"] is None:
+        text += "n/a (no calm span after the drop)"
+    else:
+        text += (
+            f"{ms('loop_cpu_per_refusal_ms')} (answer {ms('loop_cpu_per_answer_ms')} over "
+            f"{data['calm_window_s']:.0f} calm s after the drop)"
+        )
+    return text + f", at most {ms('loop_cpu_per_request_ms')} (their CPU per request)"
 
 
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:

@@ -3,9 +3,21 @@ on synthetic counter traces with a known answer."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
+import psutil
 import pytest
 
-from bench.cpu_share import CpuSample, CpuSampler, describe, objective_bucket, period_share
+from bench.cpu_share import (
+    CpuSample,
+    CpuSampler,
+    describe,
+    main_thread_cpu_s,
+    objective_bucket,
+    period_share,
+)
 
 
 def trace(server: float, load: float, other: float, steal: float, seconds: int) -> list[CpuSample]:
@@ -121,3 +133,40 @@ def test_sampler_holds_a_counter_whose_process_ended() -> None:
     sampler = CpuSampler(lambda: 1.0, lambda: next(readings), lambda: None, "m", 0.05)
     loads = [sampler.sample().load_s for _ in range(3)]
     assert loads == [5.0, 8.0, 8.0]
+
+
+SPIN = "def spin():\n    while True:\n        pass\n"
+SPIN_IN_A_SIDE_THREAD = f"import threading, time\n{SPIN}threading.Thread(target=spin).start()\n"
+SPIN_IN_THE_MAIN_THREAD = f"{SPIN}spin()\n"
+
+
+def process_cpu_s(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def test_main_thread_cpu_leaves_the_other_threads_out() -> None:
+    """A worker's event loop is its main thread and its model runs in another: a process
+    busy only in a side thread must show almost no main-thread CPU."""
+    side = subprocess.Popen([sys.executable, "-c", SPIN_IN_A_SIDE_THREAD])
+    main = subprocess.Popen([sys.executable, "-c", SPIN_IN_THE_MAIN_THREAD])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            side_total, main_total = (
+                sum(psutil.Process(p.pid).cpu_times()[:2]) for p in (side, main)
+            )
+            if min(side_total, main_total) >= 1.0:
+                break
+            time.sleep(0.2)
+        side_main, main_main = main_thread_cpu_s([side.pid]), main_thread_cpu_s([main.pid])
+        assert min(side_total, main_total) >= 1.0, (side_total, main_total)
+        assert side_main < 0.3 * side_total, (side_main, side_total)  # interpreter start-up
+        assert main_main > 0.7 * main_total, (main_main, main_total)
+        both = main_thread_cpu_s([side.pid, main.pid])
+        assert side_main + main_main <= both <= side_main + main_main + 1.0
+    finally:
+        for proc in (side, main):
+            proc.kill()
+            proc.wait()
+    assert main_thread_cpu_s([main.pid]) == 0.0  # a process that is gone counts 0
