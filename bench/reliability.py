@@ -347,9 +347,9 @@ def refusal_cpu(
       and overload, so this one carries that difference into every refusal.
     - The event loops alone (the model threads left out), with an answer's loop CPU
       measured after the drop, from the last refusal or error on (a calm span of at least
-      5 s): None where the run has no such span. An answer costs the loop more per request
-      at 50% load than under overload (fewer requests share each turn of the loop), so this
-      one leans low.
+      5 s): None where the run has no such span. An answer likely costs the loop more at
+      50% load than under overload, where more requests share each turn of the loop (this
+      estimate has come out at 0.00 ms), so it leans low.
     Beside them, the loops' CPU over every request of the overload's middle, answers and
     refusals together: a bound from above, since a refusal does less in the loop than an
     answer (no body read, no JSON, no batch, no response body).
