@@ -167,14 +167,14 @@ def test_int8_is_gated_per_task_against_fp32(exported, tmp_path):
     (int8,) = result.accepted  # fp32 was built as its parent, then removed (not asked for)
     manifest = Manifest.read(int8)
     assert manifest.precision == "int8" and not (tmp_path / "multi-fp32").exists()
+    assert set(manifest.gate["tasks"]) == {"sst2", "trec"}
+    for task in ("sst2", "trec"):
+        assert 0.0 <= manifest.parity["tasks"][task]["label_agreement_vs_fp32"] <= 1.0
     # An fp32 exported earlier into the same directory is not taken away.
     kept = tmp_path / "kept"
     export_model(run, kept, variants=["fp32"])
     export_model(run, kept, variants=["int8"], force=True)
     assert Manifest.read(kept / "multi-fp32").precision == "fp32"
-    assert set(manifest.gate["tasks"]) == {"sst2", "trec"}
-    for task in ("sst2", "trec"):
-        assert 0.0 <= manifest.parity["tasks"][task]["label_agreement_vs_fp32"] <= 1.0
 
 
 def test_a_multitask_run_without_its_task_record_is_refused(tmp_path):
