@@ -29,9 +29,7 @@ queue is in trouble only when its delay stays above a target for a whole interva
 While overloaded the batchers also serve the freshest requests first (adaptive LIFO, from the
 same article): a request at the back of an old backlog is likely already given up by its
 client, while a fresh one can still be answered in time. With it goes the article's short
-queue timeout: a text that waited `overload_max_wait_ms` is refused, not answered late, and
-batches may be held to `overload_max_batch_ms` of model time, as an admitted request waits
-for the batch that runs and then for its own.
+queue timeout: a text that waited `overload_max_wait_ms` is refused, not answered late.
 
 Written here rather than taken from a library: the decision needs this service's own queue
 (requests admitted and not yet in a batch, the model time per request of its batches) and
@@ -62,20 +60,12 @@ class AdmissionSettings:
     # would otherwise leave a few admitted requests behind newer ones until the backstop
     # (max_latency_ms), and their answers, 100-200 ms late, made the accepted p99.
     overload_max_wait_ms: float = 50.0
-    # While overloaded, model time per batch (service/batching.py BatchTimeLimit); 0: as
-    # when not overloaded. An admitted request waits out the running batch, then runs in its
-    # own, so two full batches bound its answer; out of overload, large batches are what
-    # lets the queue absorb bursts.
-    overload_max_batch_ms: float = 0.0
     enabled: bool = True
 
     def __post_init__(self) -> None:
         for field in ("target_ms", "interval_ms", "overload_max_wait_ms"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"{field} must be > 0 ms, got {getattr(self, field)}")
-        if not self.overload_max_batch_ms >= 0:
-            got = self.overload_max_batch_ms
-            raise ValueError(f"overload_max_batch_ms must be >= 0, got {got}")
 
 
 class AdmissionControl:

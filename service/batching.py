@@ -105,13 +105,9 @@ class BatchTimeLimit:
 
     @property
     def limit(self) -> int:
-        return self.within(self.budget_s)
-
-    def within(self, budget_s: float) -> int:
-        """Texts per batch that fit `budget_s` (0: no bound) at the measured time per text."""
-        if not budget_s or not self.seconds_per_text:
+        if not self.budget_s or not self.seconds_per_text:
             return self.most
-        return max(1, min(self.most, int(budget_s / self.seconds_per_text)))
+        return max(1, min(self.most, int(self.budget_s / self.seconds_per_text)))
 
     def observe(self, texts: int, seconds: float) -> None:
         """A batch of `texts` ran in `seconds` of model time."""
@@ -236,25 +232,14 @@ class Batcher:
                 expired.append(job)
         return expired
 
-    def _batch_limit(self, overloaded: bool) -> int:
-        """Texts the next batch may take: max_batch_ms's limit and, while the worker is
-        overloaded, the admission's tighter overload_max_batch_ms. Under overload every
-        batch is full, and an admitted request waits out the running batch and then runs in
-        its own: two full batches. Large batches are what lets a queue absorb Poisson bursts
-        at high load; under overload they are what makes the answers late."""
-        limit = self.time_limit.limit
-        if overloaded and (budget_ms := self._admission.settings.overload_max_batch_ms):
-            limit = min(limit, self.time_limit.within(budget_ms / 1000))
-        return limit
-
-    def _take_batch(self, most: int, freshest_first: bool = False) -> list[_Job]:
-        """Jobs for one batch of at most `most` texts (a single larger request runs alone),
-        oldest first, or with `freshest_first` newest first (adaptive LIFO under overload: a
-        fresh request can still be answered in time)."""
+    def _take_batch(self, freshest_first: bool = False) -> list[_Job]:
+        """Jobs for one batch, oldest first, or with `freshest_first` newest first (adaptive
+        LIFO under overload: a fresh request can still be answered in time)."""
         jobs: list[_Job] = []
         size = 0
         longest = 0  # tokens of the batch's longest text: every row is padded to it
         budget = self.settings.max_batch_tokens
+        most = self.time_limit.limit
         taken = 0  # texts leaving the queue, cancelled jobs' included
         while self._jobs:
             job = self._jobs[-1] if freshest_first else self._jobs[0]
@@ -360,8 +345,7 @@ class Batcher:
                     short = self._admission.settings.overload_max_wait_ms / 1000
                     max_wait_s = min(max_queue_s, short)
                 expired = self._take_expired(now - max_wait_s) if overloaded else []
-                most = self._batch_limit(overloaded)
-                jobs = self._take_batch(most, freshest_first=overloaded)
+                jobs = self._take_batch(freshest_first=overloaded)
                 if jobs and self._admission is not None:
                     freshest = max(job.enqueued for job in jobs)
                     self._admission.batch_started(self, now - freshest, self._queued_texts, now)
@@ -385,7 +369,7 @@ class Batcher:
                     took = self._clock() - started
                     if self._admission is not None:
                         self._admission.batch_done(
-                            len(live), took, half_full=2 * len(texts) >= most
+                            len(live), took, half_full=2 * len(texts) >= self.time_limit.limit
                         )
                 self.time_limit.observe(len(texts), took)
                 start = 0

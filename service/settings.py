@@ -44,7 +44,6 @@ ENV_ADMISSION = "SMALLCLS_ADMISSION"
 ENV_QUEUE_TARGET_MS = "SMALLCLS_QUEUE_TARGET_MS"
 ENV_QUEUE_INTERVAL_MS = "SMALLCLS_QUEUE_INTERVAL_MS"
 ENV_OVERLOAD_MAX_WAIT_MS = "SMALLCLS_OVERLOAD_MAX_WAIT_MS"
-ENV_OVERLOAD_MAX_BATCH_MS = "SMALLCLS_OVERLOAD_MAX_BATCH_MS"
 # Read when the service module is imported, before uvicorn starts (service/http_protocol.py).
 ENV_HTTP_PARSER = "SMALLCLS_HTTP_PARSER"
 # Settings.models_origin when the models are the store models a Bento carries, named by
@@ -389,9 +388,6 @@ def admission_from_env(env: Mapping[str, str]) -> AdmissionSettings:
         target_ms=target,
         interval_ms=interval,
         overload_max_wait_ms=max_wait,
-        overload_max_batch_ms=_non_negative_float(
-            env, ENV_OVERLOAD_MAX_BATCH_MS, default.overload_max_batch_ms
-        ),
         enabled=_flag(env, ENV_ADMISSION, default.enabled),
     )
 

@@ -201,12 +201,6 @@ def test_settings_read_from_the_environment() -> None:
     assert got.overload_max_wait_ms == 40
     with pytest.raises(ValueError, match="SMALLCLS_OVERLOAD_MAX_WAIT_MS"):
         admission_from_env({"SMALLCLS_OVERLOAD_MAX_WAIT_MS": "0"})
-    assert admission_from_env({}).overload_max_batch_ms == 0  # off unless set
-    assert admission_from_env({"SMALLCLS_OVERLOAD_MAX_BATCH_MS": "25"}).overload_max_batch_ms == 25
-    with pytest.raises(ValueError, match="SMALLCLS_OVERLOAD_MAX_BATCH_MS must be a number >= 0"):
-        admission_from_env({"SMALLCLS_OVERLOAD_MAX_BATCH_MS": "-1"})
-    with pytest.raises(ValueError, match="overload_max_batch_ms must be >= 0"):
-        AdmissionSettings(overload_max_batch_ms=-5)
     settings = Settings.from_env({"SMALLCLS_MODELS": "/m", "SMALLCLS_QUEUE_TARGET_MS": "15"})
     assert settings.admission.target_ms == 15
 

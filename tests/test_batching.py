@@ -262,32 +262,6 @@ def test_max_batch_ms_bounds_batches_by_their_measured_model_time() -> None:
     assert sum(calls) == 8 * 64  # every text answered
 
 
-def test_under_overload_batches_keep_to_the_overload_time_budget() -> None:
-    """Out of overload only max_batch_size bounds a batch; while the worker is overloaded,
-    overload_max_batch_ms bounds its measured model time as well."""
-    from service.admission import AdmissionControl, AdmissionSettings
-
-    async def main(overloaded: bool) -> list[int]:
-        model = ClockedModel(fixed_s=0.004, per_text_s=0.006)  # 8 texts: 52 ms, 7: 46 ms
-        # The short queue timeout of overload is lengthened: only batch sizes are tested.
-        settings = AdmissionSettings(overload_max_batch_ms=50, overload_max_wait_ms=10_000)
-        control = AdmissionControl(settings, clock=model.clock)
-        batcher = Batcher(
-            "m", model, BatchingSettings(max_batch_size=32), admission=control, clock=model.clock
-        )
-        for _ in range(8):  # a steady backlog: every batch is as full as allowed
-            control.overloaded = overloaded
-            await asyncio.gather(*(batcher.submit([str(i)]) for i in range(64)))
-        batcher.close()
-        return model.calls
-
-    assert set(asyncio.run(main(overloaded=False))) == {32}
-    calls = asyncio.run(main(overloaded=True))
-    assert calls[0] == 32  # before anything is measured, max_batch_size alone bounds
-    assert calls[-10:] == [7] * 9 + [1]  # 7 texts are the most that finish within 50 ms
-    assert sum(calls) == 8 * 64  # every text answered
-
-
 def test_max_batch_ms_is_read_from_the_environment_and_checked() -> None:
     assert BatchingSettings.from_env({}).max_batch_ms == 0.0  # off unless set
     assert BatchingSettings.from_env({"SMALLCLS_MAX_BATCH_MS": "25"}).max_batch_ms == 25.0
