@@ -20,6 +20,7 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 QUEUE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 # The names as scraped (a Counter's `_total` included), for docs, alert rules and tests.
 REQUESTS = "smallcls_requests_total"
@@ -32,6 +33,7 @@ SERVER_ERRORS = "smallcls_server_errors_total"
 TEXTS = "smallcls_texts_total"
 MODEL_INFO = "smallcls_model_info"
 GC_PAUSE = "smallcls_gc_pause_seconds"
+LOOP_LAG = "smallcls_event_loop_lag_seconds"
 # Labels of MODEL_INFO, from the model's manifest (see LoadedModel.info_labels).
 MODEL_INFO_LABELS = ("model", "version", "variant", "precision", "family", "base_model")
 
@@ -48,6 +50,7 @@ class Metrics:
     texts: Any  # Counter {model}: texts classified
     model_info: Any  # Gauge {MODEL_INFO_LABELS}: 1 per served model version
     gc_pause: Any  # Histogram {generation}: seconds each garbage collection stopped a worker
+    loop_lag: Any  # Histogram: seconds a worker's event loop woke late (service/loop_lag.py)
 
     def observe_batch(self, model: str, size: int, waits: list[float]) -> None:
         self.batch_size.labels(model=model).observe(size)
@@ -130,5 +133,11 @@ def get_metrics() -> Metrics:
             "Seconds each garbage collection stopped a worker's event loop",
             ["generation"],
             buckets=GC_BUCKETS,
+        ),
+        loop_lag=prom.Histogram(
+            LOOP_LAG,
+            "Seconds a worker's event loop woke later than asked, every 20 ms: what every "
+            "request in that worker waited besides its queue and its model",
+            buckets=LAG_BUCKETS,
         ),
     )

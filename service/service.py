@@ -36,6 +36,7 @@ from service import (
     gateway,
     gc_pauses,
     http_protocol,
+    loop_lag,
     tei,
     tracing,
 )
@@ -233,6 +234,12 @@ class Classifier:
                 gc_pauses.report(self.metrics.gc_pause)
 
         self._gc_task = asyncio.get_running_loop().create_task(every_second())
+
+    @bentoml.on_startup
+    async def watch_event_loop(self) -> None:
+        self._lag_task = asyncio.get_running_loop().create_task(
+            loop_lag.watch(self.metrics.loop_lag)
+        )
 
     @bentoml.on_startup
     async def watch_models_file(self) -> None:

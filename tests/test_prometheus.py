@@ -33,6 +33,7 @@ KINDS = {  # name -> the type Prometheus is told
     m.TEXTS: "counter",
     m.MODEL_INFO: "gauge",
     m.GC_PAUSE: "histogram",
+    m.LOOP_LAG: "histogram",
 }
 
 
