@@ -34,6 +34,8 @@ TEXTS = "smallcls_texts_total"
 MODEL_INFO = "smallcls_model_info"
 GC_PAUSE = "smallcls_gc_pause_seconds"
 LOOP_LAG = "smallcls_event_loop_lag_seconds"
+BATCH_DURATION = "smallcls_batch_duration_seconds"
+MODEL_CPU = "smallcls_model_cpu_seconds_total"
 # Labels of MODEL_INFO, from the model's manifest (see LoadedModel.info_labels).
 MODEL_INFO_LABELS = ("model", "version", "variant", "precision", "family", "base_model")
 
@@ -51,6 +53,12 @@ class Metrics:
     model_info: Any  # Gauge {MODEL_INFO_LABELS}: 1 per served model version
     gc_pause: Any  # Histogram {generation}: seconds each garbage collection stopped a worker
     loop_lag: Any  # Histogram: seconds a worker's event loop woke late (service/loop_lag.py)
+    batch_duration: Any  # Histogram {model}: seconds each batch took in the model's thread
+    model_cpu: Any  # Counter {model}: CPU seconds of the model threads in those batches
+
+    def batch_ran(self, model: str, size: int, seconds: float, cpu_seconds: float) -> None:
+        self.batch_duration.labels(model=model).observe(seconds)
+        self.model_cpu.labels(model=model).inc(cpu_seconds)
 
     def observe_batch(self, model: str, size: int, waits: list[float]) -> None:
         self.batch_size.labels(model=model).observe(size)
@@ -139,5 +147,17 @@ def get_metrics() -> Metrics:
             "Seconds a worker's event loop woke later than asked, every 20 ms: what every "
             "request in that worker waited besides its queue and its model",
             buckets=LAG_BUCKETS,
+        ),
+        batch_duration=prom.Histogram(
+            BATCH_DURATION,
+            "Seconds each batch took in its model's thread, waiting for a core included",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        model_cpu=prom.Counter(
+            MODEL_CPU.removesuffix("_total"),
+            "CPU seconds the model threads spent in batches: over the batches' seconds, the "
+            "share of their time they had a core",
+            ["model"],
         ),
     )

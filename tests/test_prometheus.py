@@ -34,6 +34,8 @@ KINDS = {  # name -> the type Prometheus is told
     m.MODEL_INFO: "gauge",
     m.GC_PAUSE: "histogram",
     m.LOOP_LAG: "histogram",
+    m.BATCH_DURATION: "histogram",
+    m.MODEL_CPU: "counter",
 }
 
 
@@ -89,6 +91,34 @@ def test_queue_depth_gauge_follows_the_queue() -> None:
         return seen
 
     assert asyncio.run(main()) == [0.0, 3.0, 0.0]
+
+
+def test_batch_time_and_model_cpu_tell_waiting_from_working() -> None:
+    """A batch that waits (a model thread without a core, here a sleep) adds its seconds to
+    the duration histogram but not to the model CPU; one that computes adds to both."""
+    import time
+
+    def waits(texts: list[str]) -> np.ndarray:
+        time.sleep(0.2)
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+    def works(texts: list[str]) -> np.ndarray:
+        end = time.thread_time() + 0.2
+        while time.thread_time() < end:
+            pass
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+    async def main(name: str, run) -> None:
+        batcher = Batcher(name, run, BatchingSettings(), m.get_metrics())
+        await asyncio.gather(batcher.submit(["a", "b"]))
+        batcher.close()
+
+    for name, run in (("waits", waits), ("works", works)):
+        asyncio.run(main(name, run))
+        assert sample(f"{m.BATCH_DURATION}_count", model=name) == 1
+        assert sample(f"{m.BATCH_DURATION}_sum", model=name) >= 0.2
+    assert sample(m.MODEL_CPU, model="waits") < 0.1
+    assert sample(m.MODEL_CPU, model="works") >= 0.2
 
 
 def test_model_info_follows_reloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
