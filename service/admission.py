@@ -12,8 +12,9 @@ queue is in trouble only when its delay stays above a target for a whole interva
   the clock.
 - **Overloaded**: entered when, for `interval`, every batch of a model left texts behind in
   its queue and even the freshest job it took had waited longer than `target` beyond the
-  run time of the batch before it (a standing queue: arrivals outrun what the model serves,
-  batches as large as they may be). A request that arrives while a batch runs waits for it
+  run time of the batch before it (counting at most `overload_max_wait_ms` of that run
+  time): a standing queue, arrivals outrun what the model serves, batches as large as they
+  may be. A request that arrives while a batch runs waits for it
   however short the queue is: where one batch takes longer than the target (a slow CPU,
   or batching that saves nothing there), that wait alone was over target and 70% load was
   refused. The door then admits a request only while the work ahead of it, every admitted
@@ -120,8 +121,12 @@ class AdmissionControl:
         minimum delay staying above target for an interval means a standing queue. A queue
         that drains, or serves its freshest job quickly, resets the clock (a burst)."""
         now = self._clock() if now is None else now
-        # Waiting out the batch that ran before is what any request arriving during it does.
-        if left_texts == 0 or freshest_wait_s < self._target_s + self.last_batch_s:
+        # Waiting out the batch that ran before is what any request arriving during it does;
+        # but no longer than the wait that overload refuses. Without that bound the batches
+        # a sudden flood makes (16 texts take 100 ms on some CPUs) excused the very waits the
+        # flood made, and overload was declared later, after more answers had become late.
+        excused = min(self.last_batch_s, self.settings.overload_max_wait_ms / 1000)
+        if left_texts == 0 or freshest_wait_s < self._target_s + excused:
             self._above_since.pop(queue, None)
             return
         since = self._above_since.setdefault(queue, now)

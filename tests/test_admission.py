@@ -180,6 +180,27 @@ def test_a_wait_for_the_batch_already_running_is_not_a_standing_queue(seed) -> N
     assert 0.55 < len(out.refused) / len(heavy) < 0.75
 
 
+def test_a_long_batch_excuses_no_wait_longer_than_overload_refuses() -> None:
+    """Batches of 100 ms (16 texts on a slow CPU), each leaving a queue whose freshest text
+    waited 70 ms: over the 50 ms that overload refuses, so a standing queue, however long
+    the batch before it ran."""
+    settings = AdmissionSettings(target_ms=10, interval_ms=100, overload_max_wait_ms=50)
+    control = AdmissionControl(settings)
+    queue = FakeQueue()
+    for i in range(4):
+        control.batch_started(queue, 0.07, 16, now=0.1 * i)
+        control.batch_running(16)
+        control.batch_done(16, 0.1)
+    assert control.overloaded
+    # A wait within the batch that ran before and the overload's limit is still excused.
+    calm = AdmissionControl(settings)
+    for i in range(4):
+        calm.batch_started(queue, 0.04, 16, now=0.1 * i)
+        calm.batch_running(16)
+        calm.batch_done(16, 0.1)
+    assert not calm.overloaded
+
+
 def test_an_idle_gap_does_not_count_as_a_standing_queue() -> None:
     control = AdmissionControl(AdmissionSettings(target_ms=10, interval_ms=100))
     queue = FakeQueue()
