@@ -31,14 +31,3 @@ def test_a_blocked_loop_is_recorded_as_late_by_the_time_it_was_blocked() -> None
     late = asyncio.run(main())
     assert max(late) >= 0.25  # the tick due during the block woke that much later
     assert min(late) >= 0.0  # never negative, however the clock rounds
-
-
-def test_the_service_exports_the_lag_histogram() -> None:
-    import prometheus_client
-
-    from service import metrics
-
-    metrics.get_metrics().loop_lag.observe(0.003)
-    text = prometheus_client.generate_latest().decode()
-    assert f"# TYPE {metrics.LOOP_LAG} histogram" in text
-    assert f'{metrics.LOOP_LAG}_bucket{{le="0.005"}}' in text
