@@ -14,14 +14,14 @@ queue is in trouble only when its delay stays above a target for a whole interva
   its queue and even the freshest job it took had waited longer than `target` beyond the
   run time of the batch before it (counting at most `overload_max_wait_ms` of that run
   time): a standing queue, arrivals outrun what the model serves, batches as large as they
-  may be. A request that arrives while a batch runs waits for it
-  however short the queue is: where one batch takes longer than the target (a slow CPU,
-  or batching that saves nothing there), that wait alone was over target and 70% load was
-  refused. The door then admits a request only while the work ahead of it, every admitted
-  request not yet in a running batch at the measured model time per request, is under
-  `target`; the rest is refused before its body is read (service/door.py). So the work
-  ahead stays about `target`, and an admitted request waits about `target`. The estimate
-  is trusted only there: under overload batches are full, so the time per request measured
+  may be. A request that arrives while a batch runs waits for it however short the queue
+  is: where one batch takes longer than the target (a slow CPU, or batching that saves
+  nothing there), that wait alone was over target and 70% load was refused. The door
+  then admits a request only while the work ahead of it, every admitted request not yet
+  in a running batch at the measured model time per request, is under `target`; the rest
+  is refused before its body is read (service/door.py). So the work ahead stays about
+  `target`, and an admitted request waits about `target`. The estimate is trusted only
+  there: under overload batches are full, so the time per request measured
   is that of full batches (small batches cost more per request). Whether the worker is
   overloaded is decided by the measured queue delay alone.
 - **Back to normal**: after an interval in which the door refused nothing (the load fits
@@ -100,6 +100,7 @@ class AdmissionControl:
         self.settings = settings
         self._target_s = settings.target_ms / 1000
         self._interval_s = settings.interval_ms / 1000
+        self._overload_wait_s = settings.overload_max_wait_ms / 1000
 
     def forget(self, queue: object) -> None:
         """A batcher closed."""
@@ -125,7 +126,7 @@ class AdmissionControl:
         # but no longer than the wait that overload refuses. Without that bound the batches
         # a sudden flood makes (16 texts take 100 ms on some CPUs) excused the very waits the
         # flood made, and overload was declared later, after more answers had become late.
-        excused = min(self.last_batch_s, self.settings.overload_max_wait_ms / 1000)
+        excused = min(self.last_batch_s, self._overload_wait_s)
         if left_texts == 0 or freshest_wait_s < self._target_s + excused:
             self._above_since.pop(queue, None)
             return
