@@ -18,11 +18,12 @@ queue is in trouble only when its delay stays above a target for a whole interva
   is: where one batch takes longer than the target (a slow CPU, or batching that saves
   nothing there), that wait alone was over target and 70% load was refused. The door
   then admits a request only while the work ahead of it, every admitted request not yet
-  in a running batch at what one more request adds to a batch (fitted over recent batches,
-  service/batch_cost.py), is under `target`; the rest is refused before its body is read
-  (service/door.py). So the work ahead stays about `target`, and an admitted request waits
-  about `target`. The estimate serves the door only: whether the worker is overloaded is
-  decided by the measured queue delay alone.
+  in a running batch at the measured model time per request, is under `target`; the rest
+  is refused before its body is read (service/door.py). So the work ahead stays about
+  `target`, and an admitted request waits about `target`. The estimate is trusted only
+  there: under overload batches are full, so the time per request measured
+  is that of full batches (small batches cost more per request). Whether the worker is
+  overloaded is decided by the measured queue delay alone.
 - **Back to normal**: after an interval in which the door refused nothing (the load fits
   again by itself).
 
@@ -44,8 +45,6 @@ import dataclasses
 import time
 import weakref
 from collections.abc import Callable
-
-from service.batch_cost import BatchCost
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -86,9 +85,8 @@ class AdmissionControl:
         self._last_refusal = 0.0
         self.in_flight = 0  # admitted classification requests not answered yet
         self.running = 0  # of those, the ones in a batch the model is running now
-        # Seconds of model time one more queued request adds, fitted over recent batches of
-        # all models of the worker (they share its cores).
-        self._cost = BatchCost()
+        # Seconds of model time per request, a moving average over recent batches (all
+        # models of the worker: they share its cores).
         self.seconds_per_request = 0.0
         self.last_batch_s = 0.0  # the run time of the worker's latest batch, any model
         # Batches that may run at once (the most lanes of any of the worker's models): the
@@ -111,7 +109,7 @@ class AdmissionControl:
     def backlog_s(self) -> float:
         """Estimated seconds of model work ahead of a request arriving now: every admitted
         request not yet in a running batch, queued for a model or still in the HTTP pipeline
-        (body read, validation), at the fitted model time each adds to a batch."""
+        (body read, validation), at the measured model time per request."""
         return max(0, self.in_flight - self.running) * self.seconds_per_request / self.lanes
 
     # -- what the batchers report
@@ -143,12 +141,20 @@ class AdmissionControl:
     def batch_running(self, requests: int) -> None:
         self.running += requests
 
-    def batch_done(self, requests: int, seconds: float) -> None:
-        """A batch of `requests` took `seconds`: it refits the price of a queued request."""
+    def batch_done(self, requests: int, seconds: float, *, half_full: bool = True) -> None:
+        """A batch of `requests` took `seconds`. Only batches at least half full set the
+        cost per request that prices the backlog: a small batch costs more per request (the
+        call's fixed cost shared by few). Priced by the small batches of a moderate load
+        after an overload, a short queue looks over target, the door keeps refusing, and
+        the worker never leaves the overloaded state (tests/test_admission.py simulates it)."""
         self.running -= requests
         self.last_batch_s = seconds
-        self._cost.observe(requests, seconds)
-        self.seconds_per_request = self._cost.per_request
+        if requests and (half_full or self.seconds_per_request == 0.0):
+            per_request = seconds / requests
+            if self.seconds_per_request == 0.0:
+                self.seconds_per_request = per_request
+            else:  # recent batches weigh most: batch sizes, and the cost per request, follow load
+                self.seconds_per_request += 0.2 * (per_request - self.seconds_per_request)
 
     # -- what the door asks and reports
 

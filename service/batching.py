@@ -382,7 +382,9 @@ class Batcher:
                 finally:
                     took = self._clock() - started
                     if self._admission is not None:
-                        self._admission.batch_done(len(live), took)
+                        self._admission.batch_done(
+                            len(live), took, half_full=2 * len(texts) >= self.time_limit.limit
+                        )
                 self.time_limit.observe(len(texts), took)
                 if self._observe is not None:
                     self._observe.batch_ran(self.name, len(texts), ran_s, cpu_s)

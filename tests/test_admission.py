@@ -39,22 +39,19 @@ def simulate(
     settings: AdmissionSettings | None = None,
     max_batch: int = MAX_BATCH,
     batch_s=lambda n: BATCH_S,
-    slower_while_refusing: float = 1.0,
 ) -> Outcome:
     """A one-model batcher in virtual time: one text per request, a batch takes everything
     queued up to `max_batch` (oldest first, freshest first while overloaded) and runs
-    `batch_s(texts)`, times `slower_while_refusing` while the door refuses (refusals take
-    CPU from the model); the controller is told what the door and the real batcher tell it."""
+    `batch_s(texts)`; the controller is told what the door and the real batcher tell it."""
     control = AdmissionControl(settings or AdmissionSettings())
     queue = FakeQueue()
     waiting: list[float] = []  # arrival times, oldest first
     running: list[float] = []
     batch_end = float("inf")
-    took = 0.0  # the running batch's model time
     out = Outcome([], [], [], None)
 
     def start_batch(now: float) -> float:
-        nonlocal waiting, running, took
+        nonlocal waiting, running
         if control.overloaded:
             running, waiting = waiting[-max_batch:], waiting[:-max_batch]
         else:
@@ -64,11 +61,11 @@ def simulate(
         if control.overloaded and out.overloaded_at is None:
             out.overloaded_at = now
         out.waits.extend((t, now - t) for t in running)
-        took = batch_s(len(running)) * (slower_while_refusing if control.overloaded else 1.0)
-        return now + took
+        return now + batch_s(len(running))
 
     def batch_done() -> None:
-        control.batch_done(len(running), took)
+        took = batch_s(len(running))
+        control.batch_done(len(running), took, half_full=2 * len(running) >= max_batch)
 
     for t in sorted(arrivals):
         while batch_end <= t:  # batches that end before this arrival
@@ -157,22 +154,6 @@ def test_small_batches_after_an_overload_do_not_keep_it_refusing() -> None:
     out = simulate(trace, settings, max_batch=8, batch_s=lambda n: 0.008 + 0.0007 * n)
     assert out.refused and min(out.refused) < 1  # the overload was refused...
     assert [t for t in out.refused if t > 5 + 2 * settings.interval_ms / 1000] == []  # ...then not
-
-
-def test_the_work_ahead_is_priced_by_the_batches_of_the_overload_not_a_calm_moment() -> None:
-    """Full batches while the model had a core to itself, then a second of overload whose
-    small batches share the cores with the refusals and take twice as long per text. Priced
-    by the last full batch, four queued requests looked like 19 ms of work and the door kept
-    twice what it meant to; priced by what each request adds to the batches now run, 36 ms."""
-    fixed_s, per_text_s = 0.0015, 0.0045
-    control = AdmissionControl(AdmissionSettings(target_ms=10))
-    for n in [16] * 20 + [1, 2, 3] * 34:
-        slower = 1 if n == 16 else 2
-        control.batch_running(n)
-        control.batch_done(n, slower * (fixed_s + per_text_s * n))
-    for _ in range(4):
-        control.entered()
-    assert control.backlog_s() == pytest.approx(4 * 2 * per_text_s, rel=0.1)
 
 
 # A CPU on which batching saves nothing: 10.5 ms a text at any batch size (MiniLM-L6 int8 on
