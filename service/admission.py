@@ -20,10 +20,11 @@ queue is in trouble only when its delay stays above a target for a whole interva
   then admits a request only while the work ahead of it, every admitted request not yet
   in a running batch at the measured model time per request, is under `target`; the rest
   is refused before its body is read (service/door.py). So the work ahead stays about
-  `target`, and an admitted request waits about `target`. The estimate is trusted only
-  there: under overload batches are full, so the time per request measured
-  is that of full batches (small batches cost more per request). Whether the worker is
-  overloaded is decided by the measured queue delay alone.
+  `target`, and an admitted request waits about `target`. The time per request is taken
+  from batches at least half full only (small batches cost more per request); under
+  overload most batches hold a few texts, so the price is that of the last such batch
+  (docs/admission.md, on the tail under overload). The estimate serves the door only:
+  whether the worker is overloaded is decided by the measured queue delay alone.
 - **Back to normal**: after an interval in which the door refused nothing (the load fits
   again by itself).
 
